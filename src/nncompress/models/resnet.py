@@ -1,0 +1,62 @@
+"""ResNet-20-style network (He et al. 2016, CIFAR variant) for 1x28x28 inputs."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+
+class BasicBlock(nn.Module):
+    """Two 3x3 conv-BN layers with an identity or 1x1 conv-BN shortcut."""
+
+    def __init__(self, in_ch: int, mid_ch: int, out_ch: int, stride: int = 1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_ch, mid_ch, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(mid_ch)
+        self.conv2 = nn.Conv2d(mid_ch, out_ch, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(out_ch)
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or in_ch != out_ch:
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(in_ch, out_ch, 1, stride, bias=False), nn.BatchNorm2d(out_ch)
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return torch.relu(out + self.shortcut(x))
+
+
+class ResNet20(nn.Module):
+    """3 stages x ``blocks`` basic blocks with ``widths`` channels (default 16-32-64).
+
+    ``mid_widths`` optionally gives each block's inner width (a structurally pruned model
+    is rebuilt from it); by default it equals the stage width.
+    """
+
+    def __init__(
+        self,
+        num_classes: int = 10,
+        in_channels: int = 1,
+        widths: Sequence[int] = (16, 32, 64),
+        blocks: int = 3,
+    ):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(widths[0])
+        layers: list[nn.Module] = []
+        in_ch = widths[0]
+        for stage, width in enumerate(widths):
+            for b in range(blocks):
+                stride = 2 if (stage > 0 and b == 0) else 1
+                layers.append(BasicBlock(in_ch, width, width, stride))
+                in_ch = width
+        self.layers = nn.Sequential(*layers)
+        self.fc = nn.Linear(in_ch, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.bn1(self.conv1(x)))  # (B, 16, 28, 28)
+        x = self.layers(x)  # (B, 64, 7, 7)
+        return self.fc(x.mean(dim=(2, 3)))  # (B, classes)

@@ -1,0 +1,127 @@
+"""P1 magnitude pruning (Han et al. 2015): thresholds by ``quality * std`` or by a target
+sparsity, layer-wise or global."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from torch import nn
+
+from nncompress.errors import ConfigError
+from nncompress.prune.mask import Masks
+from nncompress.prune.targets import prunable_weights
+
+SCOPES = ("layer", "global")
+
+
+def check_sparsity(value: float, what: str = "sparsity") -> float:
+    """Validate a sparsity in [0, 1)."""
+    if not isinstance(value, (int, float)) or not 0.0 <= float(value) < 1.0:
+        raise ConfigError(f"{what} must be a number in [0, 1), got {value!r}")
+    return float(value)
+
+
+def std_threshold(weight: torch.Tensor, quality: float) -> float:
+    """Caffe recipe of seed 001: ``threshold = quality * std(W)``.
+
+    Example:
+        >>> std_threshold(torch.tensor([1.0, -1.0]), 2.0)
+        2.828...
+    """
+    if quality < 0:
+        raise ConfigError(f"quality must be >= 0, got {quality}")
+    return float(quality * weight.detach().float().std())
+
+
+def topk_mask(scores: torch.Tensor, sparsity: float) -> torch.Tensor:
+    """Keep the ``n - round(sparsity * n)`` largest scores exactly (ties broken by index).
+
+    Example:
+        >>> topk_mask(torch.tensor([3., 1., 2., 0.5]), 0.5).tolist()
+        [True, False, True, False]
+    """
+    check_sparsity(sparsity)
+    flat = scores.detach().reshape(-1)
+    n_prune = int(round(sparsity * flat.numel()))
+    mask = torch.ones(flat.numel(), dtype=torch.bool, device=flat.device)
+    if n_prune > 0:
+        idx = torch.argsort(flat, stable=True)[:n_prune]
+        mask[idx] = False
+    return mask.view_as(scores)
+
+
+def magnitude_mask(weight: torch.Tensor, *, sparsity: float | None = None,
+                   quality: float | None = None) -> torch.Tensor:
+    """Mask of one tensor by target sparsity (k-th smallest |w|) or by ``quality * std``."""
+    if (sparsity is None) == (quality is None):
+        raise ConfigError("give exactly one of sparsity or quality")
+    if sparsity is not None:
+        return topk_mask(weight.abs(), sparsity)
+    return weight.detach().abs() > std_threshold(weight, quality)
+
+
+def _per_layer(value, names: list[str], what: str) -> dict[str, float | None]:
+    if value is None:
+        return dict.fromkeys(names)
+    if isinstance(value, Mapping):
+        unknown = set(value) - set(names) - {"default"}
+        if unknown:
+            raise ConfigError(f"{what} names unknown layers {sorted(unknown)}; allowed: {names}")
+        return {n: value.get(n, value.get("default")) for n in names}
+    return dict.fromkeys(names, value)
+
+
+def magnitude_prune(
+    model: nn.Module,
+    *,
+    sparsity: float | Mapping[str, float] | None = None,
+    quality: float | Mapping[str, float] | None = None,
+    scope: str = "layer",
+    include=None,
+    exclude=(),
+    previous: Masks | None = None,
+    apply: bool = True,
+) -> Masks:
+    """Prune the smallest-magnitude weights of every Linear/Conv layer.
+
+    Args:
+        sparsity: target fraction of zeros, one number or ``{param_name: s, 'default': s}``.
+        quality: alternative rule, threshold = quality * std(W) per layer.
+        scope: ``layer`` (a threshold per layer) or ``global`` (one threshold over all
+            layers; needs a single ``sparsity``).
+        previous: masks from an earlier round; already-pruned weights stay pruned.
+        apply: zero the pruned weights in place.
+
+    Example:
+        >>> masks = magnitude_prune(model, sparsity=0.9)  # doctest: +SKIP
+    """
+    if scope not in SCOPES:
+        raise ConfigError(f"scope {scope!r} not allowed; use one of {SCOPES}")
+    weights = prunable_weights(model, include, exclude)
+    names = list(weights)
+    if scope == "global":
+        if sparsity is None or isinstance(sparsity, Mapping):
+            raise ConfigError("global scope needs one number for sparsity")
+        check_sparsity(sparsity)
+        flat = torch.cat([w.detach().abs().reshape(-1) for w in weights.values()])
+        keep = topk_mask(flat, sparsity)
+        masks, off = {}, 0
+        for n, w in weights.items():
+            masks[n] = keep[off:off + w.numel()].view_as(w)
+            off += w.numel()
+    else:
+        sp = _per_layer(sparsity, names, "sparsity")
+        qu = _per_layer(quality, names, "quality")
+        masks = {}
+        for n, w in weights.items():
+            if sp[n] is None and qu[n] is None:
+                masks[n] = torch.ones_like(w, dtype=torch.bool)
+            else:
+                masks[n] = magnitude_mask(w, sparsity=sp[n], quality=None if sp[n] is not None else qu[n])
+    result = Masks(masks)
+    if previous is not None:
+        result = result.combine(previous)
+    if apply:
+        result.apply(model)
+    return result

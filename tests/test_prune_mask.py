@@ -1,0 +1,87 @@
+import pytest
+import torch
+
+from nncompress.errors import ConfigError
+from nncompress.prune import MaskCallback, Masks, layer_sparsity, magnitude_prune, std_threshold, topk_mask
+from nncompress.train import TrainConfig, fit
+
+
+@pytest.mark.parametrize("opt,wd", [("sgd", 5e-4), ("adam", 1e-3), ("adamw", 1e-2)])
+def test_pruned_weights_stay_exactly_zero(lenet300, tiny_data, opt, wd):
+    # Train first so the optimizer has momentum, then prune and keep training.
+    masks = magnitude_prune(lenet300, sparsity=0.8)
+    cfg = TrainConfig(epochs=2, lr=0.01, optimizer=opt, weight_decay=wd, momentum=0.9, batch_size=32)
+    fit(lenet300, tiny_data, cfg, callbacks=[MaskCallback(masks)])
+    params = dict(lenet300.named_parameters())
+    for name, m in masks.items():
+        assert torch.all(params[name][~m] == 0)
+        assert (params[name][m] != 0).float().mean() > 0.99  # survivors keep training
+
+
+def test_momentum_without_callback_would_move_weights(lenet300, tiny_data):
+    """The invariant above is not vacuous: plain SGD with momentum revives zeros."""
+    masks = magnitude_prune(lenet300, sparsity=0.8)
+    cfg = TrainConfig(epochs=1, lr=0.01, weight_decay=5e-4, batch_size=32)
+    fit(lenet300, tiny_data, cfg)
+    w = lenet300.fc1.weight
+    assert (w[~masks["fc1.weight"]] != 0).any()
+
+
+def test_reported_sparsity_equals_counted_zeros(lenet5):
+    masks = magnitude_prune(lenet5, sparsity={"conv1.weight": 0.3, "default": 0.9})
+    counted = layer_sparsity(lenet5, list(masks))
+    for name, s in masks.sparsity().items():
+        assert s == pytest.approx(counted[name], abs=1e-12)
+    assert masks.sparsity()["conv1.weight"] == pytest.approx(150 / 500)
+    assert masks.sparsity()["fc1.weight"] == pytest.approx(0.9, abs=1e-5)
+
+
+def test_global_threshold_is_one_cut(lenet300):
+    masks = magnitude_prune(lenet300, sparsity=0.9, scope="global")
+    params = dict(lenet300.named_parameters())
+    kept = torch.cat([params[n][m].abs() for n, m in masks.items()])
+    assert masks.total_sparsity() == pytest.approx(0.9, abs=1e-5)
+    # Every kept weight was at least as large as every pruned weight (before zeroing).
+    assert kept.min() > 0
+
+
+def test_quality_std_rule():
+    w = torch.tensor([[0.1, -0.2, 3.0, -4.0]])
+    thr = std_threshold(w, 0.5)
+    assert thr == pytest.approx(0.5 * float(w.std()))
+    model = torch.nn.Sequential(torch.nn.Linear(4, 1, bias=False))
+    model[0].weight.data = w.clone()
+    masks = magnitude_prune(model, quality=0.5)
+    assert masks["0.weight"].tolist() == [[False, False, True, True]]
+
+
+def test_topk_mask_exact_count_with_ties():
+    m = topk_mask(torch.zeros(10), 0.35)
+    assert int((~m).sum()) == 4  # round(3.5) with banker's rounding -> 4
+
+
+def test_iterative_masks_only_grow(lenet300):
+    m1 = magnitude_prune(lenet300, sparsity=0.5)
+    with torch.no_grad():  # perturb so a different set would be chosen
+        lenet300.fc1.weight.add_(torch.randn_like(lenet300.fc1.weight))
+        m1.apply(lenet300)
+    m2 = magnitude_prune(lenet300, sparsity=0.7, previous=m1)
+    assert not torch.any(m2["fc1.weight"] & ~m1["fc1.weight"])
+
+
+@pytest.mark.parametrize("bad", [-0.1, 1.0, 1.5, "x"])
+def test_bad_sparsity_rejected(lenet300, bad):
+    with pytest.raises(ConfigError, match="sparsity"):
+        magnitude_prune(lenet300, sparsity=bad)
+
+
+def test_model_without_prunable_layer_rejected():
+    with pytest.raises(ConfigError, match="no prunable layer"):
+        magnitude_prune(torch.nn.Sequential(torch.nn.ReLU()), sparsity=0.5)
+
+
+def test_masks_from_zeros_roundtrip(lenet300):
+    masks = magnitude_prune(lenet300, sparsity=0.6)
+    again = Masks.from_zeros(lenet300, list(masks))
+    for n in masks:
+        assert torch.equal(masks[n], again[n])

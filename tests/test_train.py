@@ -1,0 +1,65 @@
+import pytest
+import torch
+
+from nncompress.prune import adjusted_dropout
+from nncompress.prune.retrain import dropout_consumers, frozen
+from nncompress.models import build_model
+from nncompress.train import Callback, TrainConfig, evaluate, fit, lr_multiplier
+
+
+def test_fit_learns_and_is_deterministic(tiny_data):
+    accs = []
+    weights = []
+    for _ in range(2):
+        m = build_model("lenet300")
+        torch.manual_seed(5)
+        m = build_model("lenet300")
+        before = evaluate(m, tiny_data)["accuracy"]
+        fit(m, tiny_data, TrainConfig(epochs=3, lr=0.05, batch_size=32, seed=3))
+        accs.append(evaluate(m, tiny_data)["accuracy"])
+        weights.append(m.fc1.weight.detach().clone())
+    assert accs[0] > before + 0.2
+    assert torch.equal(weights[0], weights[1])
+
+
+def test_resume_gives_same_result(tiny_data, tmp_path):
+    cfg = TrainConfig(epochs=3, lr=0.05, batch_size=32, seed=7)
+    torch.manual_seed(1)
+    ref = build_model("lenet300")
+    init = {k: v.clone() for k, v in ref.state_dict().items()}
+    fit(ref, tiny_data, cfg)
+    # Interrupted run: 2 epochs with a checkpoint, then a fresh process-like resume.
+    ck = tmp_path / "ck.pt"
+    part = build_model("lenet300")
+    part.load_state_dict(init)
+
+    class Kill(Callback):
+        def on_epoch_begin(self, epoch):
+            if epoch == 2:
+                raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        fit(part, tiny_data, cfg, checkpoint=ck, callbacks=[Kill()])
+    resumed = build_model("lenet300")
+    fit(resumed, tiny_data, cfg, checkpoint=ck)
+    for k, v in ref.state_dict().items():
+        assert torch.equal(v, resumed.state_dict()[k]), k
+
+
+def test_lr_schedules():
+    f = lr_multiplier("cosine", 100)
+    assert f(0) == 1.0 and abs(f(50) - 0.5) < 1e-12 and abs(f(100)) < 1e-12
+    g = lr_multiplier("step", 100, milestones=(0.5,), gamma=0.1)
+    assert g(49) == 1.0 and abs(g(50) - 0.1) < 1e-12
+
+
+def test_dropout_rule_and_consumers():
+    assert adjusted_dropout(0.5, 400, 100) == 0.25
+    m = build_model("lenet300", dropout=0.5)
+    assert dropout_consumers(m, torch.zeros(1, 1, 28, 28)) == {"drop1": "fc2", "drop2": "fc3"}
+
+
+def test_frozen_restores(lenet5):
+    with frozen(lenet5, "conv"):
+        assert not lenet5.conv1.weight.requires_grad and lenet5.fc1.weight.requires_grad
+    assert lenet5.conv1.weight.requires_grad
