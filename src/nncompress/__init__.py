@@ -1,8 +1,10 @@
 """nncompress: make trained PyTorch networks small and fast, and prove it in bytes."""
 
-from nncompress.errors import ConfigError, DataNotFoundError, FormatError, NNCompressError
-
 __version__ = "0.1.0"
+
+from nncompress.errors import ConfigError, DataNotFoundError, FormatError, NNCompressError
+from nncompress.format import load, read_info, register_codec, save, set_codec_hints
+
 
 __all__ = [
     "ConfigError",
@@ -10,4 +12,9 @@ __all__ = [
     "FormatError",
     "NNCompressError",
     "__version__",
+    "load",
+    "read_info",
+    "register_codec",
+    "save",
+    "set_codec_hints",
 ]

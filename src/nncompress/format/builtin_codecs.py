@@ -1,0 +1,244 @@
+"""Built-in tensor codecs: ``raw`` (any dtype, exact), ``fp16``/``bf16`` (lossy casts),
+``sparse`` (relative indices + fp32 values), ``deep`` (Deep Compression: relative indices
++ shared-weight codebook indices, each stream Huffman-coded when that is smaller) and
+``auto`` (the smallest exact one)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+
+from nncompress.codec import bitpack, huffman
+from nncompress.codec.sparse_index import decode_relative, encode_relative
+from nncompress.errors import ConfigError, FormatError
+from nncompress.format.codecs import EncodedTensor, TensorCodec, register_codec
+
+_DTYPES = {str(d).removeprefix("torch."): d for d in (
+    torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.int64, torch.int32,
+    torch.int16, torch.int8, torch.uint8, torch.bool)}
+
+
+def dtype_from_name(name: str) -> torch.dtype:
+    """``'float32'`` -> ``torch.float32`` (only plain numeric dtypes are allowed)."""
+    if name not in _DTYPES:
+        raise FormatError(f"unsupported dtype {name!r} in file; allowed: {sorted(_DTYPES)}")
+    return _DTYPES[name]
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    name = str(dtype).removeprefix("torch.")
+    if name not in _DTYPES:
+        raise ConfigError(f"tensors of dtype {dtype} cannot be stored; allowed: {sorted(_DTYPES)}")
+    return name
+
+
+def tensor_to_bytes(t: torch.Tensor) -> bytes:
+    """Little-endian bytes of a tensor, any supported dtype."""
+    return t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+
+
+def tensor_from_bytes(data: bytes, dtype: torch.dtype, shape: list[int]) -> torch.Tensor:
+    """Inverse of :func:`tensor_to_bytes`, with a size check."""
+    n = math.prod(shape)
+    itemsize = torch.empty(0, dtype=dtype).element_size()
+    if len(data) != n * itemsize:
+        raise FormatError(f"tensor of shape {shape} and dtype {dtype} needs {n * itemsize} bytes, "
+                          f"file has {len(data)}")
+    if n == 0:
+        return torch.empty(shape, dtype=dtype)
+    return torch.frombuffer(bytearray(data), dtype=torch.uint8).view(dtype).reshape(shape).clone()
+
+
+class RawCodec(TensorCodec):
+    """Stores the tensor's bytes as they are (fp32 weights, int buffers, ...)."""
+
+    name = "raw"
+
+    def encode(self, tensor, **params):
+        _no_params(self.name, params)
+        data = tensor_to_bytes(tensor)
+        return EncodedTensor(self.name, list(tensor.shape), dtype_name(tensor.dtype),
+                             {"bits": {"weights": 8 * len(data)}}, {"data": data})
+
+    def decode(self, enc):
+        return tensor_from_bytes(enc.sections["data"], dtype_from_name(enc.dtype), enc.shape)
+
+
+class CastCodec(TensorCodec):
+    """Stores a float tensor in a 16-bit float type; decodes to the original dtype.
+    Lossy unless the values are representable (``save`` reports it)."""
+
+    lossless = False
+
+    def __init__(self, name: str, storage: torch.dtype):
+        self.name, self.storage = name, storage
+
+    def encode(self, tensor, **params):
+        _no_params(self.name, params)
+        if not tensor.is_floating_point():
+            raise ConfigError(f"codec {self.name!r} needs a float tensor, got {tensor.dtype}")
+        data = tensor_to_bytes(tensor.to(self.storage))
+        return EncodedTensor(self.name, list(tensor.shape), dtype_name(tensor.dtype),
+                             {"bits": {"weights": 8 * len(data)}}, {"data": data})
+
+    def decode(self, enc):
+        t = tensor_from_bytes(enc.sections["data"], self.storage, enc.shape)
+        return t.to(dtype_from_name(enc.dtype))
+
+
+def _no_params(name: str, params: dict[str, Any]) -> None:
+    if params:
+        raise ConfigError(f"codec {name!r} takes no parameters, got {sorted(params)}")
+
+
+def default_index_bits(shape: list[int]) -> int:
+    """Deep Compression's relative-index width: 5 bits for FC (2-D), 8 for conv."""
+    return 5 if len(shape) <= 2 else 8
+
+
+def _stream_section(symbols: np.ndarray, alphabet: int, width: int, huff: str) -> tuple[bytes, str, int]:
+    """Encode symbols fixed-width or Huffman (``huff``: 'yes', 'no', 'auto' = smaller)."""
+    fixed = bitpack.pack_bits(symbols, width) if symbols.size else b""
+    if huff == "no" or symbols.size == 0:
+        return fixed, "fixed", 8 * len(fixed)
+    table = huffman.HuffmanTable.from_symbols(symbols, alphabet_size=alphabet)
+    coded = huffman.to_bytes(huffman.encode(symbols, table), table)
+    if huff == "auto" and len(fixed) <= len(coded):
+        return fixed, "fixed", 8 * len(fixed)
+    return coded, "huffman", 8 * len(coded)
+
+
+def _read_stream(data: bytes, kind: str, width: int, count: int) -> np.ndarray:
+    if kind == "fixed":
+        return bitpack.unpack_bits(data, width, count).astype(np.int64)
+    if kind == "huffman":
+        stream, table = huffman.from_bytes(data)
+        if stream.count != count:
+            raise FormatError(f"stream holds {stream.count} symbols, metadata says {count}")
+        return huffman.decode(stream, table)
+    raise FormatError(f"unknown stream kind {kind!r}; allowed: 'fixed', 'huffman'")
+
+
+class SparseCodec(TensorCodec):
+    """Nonzeros as relative indices (``index_bits`` bits each, filler entries where a gap
+    exceeds 2^index_bits) plus their values: fp32 (``sparse``) or indices into a codebook
+    of the distinct nonzero values (``deep``, after k-means weight sharing).
+
+    Params: ``index_bits`` (1..16, default 5 FC / 8 conv), ``huffman`` ('auto', 'yes',
+    'no'), and for ``deep`` ``max_codebook`` (default 65536).
+    """
+
+    def __init__(self, name: str, shared: bool):
+        self.name, self.shared = name, shared
+
+    def encode(self, tensor, index_bits=None, huffman="auto", max_codebook=65536, **params):
+        _no_params(self.name, params)
+        if tensor.dtype != torch.float32:
+            raise ConfigError(f"codec {self.name!r} stores float32 tensors, got {tensor.dtype}")
+        if huffman not in ("auto", "yes", "no"):
+            raise ConfigError(f"huffman={huffman!r} not allowed; use 'auto', 'yes' or 'no'")
+        shape = list(tensor.shape)
+        index_bits = default_index_bits(shape) if index_bits is None else int(index_bits)
+        if not 1 <= index_bits <= 16:
+            raise ConfigError(f"index_bits={index_bits} is out of range; allowed: 1..16")
+        flat = tensor.detach().cpu().reshape(-1).numpy()
+        if not np.isfinite(flat).all():
+            raise ConfigError(f"codec {self.name!r} cannot store NaN/inf values")
+        pos = np.flatnonzero(flat)  # (nnz,)
+        rel = encode_relative(pos, index_bits)
+        entries = int(rel.gaps.size)
+        values = flat[pos]
+        sections: dict[str, bytes] = {}
+        meta: dict[str, Any] = {"index_bits": index_bits, "entries": entries, "nnz": int(pos.size)}
+        gap_bytes, gap_kind, gap_bits = _stream_section(rel.gaps, 1 << index_bits, index_bits, huffman)
+        sections["gaps"] = gap_bytes
+        meta["gaps"] = gap_kind
+        if self.shared:
+            codebook = np.unique(values).astype(np.float32)  # sorted distinct nonzeros
+            if codebook.size > max_codebook:
+                raise ConfigError(
+                    f"tensor has {codebook.size} distinct nonzero values; codec 'deep' allows "
+                    f"at most max_codebook={max_codebook}: share weights (k-means) first")
+            symbols = np.full(entries, codebook.size, dtype=np.int64)  # filler symbol = K
+            symbols[~rel.is_filler] = np.searchsorted(codebook, values)
+            alphabet = codebook.size + int(rel.is_filler.any())
+            value_width = max(1, math.ceil(math.log2(max(alphabet, 2))))
+            val_bytes, val_kind, val_bits = _stream_section(symbols, alphabet, value_width, huffman)
+            sections["codebook"] = codebook.tobytes()
+            meta.update(values=val_kind, value_bits=value_width, codebook_size=int(codebook.size),
+                        alphabet=alphabet)
+            pq_weight_bits = entries * value_width
+        else:
+            full = np.zeros(entries, dtype=np.float32)
+            full[~rel.is_filler] = values
+            val_bytes, val_bits = full.tobytes(), 32 * entries
+            meta["values"] = "fp32"
+            pq_weight_bits = 32 * entries
+        sections["values"] = val_bytes
+        meta["bits"] = {"weights": val_bits, "index": gap_bits,
+                        "other": 8 * len(sections.get("codebook", b""))}
+        meta["stats"] = {"weight_bits_pq": pq_weight_bits, "index_bits_pq": entries * index_bits,
+                         "weight_bits_pqh": val_bits, "index_bits_pqh": gap_bits}
+        return EncodedTensor(self.name, shape, "float32", meta, sections)
+
+    def decode(self, enc):
+        m, s = enc.meta, enc.sections
+        try:
+            entries, index_bits = int(m["entries"]), int(m["index_bits"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise FormatError(f"codec {self.name!r}: bad metadata {m!r}") from exc
+        n = math.prod(enc.shape)
+        gaps = _read_stream(s["gaps"], m["gaps"], index_bits, entries)
+        if gaps.size and (gaps.min() < 0 or gaps.max() >= 1 << index_bits):
+            raise FormatError("relative index out of range")
+        positions = decode_relative(gaps, index_bits)
+        if positions.size and positions[-1] >= n:
+            raise FormatError(f"sparse index {int(positions[-1])} is outside a tensor of {n} values")
+        out = np.zeros(n, dtype=np.float32)
+        if self.shared:
+            codebook = np.frombuffer(s["codebook"], dtype=np.float32)
+            if codebook.size != int(m["codebook_size"]):
+                raise FormatError("codebook size does not match its metadata")
+            symbols = _read_stream(s["values"], m["values"], int(m["value_bits"]), entries)
+            if symbols.size and symbols.max() > codebook.size:
+                raise FormatError("codebook index out of range")
+            real = symbols < codebook.size
+            out[positions[real]] = codebook[symbols[real]]
+        else:
+            vals = np.frombuffer(s["values"], dtype=np.float32)
+            if vals.size != entries:
+                raise FormatError(f"{vals.size} values stored for {entries} entries")
+            out[positions] = vals
+        return torch.from_numpy(out).reshape(enc.shape)
+
+
+class AutoCodec(TensorCodec):
+    """Encodes with each exact candidate (``raw``, ``sparse``, ``deep`` when the tensor has
+    at most ``max_codebook`` distinct nonzeros) and keeps the smallest. The result carries
+    the winner's codec name, so decoding never passes through ``auto``."""
+
+    name = "auto"
+
+    def encode(self, tensor, index_bits=None, huffman="auto", max_codebook=4096, **params):
+        _no_params(self.name, params)
+        candidates = [RAW.encode(tensor)]
+        if tensor.dtype == torch.float32 and tensor.numel() > 0:
+            candidates.append(SPARSE.encode(tensor, index_bits=index_bits, huffman=huffman))
+            distinct = torch.unique(tensor[tensor != 0]).numel()
+            if distinct <= max_codebook:
+                candidates.append(DEEP.encode(tensor, index_bits=index_bits, huffman=huffman))
+        return min(candidates, key=lambda e: e.nbytes)
+
+    def decode(self, enc):  # pragma: no cover - auto never appears in a file
+        raise FormatError("'auto' is not a stored codec")
+
+
+RAW = register_codec(RawCodec())
+SPARSE = register_codec(SparseCodec("sparse", shared=False))
+DEEP = register_codec(SparseCodec("deep", shared=True))
+register_codec(CastCodec("fp16", torch.float16))
+register_codec(CastCodec("bf16", torch.bfloat16))
+register_codec(AutoCodec())
