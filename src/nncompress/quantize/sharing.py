@@ -1,0 +1,342 @@
+"""Q1 weight sharing by k-means (Han et al., Deep Compression, arXiv 1510.00149, Sec. 3).
+
+Per layer, the **nonzero** weights are clustered into ``2^b`` groups (paper: b = 8 for conv,
+5 for fully connected layers) with Lloyd's k-means (``kmeans_1d``, linear initialisation by
+default, the paper's choice); every weight is replaced by its centroid. Pruned zeros are
+not clustered and stay exactly zero. The layer is then stored as a codebook of ``K <= 2^b``
+float32 values plus one b-bit index per nonzero weight, a compression of
+
+    r = n * 32 / (n * b + 2^b * 32)        (``sharing_ratio``, Eq. 1 of the paper)
+
+Storage convention (``LayerSharing``): ``mask`` (weight shape, bool) marks the shared
+positions (the weights that were nonzero), ``labels`` (nnz,) int64 holds the codebook index
+of each of them in row-major order (the order of ``weight[mask]``), ``codebook`` (K,) float32
+is sorted ascending with unused and duplicate centroids removed, so K can be below 2^b. For
+the file format, ``SharedWeights.layer_codebook(name)`` returns the codebook and a
+full-shape index tensor with entries in [0, K) at shared positions and -1 at zeros.
+
+Fine-tuning (``CentroidFineTuner``, a training ``Callback``): the gradient of a centroid is
+the sum of the gradients of the weights that share it (``centroid_gradient``); the
+centroids take a plain SGD step ``c <- c - lr * dL/dc`` (the paper's update; optional
+momentum), and every shared weight is rewritten to its centroid after each optimizer step,
+so the model always equals ``codebook[labels]`` at shared positions and 0 elsewhere.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from nncompress.errors import ConfigError
+from nncompress.prune.targets import is_conv, module_of, prunable_weights
+from nncompress.quantize.kmeans1d import INITS, kmeans_1d
+from nncompress.train.callbacks import Callback
+
+log = logging.getLogger(__name__)
+MAX_BITS = 16
+
+
+def _check_bits(value: Any, what: str) -> int:
+    is_int = isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+    if not is_int or not 1 <= value <= MAX_BITS:
+        raise ConfigError(f"{what} must be an integer in 1..{MAX_BITS}, got {value!r}")
+    return int(value)
+
+
+@dataclass
+class SharingConfig:
+    """Weight-sharing settings: bits per conv / fc index, k-means init and layer filter.
+
+    ``include``/``exclude`` are glob patterns over module names, as in ``prunable_weights``.
+    ``max_iter``/``tol``/``seed`` go to ``kmeans_1d``.
+
+    Example:
+        >>> SharingConfig(bits_conv=8, bits_fc=5).bits_fc
+        5
+    """
+
+    bits_conv: int = 8
+    bits_fc: int = 5
+    init: str = "linear"
+    include: Sequence[str] | None = None
+    exclude: Sequence[str] = ()
+    max_iter: int = 300
+    tol: float = 1e-4
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        self.bits_conv = _check_bits(self.bits_conv, "bits_conv")
+        self.bits_fc = _check_bits(self.bits_fc, "bits_fc")
+        if self.init not in INITS:
+            raise ConfigError(f"unknown k-means init {self.init!r}; allowed: {', '.join(INITS)}")
+        if self.max_iter < 1:
+            raise ConfigError(f"max_iter must be >= 1, got {self.max_iter}")
+        if self.tol < 0:
+            raise ConfigError(f"tol must be >= 0, got {self.tol}")
+
+
+def sharing_ratio(n: int, bits: int) -> float:
+    """Compression of one layer by sharing: ``n*32 / (n*b + 2^b*32)`` (paper Eq. 1).
+
+    ``n`` weights (the nonzeros), b-bit indices, a codebook of 2^b float32 values.
+
+    Example:
+        >>> sharing_ratio(16, 2)  # the paper's 4x4 example: 512 / 160
+        3.2
+    """
+    if n < 0:
+        raise ConfigError(f"n must be >= 0, got {n}")
+    if bits < 1:
+        raise ConfigError(f"bits must be >= 1, got {bits}")
+    return n * 32 / (n * bits + 2**bits * 32)
+
+
+def centroid_gradient(weight_grads: torch.Tensor, labels: torch.Tensor, k: int) -> torch.Tensor:
+    """dL/dc_j = sum of dL/dw_i over the weights i with label j (paper Eq. 3).
+
+    ``weight_grads`` (nnz,) and ``labels`` (nnz,) int64 in [0, k); returns (k,).
+
+    Example:
+        >>> centroid_gradient(torch.tensor([1., 2., 3.]), torch.tensor([0, 1, 0]), 2).tolist()
+        [4.0, 2.0]
+    """
+    out = torch.zeros(k, dtype=weight_grads.dtype, device=weight_grads.device)  # (k,)
+    return out.index_add_(0, labels, weight_grads)
+
+
+@dataclass
+class LayerSharing:
+    """Codebook (K,) float32, labels (nnz,) int64 of the masked positions, mask (shape) bool."""
+
+    codebook: torch.Tensor
+    labels: torch.Tensor
+    mask: torch.Tensor
+    bits: int
+
+    def values(self) -> torch.Tensor:
+        """The shared weight values (nnz,) = ``codebook[labels]``."""
+        return self.codebook[self.labels]
+
+
+def _compact(centroids: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Drop unused centroids, cast to float32, merge equal values; relabel. Sorted output."""
+    used = np.unique(labels)  # (K_used,) sorted
+    cb32 = centroids[used].astype(np.float32)
+    remap = np.full(centroids.size, -1, dtype=np.int64)
+    remap[used] = np.arange(used.size)
+    codebook, inverse = np.unique(cb32, return_inverse=True)
+    return codebook, inverse.reshape(-1)[remap[labels]]
+
+
+class SharedWeights(Mapping[str, LayerSharing]):
+    """Parameter name -> ``LayerSharing``; the result of ``share_weights``."""
+
+    def __init__(self, layers: Mapping[str, LayerSharing]):
+        self._layers = dict(layers)
+
+    def __getitem__(self, key: str) -> LayerSharing:
+        return self._layers[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._layers)
+
+    def __len__(self) -> int:
+        return len(self._layers)
+
+    @torch.no_grad()
+    def apply(self, model: nn.Module) -> None:
+        """Rewrite each shared weight in place: ``codebook[labels]`` at the mask, 0 elsewhere."""
+        params = dict(model.named_parameters())
+        for name, layer in self._layers.items():
+            w = params[name]
+            if tuple(w.shape) != tuple(layer.mask.shape):
+                raise ConfigError(f"{name}: weight shape {tuple(w.shape)} differs from the shared "
+                                  f"layer's {tuple(layer.mask.shape)}")
+            vals = layer.values().to(device=w.device, dtype=w.dtype)  # (nnz,)
+            w.zero_()
+            w.masked_scatter_(layer.mask.to(w.device), vals)
+
+    def layer_codebook(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """(codebook (K,) float32, index int64 of the weight's shape): index in [0, K) at
+        shared (nonzero) positions, -1 at zeros. What the ``deep`` codec stores.
+
+        Example:
+            >>> cb, idx = shared.layer_codebook("fc1.weight")  # doctest: +SKIP
+            >>> w = torch.where(idx >= 0, cb[idx.clamp(min=0)], 0.0)  # doctest: +SKIP
+            >>> torch.equal(w, model.fc1.weight)  # doctest: +SKIP
+            True
+        """
+        layer = self._layers[name]
+        index = torch.full(layer.mask.shape, -1, dtype=torch.int64, device=layer.labels.device)
+        index[layer.mask] = layer.labels
+        return layer.codebook.detach().clone(), index
+
+    def summary(self) -> dict[str, dict[str, float]]:
+        """Per layer: nonzeros n, bits b, codebook size K and the paper's ratio r(n, b)."""
+        return {
+            name: {"n": float(layer.labels.numel()), "bits": float(layer.bits),
+                   "codebook_size": float(layer.codebook.numel()),
+                   "ratio": sharing_ratio(layer.labels.numel(), layer.bits)}
+            for name, layer in self._layers.items()
+        }
+
+    def state_dict(self) -> dict[str, dict[str, Any]]:
+        """Plain nested dict of tensors and ints (checkpoint-safe)."""
+        return {n: {"codebook": l.codebook, "labels": l.labels, "mask": l.mask, "bits": l.bits}
+                for n, l in self._layers.items()}
+
+    @classmethod
+    def from_state_dict(cls, state: Mapping[str, Mapping[str, Any]]) -> SharedWeights:
+        """Inverse of ``state_dict``."""
+        return cls({n: LayerSharing(s["codebook"].clone(), s["labels"].clone(), s["mask"].clone(),
+                                    int(s["bits"])) for n, s in state.items()})
+
+
+def share_layer(weight: torch.Tensor, bits: int, cfg: SharingConfig) -> LayerSharing:
+    """Cluster the nonzeros of one weight tensor into at most 2^bits shared values.
+
+    Example:
+        >>> share_layer(torch.tensor([0., 1., 1.1, 5.]), 1, SharingConfig()).codebook.tolist()
+        [1.0499999523162842, 5.0]
+    """
+    bits = _check_bits(bits, "bits")
+    w = weight.detach()
+    mask = w != 0  # (shape) bool
+    vals = w[mask].cpu().numpy()  # (nnz,) row-major order
+    if vals.size == 0:
+        log.warning("weight sharing: tensor has no nonzero weight; nothing to cluster")
+        empty = torch.zeros(0, dtype=torch.float32, device=w.device)
+        return LayerSharing(empty, torch.zeros(0, dtype=torch.int64, device=w.device), mask, bits)
+    res = kmeans_1d(vals, 2**bits, init=cfg.init, max_iter=cfg.max_iter, tol=cfg.tol, seed=cfg.seed)
+    codebook, labels = _compact(res.centroids, res.labels)
+    if (codebook == 0).any():
+        log.warning("weight sharing: a centroid is exactly 0; its weights become zeros")
+    return LayerSharing(torch.from_numpy(codebook).to(w.device),
+                        torch.from_numpy(labels).to(w.device), mask, bits)
+
+
+def share_weights(model: nn.Module, cfg: SharingConfig | None = None) -> SharedWeights:
+    """Q1: replace the nonzero weights of each Linear/Conv layer by their k-means centroid.
+
+    Conv layers get ``2^bits_conv`` clusters, the others ``2^bits_fc``. The model is edited
+    in place; the returned ``SharedWeights`` holds codebooks and labels.
+
+    Example:
+        >>> shared = share_weights(model, SharingConfig(bits_conv=8, bits_fc=5))  # doctest: +SKIP
+        >>> len(torch.unique(model.fc1.weight)) <= 2**5 + 1  # + the zeros  # doctest: +SKIP
+        True
+    """
+    cfg = cfg or SharingConfig()
+    layers: dict[str, LayerSharing] = {}
+    for name, w in prunable_weights(model, cfg.include, cfg.exclude).items():
+        bits = cfg.bits_conv if is_conv(module_of(model, name)) else cfg.bits_fc
+        layers[name] = share_layer(w, bits, cfg)
+        log.info("shared %s: %d nonzeros -> %d centroids (%d bits)", name,
+                 layers[name].labels.numel(), layers[name].codebook.numel(), bits)
+    shared = SharedWeights(layers)
+    shared.apply(model)
+    return shared
+
+
+@dataclass
+class _TunerState:
+    ref_lr: float | None = None
+    restored: bool = False
+    grads: dict[str, torch.Tensor] = field(default_factory=dict)
+    momentum: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+class CentroidFineTuner(Callback):
+    """Fine-tunes the shared centroids during ``fit`` (paper Sec. 3.3).
+
+    After backward, the gradient of each centroid is collected as the sum of its weights'
+    gradients, and **the gradients of the shared weights are then set to zero**, so the main
+    optimizer never moves them on its own (its weight decay and momentum may still touch
+    them, but every shared weight is rewritten to ``codebook[labels]`` after each optimizer
+    step, so no such change survives). The centroids take ``c <- c - lr * m * (dL/dc)``
+    (SGD, optionally with heavy-ball ``momentum``), where ``m`` is the current LR-schedule
+    factor of the main optimizer (``group lr / lr at fit start``) when ``follow_schedule``.
+    Biases and unshared layers keep training with the main optimizer. The codebooks of
+    ``shared`` are updated in place, so ``shared.layer_codebook`` is current after ``fit``.
+
+    Example:
+        >>> shared = share_weights(model, SharingConfig())  # doctest: +SKIP
+        >>> fit(model, data, cfg, callbacks=[CentroidFineTuner(shared, lr=1e-3)])  # doctest: +SKIP
+    """
+
+    def __init__(self, shared: SharedWeights, lr: float, momentum: float = 0.0,
+                 follow_schedule: bool = True):
+        if not lr > 0:
+            raise ConfigError(f"centroid lr must be > 0, got {lr!r}")
+        if not 0.0 <= momentum < 1.0:
+            raise ConfigError(f"momentum must be in [0, 1), got {momentum!r}")
+        self.shared = shared
+        self.lr = float(lr)
+        self.momentum = float(momentum)
+        self.follow_schedule = follow_schedule
+        self._params: dict[str, nn.Parameter] = {}
+        self._state = _TunerState()
+
+    def on_fit_begin(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        params = dict(model.named_parameters())
+        missing = [n for n in self.shared if n not in params]
+        if missing:
+            raise ConfigError(f"shared layers {missing} are not parameters of the model")
+        self._params = {n: params[n] for n in self.shared}
+        for name, layer in self.shared.items():  # follow the model's device
+            dev = self._params[name].device
+            layer.codebook, layer.labels = layer.codebook.to(dev), layer.labels.to(dev)
+            layer.mask = layer.mask.to(dev)
+        if not self._state.restored or self._state.ref_lr is None:
+            self._state.ref_lr = float(optimizer.param_groups[0]["lr"])
+        self._state.restored = False
+        self.shared.apply(model)
+
+    def after_backward(self, model: nn.Module) -> None:
+        for name, p in self._params.items():
+            layer = self.shared[name]
+            if p.grad is None:
+                self._state.grads[name] = torch.zeros_like(layer.codebook)
+                continue
+            g = p.grad[layer.mask].to(layer.codebook.dtype)  # (nnz,)
+            self._state.grads[name] = centroid_gradient(g, layer.labels, layer.codebook.numel())
+            p.grad.zero_()
+
+    @torch.no_grad()
+    def after_optimizer_step(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        factor = 1.0
+        if self.follow_schedule and self._state.ref_lr:
+            factor = float(optimizer.param_groups[0]["lr"]) / self._state.ref_lr
+        for name, grad in self._state.grads.items():
+            step = grad
+            if self.momentum > 0:
+                buf = self._state.momentum.get(name)
+                buf = grad.clone() if buf is None else buf.mul_(self.momentum).add_(grad)
+                self._state.momentum[name] = buf
+                step = buf
+            self.shared[name].codebook.sub_(self.lr * factor * step)
+        self._state.grads.clear()
+        self.shared.apply(model)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"shared": self.shared.state_dict(), "ref_lr": self._state.ref_lr,
+                "momentum": dict(self._state.momentum)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if "shared" not in state:
+            return
+        restored = SharedWeights.from_state_dict(state["shared"])
+        for name, layer in restored.items():  # keep the caller's SharedWeights object current
+            self.shared[name].codebook = layer.codebook
+            self.shared[name].labels = layer.labels
+            self.shared[name].mask = layer.mask
+            self.shared[name].bits = layer.bits
+        self._state.ref_lr = state.get("ref_lr")
+        self._state.momentum = {k: v.clone() for k, v in state.get("momentum", {}).items()}
+        self._state.restored = True
