@@ -1,0 +1,178 @@
+"""The ``nncompress`` command: run recipes, inspect, evaluate and export compressed files.
+
+The CLI owns the terminal (progress bars, tables); the library only logs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shlex
+import sys
+from pathlib import Path
+
+DEFAULT_RECIPE = "deep-compression-lenet300"
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from nncompress.recipes import load_recipe
+    from nncompress.recipes.runner import run_recipe
+
+    recipe = load_recipe(args.recipe)
+    out = Path(args.out or f"runs/{recipe.name}/model.nnc")
+    report_dir = Path(args.report or out.parent / "report")
+    command = "nncompress " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    report = run_recipe(recipe, out, report_dir, progress=not args.quiet, command=command)
+    s = report["summary"]
+    print(f"recipe        {recipe.name}")
+    print(f"dense         accuracy {100 * s['dense_accuracy']:.2f}%  {s['dense_fp32_bytes']:,} bytes (fp32)"
+          if s["dense_accuracy"] is not None else "dense         (no train stage)")
+    print(f"compressed    accuracy {100 * s['compressed_accuracy']:.2f}%  {s['file_bytes']:,} bytes  "
+          f"-> {s['ratio']:.1f}x smaller")
+    print(f"file          {out}")
+    print(f"report        {report_dir / 'report.md'}")
+    return 0
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    from nncompress.analysis.accounting import layer_stats, totals
+    from nncompress.analysis.file_table import compression_table, table_markdown
+    from nncompress.format import load, read_info
+
+    info = read_info(args.file)
+    table = compression_table(info)
+    out = {"file": args.file, "file_bytes": info.file_bytes, "arch": info.arch,
+           "metadata": info.metadata, "table": table}
+    try:
+        import torch
+
+        model = load(args.file)
+        rows = layer_stats(model, torch.zeros(1, *args.input_shape))
+        out["layers"] = [r.to_dict() for r in rows]
+        out["totals"] = totals(rows)
+    except Exception as exc:  # a user model cannot be rebuilt without its class
+        out["layers_error"] = str(exc)
+    energy = _energy_rows(out.get("layers"))
+    if energy is not None:
+        out["energy"] = energy
+    if args.json:
+        print(json.dumps(out, indent=2, default=str))
+        return 0
+    print(f"{args.file}: {info.file_bytes:,} bytes, arch {info.arch}, metadata {info.metadata}\n")
+    print(table_markdown(table))
+    if "layers" in out:
+        print("| layer | kind | params | nonzeros | MACs | nonzero MACs |\n|---|---|---:|---:|---:|---:|")
+        for r in out["layers"]:
+            print(f"| {r['name']} | {r['kind']} | {r['weights']:,} | {r['nonzeros']:,} | {r['macs']:,} | "
+                  f"{r['sparse_macs']:,} |")
+        t = out["totals"]
+        print(f"| **total** | | {t['weights']:,} | {t['nonzeros']:,} | {t['macs']:,} | {t['sparse_macs']:,} |")
+    if energy is not None:
+        print("\nEnergy estimate (45 nm, Horowitz 2014), per inference:")
+        for r in energy["rows"]:
+            print(f"  {r['name']}: {r['total_pj'] / 1e6:.3f} uJ")
+        print(f"  total: {energy['total_pj'] / 1e6:.3f} uJ")
+    return 0
+
+
+def _energy_rows(layers):
+    """Per-layer energy when the energy model is available."""
+    if not layers:
+        return None
+    try:
+        from nncompress.analysis.energy import energy_from_layer_rows
+    except ImportError:
+        return None
+    return energy_from_layer_rows(layers)
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from nncompress.data import load_dataset
+    from nncompress.format import load
+    from nncompress.train import evaluate
+
+    model = load(args.file)
+    result = evaluate(model, load_dataset(args.data, "test", args.root))
+    result.update(file=args.file, data=args.data)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"{args.file} on {args.data} test: accuracy {100 * result['accuracy']:.2f}%, "
+              f"loss {result['loss']:.4f}")
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from safetensors.torch import save_file
+
+    from nncompress.format import load_state
+    from nncompress.train.checkpoint import atomic_write_bytes
+
+    state, info = load_state(args.file)
+    tmp = Path(args.out).with_suffix(".tmp-export")
+    save_file({k: v.contiguous() for k, v in state.items()}, str(tmp),
+              metadata={"source": args.file, "arch": json.dumps(info.arch)})
+    atomic_write_bytes(args.out, tmp.read_bytes())
+    tmp.unlink()
+    print(f"wrote {args.out} ({Path(args.out).stat().st_size:,} bytes, dense safetensors)")
+    return 0
+
+
+def _cmd_recipes(args: argparse.Namespace) -> int:
+    from nncompress.recipes import STAGES, builtin_recipes
+
+    print("built-in recipes: " + ", ".join(builtin_recipes()))
+    print("stages: " + ", ".join(STAGES.names()))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``nncompress`` command."""
+    p = argparse.ArgumentParser(prog="nncompress", description=__doc__.splitlines()[0])
+    p.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
+    sub = p.add_subparsers(dest="command")
+    r = sub.add_parser("run", help="run a YAML recipe (default: the Deep Compression LeNet-300-100 job)")
+    r.add_argument("recipe", nargs="?", default=DEFAULT_RECIPE, help="YAML path or built-in name")
+    r.add_argument("--out", help="output .nnc file (default runs/<recipe>/model.nnc)")
+    r.add_argument("--report", help="report folder (default: next to --out)")
+    r.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    r.set_defaults(fn=_cmd_run)
+    i = sub.add_parser("info", help="per-layer table of a .nnc file")
+    i.add_argument("file")
+    i.add_argument("--json", action="store_true")
+    i.add_argument("--input-shape", type=int, nargs="+", default=[1, 28, 28])
+    i.set_defaults(fn=_cmd_info)
+    e = sub.add_parser("eval", help="accuracy of a .nnc file on a dataset's test split")
+    e.add_argument("file")
+    e.add_argument("--data", default="fashion-mnist", help="fashion-mnist, mnist or digits")
+    e.add_argument("--root", help="folder with the IDX files")
+    e.add_argument("--json", action="store_true")
+    e.set_defaults(fn=_cmd_eval)
+    x = sub.add_parser("export", help="write the dense weights as safetensors")
+    x.add_argument("file")
+    x.add_argument("out")
+    x.set_defaults(fn=_cmd_export)
+    ls = sub.add_parser("recipes", help="list built-in recipes and stages")
+    ls.set_defaults(fn=_cmd_recipes)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the console script."""
+    from nncompress.errors import NNCompressError
+
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=[logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)],
+                        format="%(levelname)s %(name)s: %(message)s")
+    if args.command is None:
+        args = build_parser().parse_args(["run", *(argv or [])])
+    try:
+        return args.fn(args)
+    except NNCompressError as exc:
+        print(f"nncompress: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,48 @@
+"""State handed from one recipe stage to the next."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from nncompress.format.codecs import CodecChoice
+from nncompress.prune.mask import Masks
+
+
+@dataclass
+class StageRecord:
+    """What one stage did: its name, wall time, test accuracy after it, and extras."""
+
+    stage: str
+    seconds: float
+    accuracy: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class RunContext:
+    """The model being compressed and everything stages share."""
+
+    model: nn.Module
+    train_data: Dataset
+    test_data: Dataset
+    example_input: torch.Tensor  # (1, C, H, W)
+    seed: int = 0
+    masks: Masks | None = None
+    codecs: dict[str, CodecChoice] = field(default_factory=dict)
+    records: list[StageRecord] = field(default_factory=list)
+    snapshots: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    def snapshot(self, label: str) -> None:
+        """Keep a copy of every Linear/Conv weight for the histograms of the report."""
+        self.snapshots[label] = {
+            n: p.detach().cpu().numpy().ravel().copy()
+            for n, p in self.model.named_parameters()
+            if n.endswith("weight") and p.dim() > 1
+        }

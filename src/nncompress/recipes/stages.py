@@ -1,0 +1,185 @@
+"""Recipe stages: each is a typed config dataclass plus a function ``run(ctx, cfg)``.
+
+New techniques register their stage with ``register_stage``; the YAML key is its name.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from nncompress.errors import ConfigError
+from nncompress.prune.iterative import iterative_prune
+from nncompress.prune.magnitude import magnitude_prune
+from nncompress.prune.mask import MaskCallback, Masks
+from nncompress.prune.retrain import adjust_dropouts, dropout_consumers
+from nncompress.prune.targets import prunable_weights
+from nncompress.recipes.context import RunContext
+from nncompress.train.loop import TrainConfig, evaluate, fit
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    name: str
+    config: type
+    run: Callable[[RunContext, Any], dict[str, Any] | None]
+    doc: str = ""
+
+
+class StageRegistry:
+    """Stage name -> spec; ``STAGES`` is the default instance."""
+
+    def __init__(self) -> None:
+        self._stages: dict[str, StageSpec] = {}
+
+    def register(self, name: str, config: type, doc: str = ""):
+        def deco(fn):
+            self._stages[name] = StageSpec(name, config, fn, doc)
+            return fn
+        return deco
+
+    def get(self, name: str) -> StageSpec:
+        if name not in self._stages:
+            raise ConfigError(f"unknown recipe stage {name!r}; allowed: {', '.join(sorted(self._stages))}")
+        return self._stages[name]
+
+    def names(self) -> list[str]:
+        return sorted(self._stages)
+
+
+STAGES = StageRegistry()
+register_stage = STAGES.register
+
+
+def layer_key(model_params: Mapping[str, Any], key: str) -> str:
+    """Accept ``fc1`` or ``fc1.weight`` in recipes."""
+    return key if key in model_params or key == "default" else f"{key}.weight"
+
+
+def normalise_layer_map(ctx: RunContext, value: Any, what: str) -> Any:
+    """Per-layer mappings in recipes may name layers by module name (``fc1``)."""
+    if not isinstance(value, Mapping):
+        return value
+    names = prunable_weights(ctx.model)
+    out = {layer_key(names, k): v for k, v in value.items()}
+    unknown = sorted(set(out) - set(names) - {"default"})
+    if unknown:
+        raise ConfigError(f"{what} names unknown layers {unknown}; allowed: {sorted(names)} or 'default'")
+    return out
+
+
+@dataclass
+class EvaluateConfig:
+    """Evaluate on the test split (no options yet)."""
+
+
+@register_stage("train", TrainConfig, "train the model (options: TrainConfig fields)")
+def run_train(ctx: RunContext, cfg: TrainConfig) -> dict[str, Any]:
+    callbacks = [MaskCallback(ctx.masks)] if ctx.masks is not None else []
+    hist = fit(ctx.model, ctx.train_data, cfg, callbacks=callbacks, progress=ctx.extras.get("progress", False))
+    ctx.snapshot("trained")
+    return {"epochs": len(hist.epochs), "final_train_loss": hist.epochs[-1]["train_loss"] if hist.epochs else None}
+
+
+@dataclass
+class PruneConfig:
+    """Magnitude pruning, one-shot or iterative (Han et al. 2015).
+
+    ``sparsity``: one number or {layer: s, default: s}; ``quality``: threshold =
+    quality * std(W) per layer instead; ``schedule``: sparsities reached in successive
+    rounds (iterative), each followed by ``retrain``.
+    """
+
+    sparsity: float | dict[str, float] | None = None
+    quality: float | dict[str, float] | None = None
+    scope: str = "layer"
+    schedule: list[float | dict[str, float]] | None = None
+    retrain: TrainConfig | None = None
+    regularizer: str | None = None
+    reg_strength: float = 1e-4
+    freeze: str | None = None
+    adjust_dropout: bool = False
+    include: list[str] | None = None
+    exclude: list[str] = field(default_factory=list)
+
+
+@register_stage("prune", PruneConfig, "magnitude pruning, one-shot or iterative with retraining")
+def run_prune(ctx: RunContext, cfg: PruneConfig) -> dict[str, Any]:
+    if cfg.schedule is None and cfg.sparsity is None and cfg.quality is None:
+        raise ConfigError("prune: give sparsity, quality or schedule")
+    ctx.snapshot("before_pruning")
+    drop_p = {n: m.p for n, m in ctx.model.named_modules() if m.__class__.__name__ == "Dropout"}
+    counts = {n.rsplit(".", 1)[0]: p.numel() for n, p in prunable_weights(ctx.model).items()}
+    if cfg.schedule is not None:
+        if cfg.retrain is None:
+            raise ConfigError("prune: an iterative schedule needs a 'retrain' config")
+        schedule = [normalise_layer_map(ctx, s, "prune.schedule") for s in cfg.schedule]
+        res = iterative_prune(ctx.model, ctx.train_data, schedule, cfg.retrain, val_data=ctx.test_data,
+                              scope=cfg.scope, regularizer=cfg.regularizer, reg_strength=cfg.reg_strength,
+                              freeze=cfg.freeze, masks=ctx.masks)
+        ctx.masks = res.masks
+        rounds = [{"sparsity": r.sparsity, "accuracy_pruned": r.accuracy_pruned,
+                   "accuracy_retrained": r.accuracy_retrained} for r in res.rounds]
+    else:
+        ctx.masks = magnitude_prune(ctx.model, sparsity=normalise_layer_map(ctx, cfg.sparsity, "prune.sparsity"),
+                                    quality=normalise_layer_map(ctx, cfg.quality, "prune.quality"),
+                                    scope=cfg.scope, include=cfg.include, exclude=cfg.exclude,
+                                    previous=ctx.masks)
+        rounds = []
+        if cfg.retrain is not None:
+            fit(ctx.model, ctx.train_data, cfg.retrain, callbacks=[MaskCallback(ctx.masks)])
+    new_p = {}
+    if cfg.adjust_dropout and drop_p:
+        new_p = adjust_dropouts(ctx.model, ctx.example_input, drop_p, counts)
+    ctx.snapshot("after_pruning")
+    return {"sparsity": ctx.masks.sparsity(), "total_sparsity": ctx.masks.total_sparsity(),
+            "rounds": rounds, "dropout": new_p,
+            "dropout_consumers": dropout_consumers(ctx.model, ctx.example_input) if new_p else {}}
+
+
+@register_stage("evaluate", EvaluateConfig, "measure test accuracy")
+def run_evaluate(ctx: RunContext, cfg: EvaluateConfig) -> dict[str, Any]:
+    return dict(evaluate(ctx.model, ctx.test_data))
+
+
+@dataclass
+class EncodeConfig:
+    """How the final file stores tensors: relative-index widths (paper: 5 FC, 8 conv),
+    Huffman ('auto' = when smaller), and the codec of non-weight tensors (biases, BN)."""
+
+    index_bits_fc: int = 5
+    index_bits_conv: int = 8
+    huffman: str = "auto"
+    other: str = "raw"
+
+    def __post_init__(self) -> None:
+        for k in ("index_bits_fc", "index_bits_conv"):
+            if not 1 <= getattr(self, k) <= 16:
+                raise ConfigError(f"{k}={getattr(self, k)} out of range; allowed: 1..16")
+        if self.huffman not in ("auto", "yes", "no"):
+            raise ConfigError(f"huffman={self.huffman!r} not allowed; use auto, yes or no")
+        if self.other not in ("raw", "fp16", "bf16", "auto"):
+            raise ConfigError(f"other={self.other!r} not allowed; use raw, fp16, bf16 or auto")
+
+
+@register_stage("encode", EncodeConfig, "choose the codecs of the saved file")
+def run_encode(ctx: RunContext, cfg: EncodeConfig) -> dict[str, Any]:
+    weights = prunable_weights(ctx.model)
+    for name, w in weights.items():
+        if name in ctx.codecs:
+            continue
+        bits = cfg.index_bits_conv if w.dim() > 2 else cfg.index_bits_fc
+        ctx.codecs[name] = ("auto", {"index_bits": bits, "huffman": cfg.huffman})
+    for name, t in ctx.model.state_dict().items():
+        if name not in ctx.codecs and name not in weights and t.is_floating_point():
+            ctx.codecs[name] = cfg.other
+    return {"codecs": {k: v if isinstance(v, str) else v[0] for k, v in ctx.codecs.items()}}
+
+
+def masks_or_zeros(ctx: RunContext) -> Masks:
+    """The run's masks, or masks of the current zeros when no prune stage ran."""
+    return ctx.masks if ctx.masks is not None else Masks.from_zeros(ctx.model, list(prunable_weights(ctx.model)))
