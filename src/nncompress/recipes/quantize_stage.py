@@ -1,0 +1,65 @@
+"""The ``quantize`` recipe stage. ``method: kmeans`` is Deep Compression's weight sharing
+(Q1) with optional centroid fine-tuning; other methods come from the low-bit quantizer
+registry when it is installed."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from nncompress.errors import ConfigError
+from nncompress.quantize.sharing import CentroidFineTuner, SharingConfig, share_weights
+from nncompress.recipes.context import RunContext
+from nncompress.recipes.stages import register_stage
+from nncompress.train.loop import TrainConfig, fit
+
+
+@dataclass
+class QuantizeConfig:
+    """``method``: kmeans (bits_fc / bits_conv / init; ``finetune`` trains the centroids
+    with ``centroid_lr``, default the finetune lr) or a low-bit method with ``params``."""
+
+    method: str = "kmeans"
+    bits_fc: int = 5
+    bits_conv: int = 8
+    init: str = "linear"
+    finetune: TrainConfig | None = None
+    centroid_lr: float | None = None
+    include: list[str] | None = None
+    exclude: list[str] = field(default_factory=list)
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+def lowbit_methods() -> dict[str, Any]:
+    """The low-bit quantizer registry, or {} when that module is absent."""
+    try:
+        from nncompress.quantize.api import METHODS
+    except ImportError:
+        return {}
+    return dict(METHODS)
+
+
+@register_stage("quantize", QuantizeConfig, "k-means weight sharing or a low-bit quantizer")
+def run_quantize(ctx: RunContext, cfg: QuantizeConfig) -> dict[str, Any]:
+    if cfg.method == "kmeans":
+        if cfg.params:
+            raise ConfigError(f"quantize: method kmeans takes no 'params' (got {sorted(cfg.params)})")
+        shared = share_weights(ctx.model, SharingConfig(
+            bits_conv=cfg.bits_conv, bits_fc=cfg.bits_fc, init=cfg.init, include=cfg.include,
+            exclude=cfg.exclude, seed=ctx.seed))
+        ctx.snapshot("after_sharing")
+        if cfg.finetune is not None:
+            lr = cfg.centroid_lr if cfg.centroid_lr is not None else cfg.finetune.lr
+            fit(ctx.model, ctx.train_data, cfg.finetune, callbacks=[CentroidFineTuner(shared, lr)])
+            ctx.snapshot("after_finetune")
+        ctx.extras["shared"] = shared
+        return {"method": "kmeans", "layers": shared.summary()}
+    methods = lowbit_methods()
+    if cfg.method not in methods:
+        raise ConfigError(f"quantize: unknown method {cfg.method!r}; allowed: {['kmeans', *sorted(methods)]}")
+    from nncompress.quantize.api import quantize_model
+
+    quantize_model(ctx.model, cfg.method, cfg.params, train_data=ctx.train_data,
+                   calib_data=ctx.train_data, train_cfg=cfg.finetune)
+    ctx.snapshot(f"after_{cfg.method}")
+    return {"method": cfg.method, "params": cfg.params}
