@@ -7,7 +7,8 @@ split at the midpoints between neighbouring centroids. So after one sort:
 * update     = segment means from a prefix sum of the data,
 * inertia    = ``sum(x^2) - 2 c sum(x) + n c^2`` per segment from prefix sums.
 
-No iteration touches the n points; only the final labels are O(n). The iterates are those of
+No iteration touches the n points (O(k log n) each); the labels are found once at the end by
+a binary search of each value among the k-1 cluster starts. The iterates are those of
 Lloyd's algorithm (scikit-learn's ``KMeans(init=array, n_init=1, algorithm="lloyd")``) with
 the same stopping rules: stop when the assignment no longer changes ("strict convergence")
 or when the squared centre shift summed over clusters is ``<= tol * var(x)``; if stopped by
@@ -19,7 +20,7 @@ Differences from scikit-learn, all deterministic and documented:
   points farthest from their own centroid (m = number of empty clusters) leave their
   cluster and become the new centroids of the empty ones; a cluster that loses all its
   points takes the centre of the biggest cluster. The set of chosen points is the same as
-  scikit-learn's (up to ties in distance, broken here by data order). ``empty="keep"``
+  scikit-learn's (up to ties in distance, broken here by sorted position). ``empty="keep"``
   instead leaves an empty cluster at its previous centroid. With linear initialisation
   empty clusters appear in the sparse tails of a weight distribution.
 * **Ties go to the lower centroid** (what ``argmin`` does in scikit-learn with sorted
@@ -131,6 +132,19 @@ def _boundaries(xs: np.ndarray, c: np.ndarray) -> np.ndarray:
     return np.concatenate(([0], ends))
 
 
+def _labels(x: np.ndarray, xs: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Labels (n,) of the unsorted data from the segment bounds ``b`` (k+1,) of ``xs``.
+
+    Cluster j starts at the value ``xs[b[j]]``, strictly above every value of cluster j-1
+    (cuts never split equal values), so the label of x is the number of starts ``<= x``
+    among clusters 1..k-1 (an empty cluster's start equals the next one's: never chosen).
+    """
+    n = xs.size
+    inner = b[1:-1]  # (k-1,)
+    starts = np.where(inner < n, xs[np.minimum(inner, n - 1)], np.inf)  # (k-1,) non-decreasing
+    return np.searchsorted(starts, x, side="right").astype(np.int64)
+
+
 def _segment_stats(cs1: np.ndarray, cs2: np.ndarray, b: np.ndarray):
     """Per-segment count, sum and sum of squares from prefix sums (each (k,))."""
     cnt = np.diff(b)
@@ -225,16 +239,15 @@ def kmeans_1d(
         allowed = ", ".join(EMPTY_RULES)
         raise ConfigError(f"unknown empty-cluster rule {empty!r}; allowed: {allowed}")
     x = _as_1d(values)  # (n,)
-    order = np.argsort(x, kind="stable")  # (n,)
-    xs = x[order]  # (n,) sorted
-    labels = np.empty(x.size, dtype=np.int64)
+    xs = np.sort(x)  # (n,) the only O(n log n) step
 
     distinct = np.concatenate(([True], xs[1:] != xs[:-1]))  # (n,) first of each value run
     n_distinct = int(distinct.sum())
     if n_distinct <= k:
-        labels[order] = np.cumsum(distinct) - 1
+        values_k = xs[distinct]  # (K,) sorted distinct values
+        labels = np.searchsorted(values_k, x).astype(np.int64)
         log.debug("k-means: %d distinct values <= k=%d, exact answer", n_distinct, k)
-        return KMeansResult(xs[distinct].copy(), labels, 0.0, 0)
+        return KMeansResult(values_k, labels, 0.0, 0)
 
     if isinstance(init, str):
         c = _init_sorted(xs, k, init, seed)
@@ -269,6 +282,6 @@ def kmeans_1d(
         b = _boundaries(xc, c)
     cnt, s1, s2 = _segment_stats(cs1, cs2, b)
     inertia = _inertia(c, cnt, s1, s2)
-    labels[order] = np.repeat(np.arange(k, dtype=np.int64), cnt)
+    labels = _labels(x, xs, b)
     log.debug("k-means: k=%d n=%d iterations=%d strict=%s", k, x.size, n_iter, strict)
     return KMeansResult(c + shift, labels, inertia, n_iter)
