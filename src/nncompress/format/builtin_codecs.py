@@ -105,7 +105,10 @@ def _stream_section(symbols: np.ndarray, alphabet: int, width: int, huff: str) -
     if huff == "no" or symbols.size == 0:
         return fixed, "fixed", 8 * len(fixed)
     table = huffman.HuffmanTable.from_symbols(symbols, alphabet_size=alphabet)
-    coded = huffman.to_bytes(huffman.encode(symbols, table), table)
+    # Sync points every >= 1024 symbols: a few steps more to decode small layers, but their
+    # offsets then cost well under 1% of a small layer's bits.
+    every = max(1024, huffman.default_sync_every(symbols.size))
+    coded = huffman.to_bytes(huffman.encode(symbols, table, sync_every=every), table)
     if huff == "auto" and len(fixed) <= len(coded):
         return fixed, "fixed", 8 * len(fixed)
     return coded, "huffman", 8 * len(coded)

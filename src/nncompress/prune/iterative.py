@@ -48,12 +48,14 @@ def iterative_prune(
     freeze: str | None = None,
     masks: Masks | None = None,
     callbacks: Sequence[Callback] = (),
+    loss_fn=None,
 ) -> IterativeResult:
     """Run ``len(schedule)`` rounds of magnitude prune + retrain.
 
     Each entry of ``schedule`` is a sparsity (or per-layer dict) reached in that round;
     pruned weights stay pruned in later rounds. ``freeze='conv'`` retrains only FC layers
-    (and ``'fc'`` only conv), as in Han et al. (2015).
+    (and ``'fc'`` only conv), as in Han et al. (2015). ``loss_fn`` replaces
+    cross-entropy while retraining (e.g. distillation from the dense model).
 
     Example:
         >>> iterative_prune(model, train, [0.5, 0.8, 0.9], TrainConfig(epochs=1))  # doctest: +SKIP
@@ -69,9 +71,9 @@ def iterative_prune(
             cbs.insert(0, Regularizer(prunable_weights(model), regularizer, reg_strength))
         if freeze:
             with frozen(model, freeze):
-                fit(model, train_data, retrain, callbacks=cbs)
+                fit(model, train_data, retrain, callbacks=cbs, loss_fn=loss_fn)
         else:
-            fit(model, train_data, retrain, callbacks=cbs)
+            fit(model, train_data, retrain, callbacks=cbs, loss_fn=loss_fn)
         acc = evaluate(model, val_data)["accuracy"] if val_data is not None else None
         result.rounds.append(PruneRound(result.masks.sparsity(), acc_pruned, acc))
         log.info("round to %s: pruned acc %s, retrained acc %s", target, acc_pruned, acc)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -44,8 +45,12 @@ def build_context(recipe: Recipe, progress: bool = False) -> RunContext:
 
 
 def run_recipe(recipe: Recipe, out: str | Path, report_dir: str | Path | None = None,
-               *, progress: bool = False, command: str = "") -> dict[str, Any]:
+               *, progress: bool = False, command: str = "",
+               stage_hook: Callable[[str, RunContext], None] | None = None) -> dict[str, Any]:
     """Run every stage, save to ``out``, reload, evaluate, and write the report.
+
+    ``stage_hook(stage_name, ctx)`` is called after each stage (benchmarks branch a peer
+    pipeline off the trained model there).
 
     Example:
         >>> report = run_recipe(load_recipe("deep-compression-lenet300"), "m.nnc", "report")  # doctest: +SKIP
@@ -64,6 +69,8 @@ def run_recipe(recipe: Recipe, out: str | Path, report_dir: str | Path | None = 
             dense_accuracy = acc
             ctx.extras["dense_stats"] = count_parameters(ctx.model)
         log.info("%s done in %.1fs, test accuracy %.4f", stage.name, ctx.records[-1].seconds, acc)
+        if stage_hook is not None:
+            stage_hook(stage.name, ctx)
     evaluated_accuracy = evaluate(ctx.model, ctx.test_data)["accuracy"]
     t0 = time.perf_counter()
     info = nncompress.save(ctx.model, out, codecs=ctx.codecs or None,

@@ -10,6 +10,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
+
 from nncompress.errors import ConfigError
 from nncompress.prune.iterative import iterative_prune
 from nncompress.prune.magnitude import magnitude_prune
@@ -149,7 +151,9 @@ def run_evaluate(ctx: RunContext, cfg: EvaluateConfig) -> dict[str, Any]:
 @dataclass
 class EncodeConfig:
     """How the final file stores tensors: relative-index widths (paper: 5 FC, 8 conv),
-    Huffman ('auto' = when smaller), and the codec of non-weight tensors (biases, BN)."""
+    Huffman ('auto' = when smaller), and the codec of non-weight tensors (biases, BN):
+    ``fp16``/``bf16`` round them in the model first, so the file still reproduces exactly
+    the model that is evaluated."""
 
     index_bits_fc: int = 5
     index_bits_conv: int = 8
@@ -174,9 +178,13 @@ def run_encode(ctx: RunContext, cfg: EncodeConfig) -> dict[str, Any]:
             continue
         bits = cfg.index_bits_conv if w.dim() > 2 else cfg.index_bits_fc
         ctx.codecs[name] = ("auto", {"index_bits": bits, "huffman": cfg.huffman})
+    casts = {"fp16": torch.float16, "bf16": torch.bfloat16}
     for name, t in ctx.model.state_dict().items():
         if name not in ctx.codecs and name not in weights and t.is_floating_point():
             ctx.codecs[name] = cfg.other
+            if cfg.other in casts:  # round now, so the evaluated model is what the file holds
+                with torch.no_grad():
+                    t.copy_(t.to(casts[cfg.other]).to(t.dtype))
     return {"codecs": {k: v if isinstance(v, str) else v[0] for k, v in ctx.codecs.items()}}
 
 
