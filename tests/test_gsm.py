@@ -1,0 +1,63 @@
+"""S12 GSM: top-Q selection, the update equals the paper's formula, exact final count."""
+
+import pytest
+import torch
+from torch import nn
+
+from nncompress.errors import ConfigError
+from nncompress.prune.gsm import GSMCallback, gsm_q, topq_masks
+from nncompress.train import TrainConfig, fit
+
+
+def test_topq_is_global_and_exact():
+    a, b = torch.tensor([[5.0, 1.0], [0.5, 4.0]]), torch.tensor([3.0, 2.0, 6.0])
+    ma, mb = topq_masks([a, b], 3)  # 6, 5, 4
+    assert ma.tolist() == [[True, False], [False, True]] and mb.tolist() == [False, False, True]
+    ma, mb = topq_masks([a, b], 4)  # 6, 5, 4, 3
+    assert ma.tolist() == [[True, False], [False, True]] and mb.tolist() == [True, False, True]
+    with pytest.raises(ConfigError):
+        topq_masks([a], 5)
+
+
+def test_q_from_ratio_and_sparsity():
+    assert gsm_q(1000, ratio=8) == 125
+    assert gsm_q(1000, sparsity=0.9) == 100
+    with pytest.raises(ConfigError, match="exactly one"):
+        gsm_q(1000, q=3, ratio=2)
+
+
+def test_one_step_matches_paper_update():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 3, bias=False))
+    x, y = torch.randn(6, 4), torch.randint(0, 3, (6,))
+    w0 = model[0].weight.detach().clone()
+    lr, beta, eta, q = 0.1, 0.9, 0.01, 5
+    cb = GSMCallback(model, q=q)
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=beta, weight_decay=eta)
+    z = torch.zeros_like(w0)
+    w = w0.clone()
+    for _ in range(2):
+        wr = w.clone().requires_grad_()
+        nn.functional.cross_entropy(x @ wr.T, y).backward()
+        g = wr.grad
+        score = (w * g).abs().reshape(-1)
+        b = torch.zeros(12, dtype=torch.bool)
+        b[torch.argsort(score, descending=True)[:q]] = True
+        z = beta * z + eta * w + b.view_as(w) * g  # Ding et al. eq. 5
+        w = w - lr * z
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        cb.after_backward(model)
+        assert int((model[0].weight.grad != 0).sum()) == q
+        opt.step()
+        assert torch.allclose(model[0].weight.detach(), w, atol=1e-6)
+
+
+def test_final_count_is_exactly_q(lenet300, tiny_data):
+    total = sum(p.numel() for n, p in lenet300.named_parameters() if n.endswith("weight"))
+    cb = GSMCallback(lenet300, ratio=40)
+    fit(lenet300, tiny_data, TrainConfig(epochs=1, batch_size=32, momentum=0.95, weight_decay=1e-3), callbacks=[cb])
+    masks = cb.finalize(lenet300)
+    nonzero = sum(int((p != 0).sum()) for n, p in lenet300.named_parameters() if n.endswith("weight"))
+    assert nonzero == cb.q == round(total / 40)
+    assert sum(masks.kept().values()) == cb.q
