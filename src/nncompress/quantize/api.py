@@ -1,0 +1,252 @@
+"""The quantization entry points: ``quantize_`` (wrap for QAT / calibration),
+``calibrate``, ``finalize`` (plain layers holding exactly the packed values) and
+``quantize_model`` (a whole method: wrap, calibrate, train, finalize).
+
+After ``finalize`` the model is made of plain ``nn.Linear`` / ``nn.Conv2d`` modules with
+unchanged state-dict keys; its weights are the decoded packed values (bit-identical to
+what ``nncompress.load`` returns), codec hints tell ``nncompress.save`` to store the real
+bits, and activation quantizers (if any) run as forward pre-hooks described by
+``activation_spec(model)`` (JSON; ``apply_activation_spec`` re-attaches them to a loaded
+model).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from nncompress.errors import ConfigError
+from nncompress.quantize.activations import ActQuantizer, make_activation
+from nncompress.quantize.inq import INQ
+from nncompress.quantize.layers import QUANT_LAYERS, is_quant_layer, set_submodule
+from nncompress.quantize.methods import INQConfig, LayerInfo, QuantConfig, make_config
+from nncompress.quantize.packing import FORMATS, roundtrip
+
+log = logging.getLogger(__name__)
+
+ACT_ATTR = "_nncompress_act_quant"
+HOOKS_ATTR = "_nncompress_act_hooks"
+SUMMARY_ATTR = "_nncompress_quant_summary"
+
+
+def quantizable_layers(model: nn.Module, config: QuantConfig,
+                       filter_fn: Callable[[str, nn.Module], bool] | None = None) -> list[LayerInfo]:
+    """Linear / Conv2d layers the config applies to, in registration order.
+
+    Example:
+        >>> [l.name for l in quantizable_layers(build_model("lenet5"), make_config("xnor"))]  # doctest: +SKIP
+        ['conv2', 'fc1']
+    """
+    all_layers = [(n, m) for n, m in model.named_modules() if type(m) in QUANT_LAYERS]
+    count = len(all_layers)
+    out = []
+    for i, (n, m) in enumerate(all_layers):
+        if config.skip_first_last and i in (0, count - 1):
+            continue
+        if any(fnmatch.fnmatch(n, p) for p in config.exclude):
+            continue
+        if filter_fn is not None and not filter_fn(n, m):
+            continue
+        out.append(LayerInfo(n, m, i, count))
+    return out
+
+
+def quantize_(model: nn.Module, config: QuantConfig,
+              filter_fn: Callable[[str, nn.Module], bool] | None = None) -> nn.Module:
+    """Replace the config's layers by fake-quantizing ``QuantLinear`` / ``QuantConv2d``
+    (in place; returns ``model``). State-dict keys of the weights do not change.
+
+    Example:
+        >>> quantize_(model, make_config("twn"))  # doctest: +SKIP
+    """
+    layers = quantizable_layers(model, config, filter_fn)
+    if not layers:
+        raise ConfigError(f"method {config.name!r} found no Linear/Conv2d layer to quantize "
+                          f"(skip_first_last={config.skip_first_last}, exclude={config.exclude})")
+    for layer in layers:
+        wq = config.weight_quantizer(layer)
+        aq = config.act_quantizer(layer)
+        new = QUANT_LAYERS[type(layer.module)].from_float(layer.module, wq, aq, config.grad_bits())
+        set_submodule(model, layer.name, new)
+    log.info("quantize_: %s on %d layers", config.name, len(layers))
+    return model
+
+
+def _act_quantizers(model: nn.Module) -> list[ActQuantizer]:
+    return [m.aq for m in model.modules() if is_quant_layer(m) and m.aq is not None]
+
+
+@torch.no_grad()
+def calibrate(model: nn.Module, data: Dataset | DataLoader, batches: int = 8, batch_size: int = 256) -> None:
+    """Record the input range of every activation quantizer over ``batches`` batches.
+
+    Example:
+        >>> calibrate(model, train_set, batches=4)  # doctest: +SKIP
+    """
+    aqs = _act_quantizers(model)
+    if not aqs:
+        return
+    loader = data if isinstance(data, DataLoader) else DataLoader(data, batch_size=batch_size, shuffle=False)
+    was = model.training
+    model.eval()
+    for aq in aqs:
+        aq.calibrating = True
+    try:
+        device = next(model.parameters()).device
+        for i, (x, _) in enumerate(loader):
+            if i >= batches:
+                break
+            model(x.to(device))
+    finally:
+        for aq in aqs:
+            aq.calibrating = False
+        model.train(was)
+
+
+def _exact(fmt: str, q: torch.Tensor, params: dict[str, Any], name: str) -> torch.Tensor:
+    if fmt not in FORMATS:  # fp16 / bf16: the lead's cast codecs; values already exact
+        return q
+    exact, _ = roundtrip(fmt, q, params)
+    again, _ = roundtrip(fmt, exact, params)
+    if not torch.equal(again, exact):
+        raise RuntimeError(f"{name}: packing {fmt!r} is not idempotent; cannot finalize exactly")
+    return exact
+
+
+def finalize(model: nn.Module) -> nn.Module:
+    """Replace every QAT layer by a plain one holding the exact packed weight values, set
+    codec hints for ``nncompress.save`` and attach activation quantizers as hooks.
+
+    Example:
+        >>> finalize(quantize_(model, make_config("twn")))  # doctest: +SKIP
+    """
+    hints: dict[str, Any] = {}
+    specs = dict(getattr(model, ACT_ATTR, {}))
+    summary = dict(getattr(model, SUMMARY_ATTR, {}))
+    for name, mod in list(model.named_modules()):
+        if not is_quant_layer(mod):
+            continue
+        weight = mod.weight.detach()
+        if mod.wq is not None:
+            q, (fmt, params) = mod.wq.quantize(mod.weight)
+            weight = _exact(fmt, q.to(torch.float32).cpu(), params, name)
+            hints[f"{name}.weight"] = (fmt, params)
+            summary[name] = {"format": fmt, "bits": float(mod.wq.bits)}
+        if mod.aq is not None:
+            specs[name] = mod.aq.spec()
+            summary.setdefault(name, {})["act_bits"] = float(mod.aq.bits)
+        set_submodule(model, name, mod.to_float(weight))
+    if hints:
+        from nncompress.format import set_codec_hints
+        from nncompress.quantize import codecs  # noqa: F401  (registers the codecs)
+
+        set_codec_hints(model, hints)
+    setattr(model, SUMMARY_ATTR, summary)
+    apply_activation_spec(model, specs)
+    return model
+
+
+def activation_spec(model: nn.Module) -> dict[str, dict[str, Any]]:
+    """JSON description of the activation quantizers of a finalized model
+    (layer name -> spec); empty when it has none.
+
+    Example:
+        >>> activation_spec(finalize(quantize_(model, make_config("xnor"))))  # doctest: +SKIP
+        {'conv2': {'kind': 'xnor'}, 'fc1': {'kind': 'xnor'}}
+    """
+    return dict(getattr(model, ACT_ATTR, {}))
+
+
+def apply_activation_spec(model: nn.Module, spec: dict[str, dict[str, Any]]) -> nn.Module:
+    """(Re-)attach input quantizers to plain layers as forward pre-hooks (replacing any
+    attached before); ``spec`` comes from ``activation_spec``. Returns ``model``.
+
+    Example:
+        >>> model = apply_activation_spec(nncompress.load(path), spec)  # doctest: +SKIP
+    """
+    for handle in getattr(model, HOOKS_ATTR, []):
+        handle.remove()
+    handles = []
+    for name, s in spec.items():
+        aq = make_activation(s)
+        mod = model.get_submodule(name)
+        handles.append(mod.register_forward_pre_hook(lambda m, args, aq=aq: (aq(args[0]), *args[1:])))
+    setattr(model, HOOKS_ATTR, handles)
+    setattr(model, ACT_ATTR, dict(spec))
+    return model
+
+
+def quant_summary(model: nn.Module) -> dict[str, dict[str, float | str]]:
+    """Per finalized layer: packing format, nominal weight bits, activation bits.
+
+    Example:
+        >>> quant_summary(model)["fc1"]  # doctest: +SKIP
+        {'format': 'binary', 'bits': 1.0}
+    """
+    return dict(getattr(model, SUMMARY_ATTR, {}))
+
+
+def default_train_config():
+    """QAT fine-tuning defaults: 1 epoch of Adam at lr 1e-3, cosine schedule."""
+    from nncompress.train import TrainConfig
+
+    return TrainConfig(epochs=1.0, lr=1e-3, optimizer="adam", lr_schedule="cosine")
+
+
+def quantize_model(model: nn.Module, method: str, params: dict[str, Any] | None = None, *,
+                   train_data: Dataset | None = None, calib_data: Dataset | None = None,
+                   train_cfg=None, keep_zeros: bool = True, calib_batches: int = 8,
+                   filter_fn: Callable[[str, nn.Module], bool] | None = None) -> nn.Module:
+    """Run a quantization method end to end and return the finalized model (in place).
+
+    PTQ methods calibrate (if they quantize activations) and finalize; QAT methods
+    fine-tune with ``nncompress.train.fit`` (``train_cfg``, default 1 epoch of Adam) and
+    the method's callbacks; INQ runs one ``fit`` per partition step. With ``keep_zeros``,
+    weights that are exactly zero (a pruned model) are held at zero during training
+    (``MaskCallback``); methods whose levels contain 0 keep them zero after finalize.
+
+    Example:
+        >>> model = quantize_model(model, "twn", train_data=train_set)  # doctest: +SKIP
+        >>> nncompress.save(model, "lenet5-twn.nnc")  # doctest: +SKIP
+    """
+    from nncompress.prune import MaskCallback, Masks
+    from nncompress.train import fit
+
+    config = make_config(method, params)
+    quantize_(model, config, filter_fn)
+    names = [f"{n}.weight" for n, m in model.named_modules() if is_quant_layer(m) and m.wq is not None]
+    if config.needs_calibration():
+        data = calib_data if calib_data is not None else train_data
+        if data is None:
+            raise ConfigError(f"method {method!r} quantizes activations and needs calib_data (or train_data)")
+        calibrate(model, data, calib_batches)
+    if config.needs_training():
+        if train_data is None:
+            raise ConfigError(f"method {method!r} trains (QAT) and needs train_data")
+        cfg = train_cfg or default_train_config()
+        extra = []
+        if keep_zeros:
+            masks = Masks.from_zeros(model, names)
+            if masks.total_sparsity() > 0:
+                extra.append(MaskCallback(masks))
+        if isinstance(config, INQConfig):
+            _run_inq(model, config, train_data, cfg, extra)
+        else:
+            fit(model, train_data, cfg, callbacks=config.callbacks(model, names) + extra)
+    return finalize(model)
+
+
+def _run_inq(model: nn.Module, config: INQConfig, train_data: Dataset, cfg, extra: list) -> None:
+    from nncompress.train import fit
+
+    inq = INQ(model)
+    for frac in config.schedule:
+        inq.step(frac)
+        if frac < 1.0:
+            fit(model, train_data, cfg, callbacks=[inq.callback()] + extra)

@@ -1,0 +1,381 @@
+"""One small config dataclass per method (catalogue Q3-Q12) and the ``METHODS`` registry.
+
+A config says, per quantizable layer, which weight quantizer and which input (activation)
+quantizer to use, whether the method trains (QAT) and which callbacks training needs.
+``quantize_`` applies a config to a model; ``quantize_model`` runs the whole method.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from nncompress.errors import ConfigError
+from nncompress.quantize.activations import (
+    ActQuantizer,
+    AffineAct,
+    DoReFaAct,
+    LinearAct,
+    LogAct,
+    SignAct,
+    XNORAct,
+)
+from nncompress.quantize.admm import ADMM_LEVELS
+from nncompress.quantize.bits import check_bits, check_choice, check_range
+from nncompress.quantize.quantizers import (
+    ADMMQuantizer,
+    BWNQuantizer,
+    CastQuantizer,
+    DoReFaQuantizer,
+    INQQuantizer,
+    IntQuantizer,
+    ShiftQuantizer,
+    SignQuantizer,
+    TTQQuantizer,
+    TWNQuantizer,
+    WeightQuantizer,
+)
+from nncompress.train.callbacks import Callback
+
+
+@dataclass
+class LayerInfo:
+    """Where a layer sits among the quantizable layers (execution = registration order)."""
+
+    name: str
+    module: nn.Module
+    index: int
+    count: int
+
+    @property
+    def first(self) -> bool:
+        return self.index == 0
+
+    @property
+    def last(self) -> bool:
+        return self.index == self.count - 1
+
+
+@dataclass
+class QuantConfig:
+    """Base config. ``skip_first_last`` keeps the first and last layer in float;
+    ``exclude`` lists glob patterns of layer names left alone."""
+
+    name: ClassVar[str] = ""
+    trains: ClassVar[bool] = True
+    skip_first_last: bool = False
+    exclude: list[str] = field(default_factory=list)
+
+    def weight_quantizer(self, layer: LayerInfo) -> WeightQuantizer | None:
+        return None
+
+    def act_quantizer(self, layer: LayerInfo) -> ActQuantizer | None:
+        return None
+
+    def grad_bits(self) -> int | None:
+        return None
+
+    def needs_training(self) -> bool:
+        """True when the method fine-tunes (QAT); False for post-training methods."""
+        return self.trains
+
+    def needs_calibration(self) -> bool:
+        return False
+
+    def callbacks(self, model: nn.Module, names: list[str]) -> list[Callback]:
+        """Training callbacks (``names``: the quantized weights)."""
+        return []
+
+
+@dataclass
+class FloatConfig(QuantConfig):
+    """Q3 fp16 / bf16 weights (post-training cast)."""
+
+    name: ClassVar[str] = "fp16"
+    trains: ClassVar[bool] = False
+    dtype: str = "fp16"
+
+    def __post_init__(self):
+        check_choice(self.dtype, ("fp16", "bf16"), "dtype")
+
+    def weight_quantizer(self, layer):
+        return CastQuantizer(self.dtype)
+
+
+@dataclass
+class IntConfig(QuantConfig):
+    """Q3 uniform int weights (default int8 per channel, symmetric) and optionally
+    calibrated int activations (``act_bits``, None = float); ``qat`` fine-tunes."""
+
+    name: ClassVar[str] = "int8"
+    bits: int = 8
+    per_channel: bool = True
+    symmetric: bool = True
+    act_bits: int | None = 8
+    qat: bool = False
+
+    def __post_init__(self):
+        check_bits(self.bits, 2, 8)
+        if self.act_bits is not None:
+            check_bits(self.act_bits, 2, 16, "act_bits")
+
+    def weight_quantizer(self, layer):
+        return IntQuantizer(self.bits, self.symmetric, self.per_channel)
+
+    def act_quantizer(self, layer):
+        return AffineAct(self.act_bits) if self.act_bits is not None else None
+
+    def needs_training(self):
+        return self.qat
+
+    def needs_calibration(self):
+        return self.act_bits is not None
+
+
+class ClipWeights(Callback):
+    """BinaryConnect: clip the real-valued weights to [-1, 1] after each step."""
+
+    def __init__(self, params: list[nn.Parameter]):
+        self.params = params
+
+    @torch.no_grad()
+    def after_optimizer_step(self, model, optimizer):
+        for p in self.params:
+            p.clamp_(-1.0, 1.0)
+
+
+def _params_named(model: nn.Module, names: list[str]) -> list[nn.Parameter]:
+    params = dict(model.named_parameters())
+    return [params[n] for n in names]
+
+
+@dataclass
+class BinaryConnectConfig(QuantConfig):
+    """Q4 BinaryConnect: +-1 weights (no scale), real weights kept and clipped to [-1, 1]."""
+
+    name: ClassVar[str] = "binaryconnect"
+    stochastic: bool = False
+
+    def weight_quantizer(self, layer):
+        return SignQuantizer(self.stochastic)
+
+    def callbacks(self, model, names):
+        return [ClipWeights(_params_named(model, names))]
+
+
+@dataclass
+class BNNConfig(BinaryConnectConfig):
+    """Q4 BNN: +-1 weights and +-1 inputs of every binarised layer but the first."""
+
+    name: ClassVar[str] = "bnn"
+
+    def act_quantizer(self, layer):
+        return None if layer.first else SignAct()
+
+
+@dataclass
+class BWNConfig(QuantConfig):
+    """Q5 BWN: ``alpha * sign(W)``, alpha = mean|W| per filter."""
+
+    name: ClassVar[str] = "bwn"
+    per_channel: bool = True
+
+    def weight_quantizer(self, layer):
+        return BWNQuantizer(self.per_channel)
+
+
+@dataclass
+class XNORConfig(BWNConfig):
+    """Q5 XNOR-Net: BWN weights and scaled binary inputs; first/last layer kept float."""
+
+    name: ClassVar[str] = "xnor"
+    skip_first_last: bool = True
+
+    def act_quantizer(self, layer):
+        return None if layer.first else XNORAct()
+
+
+@dataclass
+class TWNConfig(QuantConfig):
+    """Q6 TWN: Delta = 0.7 mean|W|, alpha = mean |w| over |w| > Delta."""
+
+    name: ClassVar[str] = "twn"
+    per_channel: bool = False
+
+    def weight_quantizer(self, layer):
+        return TWNQuantizer(self.per_channel)
+
+
+@dataclass
+class TTQConfig(QuantConfig):
+    """Q7 TTQ: trainable W_p, W_n per layer; threshold t max|W| or a target zero ratio."""
+
+    name: ClassVar[str] = "ttq"
+    t: float = 0.05
+    zero_ratio: float | None = None
+
+    def __post_init__(self):
+        check_range(self.t, 0.0, 1.0, "t")
+        if self.zero_ratio is not None:
+            check_range(self.zero_ratio, 0.0, 0.999, "zero_ratio")
+
+    def weight_quantizer(self, layer):
+        return TTQQuantizer(layer.module.weight, self.t, self.zero_ratio)
+
+
+@dataclass
+class INQConfig(QuantConfig):
+    """Q8 INQ: power-of-two weights quantized in growing partitions, largest |w| first,
+    the rest retrained between steps (``epochs_per_step`` of the training config each)."""
+
+    name: ClassVar[str] = "inq"
+    bits: int = 5
+    schedule: list[float] = field(default_factory=lambda: [0.5, 0.75, 0.875, 1.0])
+
+    def __post_init__(self):
+        check_bits(self.bits, 2, 8)
+        s = [float(x) for x in self.schedule]
+        if not s or any(not 0 < x <= 1 for x in s) or s != sorted(s) or s[-1] != 1.0:
+            raise ConfigError(f"INQ schedule={self.schedule!r} must rise within (0, 1] and end at 1.0")
+        self.schedule = s
+
+    def weight_quantizer(self, layer):
+        return INQQuantizer(self.bits)
+
+
+@dataclass
+class ShiftCNNConfig(QuantConfig):
+    """Q9 ShiftCNN: N codebooks of B bits, greedy residual (PTQ unless ``qat``)."""
+
+    name: ClassVar[str] = "shiftcnn"
+    n: int = 2
+    bits: int = 4
+    per_channel: bool = False
+    qat: bool = False
+
+    def __post_init__(self):
+        check_bits(self.n, 1, 4, "n")
+        check_bits(self.bits, 2, 8)
+
+    def weight_quantizer(self, layer):
+        return ShiftQuantizer(self.n, self.bits, self.per_channel)
+
+    def needs_training(self):
+        return self.qat
+
+
+@dataclass
+class ADMMConfig(QuantConfig):
+    """Q10 ADMM: alpha * {level set} via an augmented Lagrangian during training."""
+
+    name: ClassVar[str] = "admm"
+    levels: str = "ternary"
+    rho: float = 1.0
+    interval: int = 20
+    rho_growth: float = 1.0
+
+    def __post_init__(self):
+        check_choice(self.levels, tuple(ADMM_LEVELS), "levels")
+        check_range(self.rho, 1e-9, 1e9, "rho")
+
+    def weight_quantizer(self, layer):
+        return ADMMQuantizer(self.levels)
+
+    def callbacks(self, model, names):
+        from nncompress.quantize.admm import ADMMCallback
+
+        return [ADMMCallback(model, names, self.levels, self.rho, self.interval, self.rho_growth)]
+
+
+@dataclass
+class DoReFaConfig(QuantConfig):
+    """Q11 DoReFa: k-bit weights (tanh), k-bit inputs (all but the first layer), k-bit
+    gradients (``g_bits``, None = float)."""
+
+    name: ClassVar[str] = "dorefa"
+    w_bits: int = 2
+    a_bits: int | None = 4
+    g_bits: int | None = None
+    scaled: bool = True
+
+    def __post_init__(self):
+        check_bits(self.w_bits, 1, 8, "w_bits")
+        if self.a_bits is not None:
+            check_bits(self.a_bits, 1, 16, "a_bits")
+        if self.g_bits is not None:
+            check_bits(self.g_bits, 2, 16, "g_bits")
+
+    def weight_quantizer(self, layer):
+        return DoReFaQuantizer(layer.module.weight, self.w_bits, self.scaled)
+
+    def act_quantizer(self, layer):
+        return None if layer.first or self.a_bits is None else DoReFaAct(self.a_bits)
+
+    def grad_bits(self):
+        return self.g_bits
+
+
+@dataclass
+class LinearActConfig(QuantConfig):
+    """Q12 linear activation quantization of every layer input but the first (weights
+    stay float); calibrated, post-training."""
+
+    name: ClassVar[str] = "act-linear"
+    trains: ClassVar[bool] = False
+    bits: int = 8
+
+    def __post_init__(self):
+        check_bits(self.bits, 2, 16)
+
+    def act_quantizer(self, layer):
+        return None if layer.first else LinearAct(self.bits)
+
+    def needs_calibration(self):
+        return True
+
+
+@dataclass
+class LogActConfig(LinearActConfig):
+    """Q12 log activation quantization ``sign(x) 2^round(log2|x|)``."""
+
+    name: ClassVar[str] = "act-log"
+    bits: int = 5
+
+    def __post_init__(self):
+        check_bits(self.bits, 2, 8)
+
+    def act_quantizer(self, layer):
+        return None if layer.first else LogAct(self.bits)
+
+
+METHODS: dict[str, type[QuantConfig]] = {
+    "fp16": FloatConfig, "bf16": FloatConfig, "int8": IntConfig,
+    "binaryconnect": BinaryConnectConfig, "bnn": BNNConfig, "bwn": BWNConfig, "xnor": XNORConfig,
+    "twn": TWNConfig, "ttq": TTQConfig, "inq": INQConfig, "shiftcnn": ShiftCNNConfig,
+    "admm": ADMMConfig, "dorefa": DoReFaConfig, "act-linear": LinearActConfig, "act-log": LogActConfig,
+}
+"""Method name -> config class (the recipe stage ``quantize`` looks names up here)."""
+
+
+def make_config(method: str, params: dict[str, Any] | None = None) -> QuantConfig:
+    """Build the config of ``method`` from a params dict; unknown keys are errors.
+
+    Example:
+        >>> make_config("int8", {"per_channel": False}).per_channel
+        False
+    """
+    if method not in METHODS:
+        raise ConfigError(f"unknown quantization method {method!r}; allowed: {', '.join(sorted(METHODS))}")
+    cls = METHODS[method]
+    params = dict(params or {})
+    if method == "bf16":
+        params.setdefault("dtype", "bf16")
+    allowed = {f.name for f in fields(cls)}
+    unknown = set(params) - allowed
+    if unknown:
+        raise ConfigError(f"unknown parameter(s) {sorted(unknown)} for method {method!r}; "
+                          f"allowed: {sorted(allowed)}")
+    return cls(**params)
