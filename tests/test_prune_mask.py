@@ -85,3 +85,9 @@ def test_masks_from_zeros_roundtrip(lenet300):
     again = Masks.from_zeros(lenet300, list(masks))
     for n in masks:
         assert torch.equal(masks[n], again[n])
+
+
+def test_bare_layer_is_prunable():
+    layer = torch.nn.Linear(10, 4)
+    masks = magnitude_prune(layer, sparsity=0.5)
+    assert list(masks) == ["weight"] and int((layer.weight == 0).sum()) == 20

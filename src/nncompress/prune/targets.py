@@ -42,7 +42,7 @@ def prunable_weights(
             continue
         if any(fnmatch.fnmatch(name, p) for p in exclude):
             continue
-        out[f"{name}.weight"] = mod.weight
+        out[f"{name}.weight" if name else "weight"] = mod.weight
     if not out:
         kinds = ", ".join(t.__name__ for t in types)
         raise ConfigError(
