@@ -60,6 +60,12 @@ def test_torch_input_and_output():
     assert torch.allclose(to_torch(csr) @ x, w.detach() @ x, atol=1e-6)
 
 
+def test_bfloat16_tensor_is_widened_exactly():
+    w = torch.tensor([[0.0, 1.5], [-2.25, 0.0]], dtype=torch.bfloat16)
+    csr = to_csr(w)
+    assert csr.values.dtype == np.float32 and csr.values.tolist() == [1.5, -2.25]
+
+
 def test_rejects_bad_input_and_damaged_structure():
     with pytest.raises(NNCompressError, match=r"2-D, got shape \(3,\)"):
         to_csr(np.zeros(3))

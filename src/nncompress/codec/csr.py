@@ -97,7 +97,10 @@ def _validate(m: CSRMatrix | CSCMatrix, major: int) -> None:
 def _as_matrix(matrix: np.ndarray | torch.Tensor) -> np.ndarray:
     """A 2-D numpy view of ``matrix`` (a tensor is detached and moved to the CPU)."""
     if isinstance(matrix, torch.Tensor):
-        matrix = matrix.detach().cpu().numpy()
+        matrix = matrix.detach().cpu()
+        if matrix.dtype == torch.bfloat16:  # numpy has no bfloat16; widening is exact
+            matrix = matrix.float()
+        matrix = matrix.numpy()
     arr = np.asarray(matrix)
     if arr.ndim != 2:
         raise NNCompressError(f"matrix must be 2-D, got shape {arr.shape}")
