@@ -1,7 +1,20 @@
-"""Structured (filter/channel) pruning: criteria, selection, sensitivity, physical removal."""
+"""Structured (filter/channel) pruning: criteria, selection, sensitivity, physical removal.
 
+Scoring (``CRITERIA``: name -> handler), selection (per-layer ratios or a global ranking
+against a channel/parameter/MAC target) and surgery (``remove_channels``) are separate steps;
+``structured_prune`` chains them, optionally iteratively with fine-tuning.
+"""
+
+from nncompress.prune.structured.cost import LayerCost, layer_costs, plan_cost
 from nncompress.prune.structured.groups import ChannelGroup, find_groups
 from nncompress.prune.structured.masking import channels_masked
+from nncompress.prune.structured.pruner import StructuredResult, structured_prune
 from nncompress.prune.structured.removal import remove_channels
+from nncompress.prune.structured.scoring import CRITERIA, ScoreData, score
+from nncompress.prune.structured.selection import select_global, select_per_layer
 
-__all__ = ["ChannelGroup", "channels_masked", "find_groups", "remove_channels"]
+__all__ = [
+    "CRITERIA", "ChannelGroup", "LayerCost", "ScoreData", "StructuredResult",
+    "channels_masked", "find_groups", "layer_costs", "plan_cost", "remove_channels", "score",
+    "select_global", "select_per_layer", "structured_prune",
+]
