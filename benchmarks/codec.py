@@ -135,7 +135,10 @@ def bench_huffman(n: int = 1_000_000, seed: int = 0) -> dict:
     }
 
 
-BENCHES: list[Callable[..., dict]] = [bench_huffman]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from kmeans_bench import bench_kmeans  # noqa: E402
+
+BENCHES: list[Callable[..., dict]] = [bench_huffman, bench_kmeans]
 
 
 def machine_info() -> dict:
