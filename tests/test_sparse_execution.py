@@ -5,11 +5,11 @@ import pytest
 import torch
 from torch import nn
 
+import nncompress
 from nncompress.errors import ConfigError
-from nncompress.models import build_model
 from nncompress.prune import magnitude_prune
 from nncompress.sparse import (SparseConv2d, SparseLinear, csr_linear, interleaved_medians,
-                               num_threads, to_csr, to_sparse_inference)
+                               load_sparse, num_threads, to_csr, to_sparse_inference)
 
 DC_LENET300 = {"fc1.weight": 0.92, "fc2.weight": 0.91, "fc3.weight": 0.74}
 
@@ -166,3 +166,15 @@ def test_interleaved_medians_calls_each_function_equally_in_rotated_order():
     assert set(ms) == {"a", "b", "c"} and all(v >= 0 for v in ms.values())
     timed = calls[3:]
     assert timed == list("abc" "bca" "cab" "abc")
+
+
+def test_load_sparse_runs_a_saved_pruned_model_with_the_same_outputs(lenet300, tmp_path):
+    magnitude_prune(lenet300, sparsity=DC_LENET300)
+    nncompress.save(lenet300, tmp_path / "m.nnc")
+    x = torch.randn(4, 1, 28, 28)
+    model, rep = load_sparse(tmp_path / "m.nnc", x, mode="sparse", repeats=1)
+    assert rep.sparse_layers == ["fc1", "fc2", "fc3"]
+    assert [r.nnz for r in rep.layers] == [int((w != 0).sum()) for w in
+                                           (lenet300.fc1.weight, lenet300.fc2.weight, lenet300.fc3.weight)]
+    with torch.inference_mode():
+        assert torch.allclose(model(x), lenet300.eval()(x), atol=1e-5)

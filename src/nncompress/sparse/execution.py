@@ -13,6 +13,7 @@ import copy
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -224,3 +225,19 @@ def to_sparse_inference(
     with torch.inference_mode():
         report.max_abs_diff = _max_abs_diff(dense_out, _call(model, example_input))
     return model, report
+
+
+def load_sparse(path: str | Path, example_input: Any, model: nn.Module | None = None,
+                mode: str = "auto", **kwargs: Any) -> tuple[nn.Module, SparseReport]:
+    """Load a ``.nnc`` file for inference with sparse kernels where they are faster.
+
+    ``nncompress.load(path, model)`` followed by ``to_sparse_inference`` on the loaded model
+    (in place); ``kwargs`` go to ``to_sparse_inference``.
+
+    Example:
+        >>> model, report = load_sparse("lenet300.nnc", torch.randn(1, 1, 28, 28))  # doctest: +SKIP
+    """
+    from nncompress.format import load
+
+    loaded = load(path, model=model)
+    return to_sparse_inference(loaded, example_input, mode, inplace=True, **kwargs)
