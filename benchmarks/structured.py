@@ -1,0 +1,230 @@
+"""Benchmark (issue 3): structured pruning criteria at one MAC target on Fashion-MNIST.
+
+For each model (LeNet-5, the ResNet-20-style net) a dense baseline is trained once and cached
+under runs/structured_cache/ (outside git). Every criterion then prunes a copy to the same
+MAC target (default 0.5 removed = 2x fewer MACs, global ranking with per-layer normalised
+scores), gets the same short fine-tuning budget, and is measured: test accuracy, params,
+MACs (H1 ``layer_stats``), CPU latency at batch 1 and 64 (2 threads, all models interleaved,
+medians of repeats), H2 energy estimate. Torch-Pruning's own MagnitudePruner (L1, uniform
+ratio bisected to reach the same MAC target) runs in the same process as the peer.
+
+    python benchmarks/structured.py [--models lenet5,resnet20] [--quick]
+
+Writes benchmarks/results/structured.<model>.json and .md (atomically) and prints the paths.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import logging
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch_pruning as tp
+from torch import nn
+
+from nncompress.analysis.accounting import layer_stats, totals
+from nncompress.analysis.energy import model_energy, total_pj
+from nncompress.data import load_dataset
+from nncompress.models import build_model
+from nncompress.prune.structured import CRITERIA, ScoreData, structured_prune
+from nncompress.train import TrainConfig, evaluate, fit
+
+log = logging.getLogger("bench.structured")
+CACHE = Path("runs/structured_cache")
+RESULTS = Path("benchmarks/results")
+BASELINE_CFG = {
+    "resnet20": TrainConfig(epochs=2, lr=0.1, batch_size=128, weight_decay=5e-4, seed=0),
+    "lenet5": TrainConfig(epochs=4, lr=0.05, batch_size=64, weight_decay=5e-4, seed=0),
+}
+FINETUNE_CFG = {
+    "resnet20": TrainConfig(epochs=1, max_steps=60, lr=0.02, batch_size=128, weight_decay=5e-4, seed=1),
+    "lenet5": TrainConfig(epochs=1, max_steps=200, lr=0.01, batch_size=64, weight_decay=5e-4, seed=1),
+}
+SCORE_N = {"resnet20": (512, 64), "lenet5": (512, 256)}  # (scoring sample, held-out sample)
+
+
+def dense_baseline(name: str, train, test) -> nn.Module:
+    """Train (or load from the cache) the dense model ``name``."""
+    CACHE.mkdir(parents=True, exist_ok=True)
+    path = CACHE / f"{name}_dense.pt"
+    model = build_model(name)
+    if path.exists():
+        model.load_state_dict(torch.load(path, weights_only=True))
+        return model
+    t0 = time.perf_counter()
+    fit(model, train, BASELINE_CFG[name], checkpoint=CACHE / f"{name}_dense.ckpt")
+    torch.save(model.state_dict(), path)
+    log.info("dense %s trained in %.0fs", name, time.perf_counter() - t0)
+    return model
+
+
+def macs_of(model: nn.Module, x: torch.Tensor) -> int:
+    return totals(layer_stats(model, x))["macs"]
+
+
+def tp_magnitude(model: nn.Module, x: torch.Tensor, target: float) -> nn.Module:
+    """Torch-Pruning's MagnitudePruner (L1, uniform ratio) bisected to reach the MAC target."""
+    dense = macs_of(model, x)
+    output_layer = [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
+
+    def pruned(r: float) -> nn.Module:
+        m = copy.deepcopy(model)
+        pr = tp.pruner.MagnitudePruner(m, x, importance=tp.importance.MagnitudeImportance(p=1),
+                                       pruning_ratio=r, ignored_layers=[output_layer])
+        pr.step()
+        return m
+
+    lo, hi = 0.0, 0.95
+    for _ in range(12):
+        mid = (lo + hi) / 2
+        if macs_of(pruned(mid), x) <= (1 - target) * dense:
+            hi = mid
+        else:
+            lo = mid
+    return pruned(hi)
+
+
+def latency(models: dict[str, nn.Module], batch: int, repeats: int, inner: int) -> dict[str, float]:
+    """Median seconds per forward, models interleaved round-robin."""
+    x = torch.randn(batch, 1, 28, 28)
+    times: dict[str, list[float]] = {k: [] for k in models}
+    with torch.inference_mode():
+        for m in models.values():
+            m.eval()
+            m(x)
+        for _ in range(repeats):
+            for k, m in models.items():
+                t0 = time.perf_counter()
+                for _ in range(inner):
+                    m(x)
+                times[k].append((time.perf_counter() - t0) / inner)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def run_model(name: str, args, train, test) -> dict:
+    torch.set_num_threads(1)
+    dense = dense_baseline(name, train, test)
+    x1 = torch.zeros(1, 1, 28, 28)
+    n_score, n_held = SCORE_N[name]
+    g = torch.Generator().manual_seed(123)
+    perm = torch.randperm(len(train), generator=g)
+    xs, ys = train.tensors
+    data = ScoreData(xs[perm[:n_score]], ys[perm[:n_score]],
+                     held_out_x=xs[perm[n_score:n_score + n_held]],
+                     held_out_y=ys[perm[n_score:n_score + n_held]],
+                     batch_size=128, candidates=8, trials=1)
+    ft = FINETUNE_CFG[name]
+    if args.quick:
+        ft = TrainConfig(**{**ft.__dict__, "max_steps": 5})
+    models: dict[str, nn.Module] = {"dense": dense}
+    rows: dict[str, dict] = {"dense": {"method": "dense", "prune_seconds": 0.0, "finetune_seconds": 0.0}}
+    methods = [c for c in args.criteria.split(",") if c] or list(CRITERIA)
+    for crit in methods + ["torch-pruning-magnitude"]:
+        m = copy.deepcopy(dense)
+        t0 = time.perf_counter()
+        if crit == "torch-pruning-magnitude":
+            m = tp_magnitude(m, x1, args.target)
+        elif crit == "energy-aware":
+            from nncompress.prune.structured.energy_aware import energy_aware_prune
+            energy_aware_prune(m, args.target, data, example_inputs=x1)
+        else:
+            structured_prune(m, crit, args.target, "macs", data, example_inputs=x1, mode=args.mode)
+        t1 = time.perf_counter()
+        acc_before_ft = evaluate(m, test)["accuracy"]
+        fit(m, train, ft)
+        t2 = time.perf_counter()
+        models[crit] = m
+        rows[crit] = {"method": crit, "prune_seconds": t1 - t0, "finetune_seconds": t2 - t1,
+                      "accuracy_before_finetune": acc_before_ft}
+        log.info("%s %s: pruned in %.0fs, fine-tuned in %.0fs", name, crit, t1 - t0, t2 - t1)
+    # the dense model gets the same fine-tuning budget, so gains from it are not credited to pruning
+    dense_ft = copy.deepcopy(dense)
+    fit(dense_ft, train, ft)
+    for k, m in models.items():
+        rows[k]["accuracy"] = evaluate(m, test)["accuracy"]
+        rows[k]["params"] = sum(p.numel() for p in m.parameters())
+        rows[k]["macs"] = macs_of(m, x1)
+        rows[k]["energy_uj"] = total_pj(model_energy(m, x1)) / 1e6
+    rows["dense"]["accuracy_with_same_finetune"] = evaluate(dense_ft, test)["accuracy"]
+    torch.set_num_threads(args.threads)
+    lat1 = latency(models, 1, args.repeats, 20)
+    lat64 = latency(models, 64, args.repeats, 3)
+    d = rows["dense"]
+    for k, r in rows.items():
+        r["latency_b1_ms"] = lat1[k] * 1e3
+        r["latency_b64_ms"] = lat64[k] * 1e3
+        r["mac_reduction"] = d["macs"] / r["macs"]
+        r["speedup_b1"] = lat1["dense"] / lat1[k]
+        r["speedup_b64"] = lat64["dense"] / lat64[k]
+        r["speedup_share_b64"] = r["speedup_b64"] / r["mac_reduction"]
+        r["accuracy_drop_pt"] = 100 * (d["accuracy"] - r["accuracy"])
+    return {"model": name, "rows": list(rows.values()),
+            "baseline_train": BASELINE_CFG[name].__dict__, "finetune": ft.__dict__,
+            "score_sample": n_score, "held_out_sample": n_held}
+
+
+def to_markdown(res: dict, meta: dict) -> str:
+    lines = [f"# Structured pruning on Fashion-MNIST: {res['model']}", "",
+             f"Command: `{meta['command']}`  ", f"torch {meta['torch']}, {meta['threads']} threads for"
+             f" latency (training single-threaded), target {meta['target']} of MACs removed, mode"
+             f" {meta['mode']}.  ",
+             f"Dense baseline: {res['baseline_train']}; fine-tuning for every method: {res['finetune']}.", "",
+             "| method | acc | drop (pt) | acc before FT | params | MACs | MAC red. | lat b1 (ms) | "
+             "lat b64 (ms) | speedup b1 | speedup b64 | speedup/MAC b64 | energy (uJ) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in res["rows"]:
+        lines.append(
+            f"| {r['method']} | {r['accuracy']:.4f} | {r['accuracy_drop_pt']:.2f} | "
+            f"{r.get('accuracy_before_finetune', float('nan')):.4f} | {r['params']} | {r['macs']} | "
+            f"{r['mac_reduction']:.2f} | {r['latency_b1_ms']:.3f} | {r['latency_b64_ms']:.2f} | "
+            f"{r['speedup_b1']:.2f} | {r['speedup_b64']:.2f} | {r['speedup_share_b64']:.2f} | "
+            f"{r['energy_uj']:.1f} |")
+    dense = res["rows"][0]
+    lines += ["", f"Dense model with the same fine-tuning budget: accuracy "
+              f"{dense['accuracy_with_same_finetune']:.4f}."]
+    return "\n".join(lines) + "\n"
+
+
+def atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--models", default="lenet5,resnet20")
+    ap.add_argument("--criteria", default=",".join([*CRITERIA, "energy-aware"]))
+    ap.add_argument("--target", type=float, default=0.5)
+    ap.add_argument("--mode", default="global", choices=["global", "layer"])
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=15)
+    ap.add_argument("--quick", action="store_true", help="5 fine-tuning steps (smoke test)")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    train, test = load_dataset("fashion-mnist", "train"), load_dataset("fashion-mnist", "test")
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    for name in args.models.split(","):
+        res = run_model(name, args, train, test)
+        meta = {"command": " ".join([sys.executable.split("/")[-1], *sys.argv]),
+                "torch": torch.__version__, "threads": args.threads, "target": args.target,
+                "mode": args.mode}
+        res["meta"] = meta
+        suffix = "" if not args.quick else ".quick"
+        jpath = RESULTS / f"structured.{name}{suffix}.json"
+        mpath = RESULTS / f"structured.{name}{suffix}.md"
+        atomic_write(jpath, json.dumps(res, indent=2))
+        atomic_write(mpath, to_markdown(res, meta))
+        print(f"wrote {jpath} and {mpath}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
