@@ -50,3 +50,16 @@ def test_global_scope_counts(lenet300, tiny_data):
     fit(lenet300, tiny_data, TrainConfig(epochs=1, batch_size=64), callbacks=[cb])
     total = sum(m.numel() for m in cb.masks.values())
     assert sum(cb.masks.kept().values()) == total - round(0.5 * total)
+
+
+def test_dispatcher_gradual_and_one_shot_rounds(lenet300, tiny_data):
+    from nncompress.prune.sparse_train import sparse_train
+
+    res = sparse_train(lenet300, "gradual", tiny_data, TrainConfig(epochs=2, batch_size=32),
+                       final_sparsity=0.75, start=0.0, end=0.5, n_events=4)
+    assert res.masks.total_sparsity() == pytest.approx(0.75, abs=1e-3)
+    assert len(res.history) == 2
+    res = sparse_train(lenet300, "magnitude", tiny_data, TrainConfig(epochs=2, batch_size=64), rounds=[0.8, 0.9])
+    assert res.masks.total_sparsity() == pytest.approx(0.9, abs=1e-3) and len(res.history) == 2
+    for n, m in res.masks.items():
+        assert torch.all(dict(lenet300.named_parameters())[n][~m] == 0)

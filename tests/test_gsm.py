@@ -61,3 +61,15 @@ def test_final_count_is_exactly_q(lenet300, tiny_data):
     nonzero = sum(int((p != 0).sum()) for n, p in lenet300.named_parameters() if n.endswith("weight"))
     assert nonzero == cb.q == round(total / 40)
     assert sum(masks.kept().values()) == cb.q
+
+
+def test_dispatcher_gsm_and_errors(lenet300, tiny_data):
+    from nncompress.prune.sparse_train import SPARSE_METHODS, sparse_train
+
+    assert set(SPARSE_METHODS) == {"gradual", "dns", "magnitude", "obd", "obs", "ssl", "gsm", "csgd"}
+    res = sparse_train(lenet300, "gsm", tiny_data, TrainConfig(epochs=1, batch_size=64, weight_decay=1e-3), q=500)
+    assert sum(res.masks.kept().values()) == 500 and res.info["q"] == 500
+    with pytest.raises(ConfigError, match="allowed"):
+        sparse_train(lenet300, "lottery", tiny_data, None)
+    with pytest.raises(ConfigError, match="train_cfg"):
+        sparse_train(lenet300, "dns", tiny_data, None, sparsity=0.5)
