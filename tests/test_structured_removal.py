@@ -120,3 +120,17 @@ def test_bad_plans_are_rejected_with_clear_errors():
     with pytest.raises(ConfigError, match="allowed"):
         remove_channels(model, {"nope": [0]}, X[:1])
     assert model.conv1.out_channels == 20
+
+
+def test_pruned_resnet_round_trips_through_nnc(tmp_path):
+    import nncompress
+
+    model = build_model("resnet20").eval()
+    _randomise_bn(model)
+    remove_channels(model, {"layers.2.conv1": [0, 1, 2], "layers.7.conv2": [5, 9]}, X[:1])
+    path = tmp_path / "pruned.nnc"
+    nncompress.save(model, path)
+    loaded = nncompress.load(path).eval()
+    assert loaded.layers[2].conv1.out_channels == 13 and loaded.fc.in_features == 62
+    with torch.no_grad():
+        assert torch.equal(loaded(X), model(X))

@@ -12,9 +12,11 @@ from nncompress.prune.structured.pruner import StructuredResult, structured_prun
 from nncompress.prune.structured.removal import remove_channels
 from nncompress.prune.structured.scoring import CRITERIA, ScoreData, score
 from nncompress.prune.structured.selection import select_global, select_per_layer
+from nncompress.prune.structured.sensitivity import SensitivityResult, sensitivity_analysis
 
 __all__ = [
     "CRITERIA", "ChannelGroup", "LayerCost", "ScoreData", "StructuredResult",
     "channels_masked", "find_groups", "layer_costs", "plan_cost", "remove_channels", "score",
-    "select_global", "select_per_layer", "structured_prune",
+    "SensitivityResult", "select_global", "select_per_layer", "sensitivity_analysis",
+    "structured_prune",
 ]
