@@ -86,22 +86,23 @@ class BinaryLinear(nn.Module):
     """
 
     def __init__(self, packed: torch.Tensor, alpha: torch.Tensor, bias: torch.Tensor | None,
-                 in_features: int, input_mode: str = "sign"):
+                 in_features: int, input_mode: str = "sign", popcount=popcount64):
         super().__init__()
         self.register_buffer("packed", packed)  # (N, W) int64
         self.register_buffer("alpha", alpha)  # (N,)
         self.bias = None if bias is None else nn.Parameter(bias.detach().clone(), requires_grad=False)
-        self.in_features, self.input_mode = in_features, input_mode
+        self.in_features, self.input_mode, self.popcount = in_features, input_mode, popcount
 
     @classmethod
-    def from_linear(cls, lin: nn.Linear, input_mode: str = "sign") -> BinaryLinear:
-        """Pack a Linear whose rows are ``+-alpha_n`` (a BWN/BNN-finalized layer)."""
+    def from_linear(cls, lin: nn.Linear, input_mode: str = "sign", popcount=popcount64) -> BinaryLinear:
+        """Pack a Linear whose rows are ``+-alpha_n`` (a BWN/BNN-finalized layer);
+        ``popcount`` is ``popcount64`` (SWAR) or ``popcount_lut``."""
         w = lin.weight.detach().float()
-        return cls(pack_signs(w), w.abs().amax(dim=1), lin.bias, lin.in_features, input_mode)
+        return cls(pack_signs(w), w.abs().amax(dim=1), lin.bias, lin.in_features, input_mode, popcount)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.flatten(1)  # (B, K)
-        dot = xnor_dot(pack_signs(x), self.packed, self.in_features).to(x.dtype)  # (B, N)
+        dot = xnor_dot(pack_signs(x), self.packed, self.in_features, self.popcount).to(x.dtype)  # (B, N)
         out = dot * self.alpha
         if self.input_mode == "xnor":
             out = out * x.abs().mean(dim=1, keepdim=True)

@@ -3,7 +3,7 @@
 For ``W = W_p [W > 0] - W_n [W < 0]``, output n is ``W_p,n * sum_{k in P_n} x_k -
 W_n,n * sum_{k in N_n} x_k``: the weights are stored as the coordinates of their +1 and
 -1 entries; inputs are gathered at those coordinates and summed per output with
-``index_add_`` (additions only), then each output gets two scale multiplications (one per
+``index_add_`` over the rows of the transposed input (additions only), then each output gets two scale multiplications (one per
 output unit, not per weight).
 """
 
@@ -23,9 +23,10 @@ def ternary_matmul(x: torch.Tensor, pos: tuple[torch.Tensor, torch.Tensor],
         >>> [t.tolist() for t in ternary_matmul(torch.tensor([[1.0, 2.0, 4.0]]), p, n, 2)]
         [[[1.0, 4.0]], [[2.0, 0.0]]]
     """
-    b = x.shape[0]
-    sp = torch.zeros(b, n_out, dtype=x.dtype).index_add_(1, pos[0], x[:, pos[1]])  # (B, N)
-    sn = torch.zeros(b, n_out, dtype=x.dtype).index_add_(1, neg[0], x[:, neg[1]])  # (B, N)
+    xt = x.T.contiguous()  # (K, B): gathering whole rows is contiguous
+    sp = torch.zeros(n_out, x.shape[0], dtype=x.dtype).index_add_(0, pos[0], xt[pos[1]])  # (N, B)
+    sn = torch.zeros(n_out, x.shape[0], dtype=x.dtype).index_add_(0, neg[0], xt[neg[1]])  # (N, B)
+    sp, sn = sp.T, sn.T  # (B, N)
     return sp, sn
 
 
