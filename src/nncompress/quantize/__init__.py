@@ -17,3 +17,21 @@ __all__ = [
     "centroid_gradient", "init_centroids", "kmeans_1d", "share_layer", "share_weights",
     "sharing_ratio",
 ]
+
+# --- low-bit quantizers (Q3-Q12): quantize_ / finalize / quantize_model, METHODS registry
+from nncompress.quantize import codecs as _lowbit_codecs  # noqa: E402,F401  (registers binary/lut/int/pow2/shift)
+from nncompress.quantize.api import (  # noqa: E402
+    activation_spec,
+    apply_activation_spec,
+    calibrate,
+    finalize,
+    quant_summary,
+    quantize_,
+    quantize_model,
+)
+from nncompress.quantize.methods import METHODS, QuantConfig, make_config  # noqa: E402
+
+__all__ += [
+    "METHODS", "QuantConfig", "activation_spec", "apply_activation_spec", "calibrate", "finalize",
+    "make_config", "quant_summary", "quantize_", "quantize_model",
+]
