@@ -100,3 +100,34 @@ def test_cli_reports_errors_cleanly(tmp_path, capsys):
     assert "not an .nnc file" in capsys.readouterr().err
     assert main(["run", "no-such-recipe"]) == 2
     assert "unknown recipe" in capsys.readouterr().err
+
+
+def test_dropout_adjusted_after_every_cut(tmp_path):
+    import math
+
+    from nncompress.recipes.runner import build_context
+    from nncompress.recipes.stages import STAGES
+
+    raw = {"name": "d", "model": {"name": "lenet300", "kwargs": {"dropout": 0.5}},
+           "data": {"name": "digits", "train_subset": 64},
+           "stages": [{"prune": {"schedule": [0.5, {"fc1": 0.9, "fc2": 0.84, "fc3": 0.5}],
+                                 "retrain": {"epochs": 1, "batch_size": 64}, "adjust_dropout": True}}]}
+    recipe = parse_recipe(raw)
+    ctx = build_context(recipe)
+    seen = []
+    orig = ctx.model.drop1.__class__.forward
+
+    def spy(self, x):  # record p as used during retraining
+        if self.training:
+            seen.append((self is ctx.model.drop1, self.p))
+        return orig(self, x)
+
+    ctx.model.drop1.__class__.forward = spy
+    try:
+        STAGES.get("prune").run(ctx, recipe.stages[0].config)
+    finally:
+        ctx.model.drop1.__class__.forward = orig
+    # drop1 feeds fc2: round 1 keeps 50% of fc2, round 2 keeps 16%.
+    ps = sorted({p for is1, p in seen if is1}, reverse=True)
+    assert ps == pytest.approx([0.5 * math.sqrt(0.5), 0.5 * math.sqrt(0.16)])
+    assert ctx.model.drop2.p == pytest.approx(0.5 * math.sqrt(0.5))

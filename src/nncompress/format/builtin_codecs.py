@@ -130,8 +130,10 @@ class SparseCodec(TensorCodec):
     exceeds 2^index_bits) plus their values: fp32 (``sparse``) or indices into a codebook
     of the distinct nonzero values (``deep``, after k-means weight sharing).
 
-    Params: ``index_bits`` (1..16, default 5 FC / 8 conv), ``huffman`` ('auto', 'yes',
-    'no'), and for ``deep`` ``max_codebook`` (default 65536).
+    Params: ``index_bits`` (1..16, default 5 FC / 8 conv, or ``"auto"``: try 2..10 and
+    keep the smallest encoding; with Huffman-coded gaps a wider field costs little while
+    every filler entry also costs a value symbol), ``huffman`` ('auto', 'yes', 'no'), and
+    for ``deep`` ``max_codebook`` (default 65536).
     """
 
     def __init__(self, name: str, shared: bool):
@@ -144,6 +146,11 @@ class SparseCodec(TensorCodec):
         if huffman not in ("auto", "yes", "no"):
             raise ConfigError(f"huffman={huffman!r} not allowed; use 'auto', 'yes' or 'no'")
         shape = list(tensor.shape)
+        if index_bits == "auto":
+            return min((self.encode(tensor, b, huffman, max_codebook) for b in range(2, 11)),
+                       key=lambda e: e.nbytes)
+        if isinstance(index_bits, str):
+            raise ConfigError(f"index_bits={index_bits!r} not allowed; use 1..16 or 'auto'")
         index_bits = default_index_bits(shape) if index_bits is None else int(index_bits)
         if not 1 <= index_bits <= 16:
             raise ConfigError(f"index_bits={index_bits} is out of range; allowed: 1..16")

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from torch import nn
@@ -49,13 +49,15 @@ def iterative_prune(
     masks: Masks | None = None,
     callbacks: Sequence[Callback] = (),
     loss_fn=None,
+    on_prune: Callable[[Masks], None] | None = None,
 ) -> IterativeResult:
     """Run ``len(schedule)`` rounds of magnitude prune + retrain.
 
     Each entry of ``schedule`` is a sparsity (or per-layer dict) reached in that round;
     pruned weights stay pruned in later rounds. ``freeze='conv'`` retrains only FC layers
     (and ``'fc'`` only conv), as in Han et al. (2015). ``loss_fn`` replaces
-    cross-entropy while retraining (e.g. distillation from the dense model).
+    cross-entropy while retraining (e.g. distillation from the dense model);
+    ``on_prune(masks)`` runs after each cut, before retraining (e.g. dropout adjustment).
 
     Example:
         >>> iterative_prune(model, train, [0.5, 0.8, 0.9], TrainConfig(epochs=1))  # doctest: +SKIP
@@ -65,6 +67,8 @@ def iterative_prune(
         sparsity = target if isinstance(target, Mapping) else float(target)
         result.masks = magnitude_prune(model, sparsity=sparsity, scope=scope,
                                        previous=result.masks or None)
+        if on_prune is not None:
+            on_prune(result.masks)
         acc_pruned = evaluate(model, val_data)["accuracy"] if val_data is not None else None
         cbs: list[Callback] = [MaskCallback(result.masks), *callbacks]
         if regularizer:

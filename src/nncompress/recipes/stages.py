@@ -105,6 +105,7 @@ class PruneConfig:
     reg_strength: float = 1e-4
     freeze: str | None = None
     adjust_dropout: bool = False
+    final_retrain: TrainConfig | None = None
     include: list[str] | None = None
     exclude: list[str] = field(default_factory=list)
 
@@ -116,13 +117,18 @@ def run_prune(ctx: RunContext, cfg: PruneConfig) -> dict[str, Any]:
     ctx.snapshot("before_pruning")
     drop_p = {n: m.p for n, m in ctx.model.named_modules() if m.__class__.__name__ == "Dropout"}
     counts = {n.rsplit(".", 1)[0]: p.numel() for n, p in prunable_weights(ctx.model).items()}
+    new_p: dict[str, float] = {}
+
+    def adjust(_masks: Masks) -> None:
+        if cfg.adjust_dropout and drop_p:
+            new_p.update(adjust_dropouts(ctx.model, ctx.example_input, drop_p, counts))
     if cfg.schedule is not None:
         if cfg.retrain is None:
             raise ConfigError("prune: an iterative schedule needs a 'retrain' config")
         schedule = [normalise_layer_map(ctx, s, "prune.schedule") for s in cfg.schedule]
         res = iterative_prune(ctx.model, ctx.train_data, schedule, cfg.retrain, val_data=ctx.test_data,
                               scope=cfg.scope, regularizer=cfg.regularizer, reg_strength=cfg.reg_strength,
-                              freeze=cfg.freeze, masks=ctx.masks)
+                              freeze=cfg.freeze, masks=ctx.masks, on_prune=adjust)
         ctx.masks = res.masks
         rounds = [{"sparsity": r.sparsity, "accuracy_pruned": r.accuracy_pruned,
                    "accuracy_retrained": r.accuracy_retrained} for r in res.rounds]
@@ -131,12 +137,12 @@ def run_prune(ctx: RunContext, cfg: PruneConfig) -> dict[str, Any]:
                                     quality=normalise_layer_map(ctx, cfg.quality, "prune.quality"),
                                     scope=cfg.scope, include=cfg.include, exclude=cfg.exclude,
                                     previous=ctx.masks)
+        adjust(ctx.masks)
         rounds = []
         if cfg.retrain is not None:
             fit(ctx.model, ctx.train_data, cfg.retrain, callbacks=[MaskCallback(ctx.masks)])
-    new_p = {}
-    if cfg.adjust_dropout and drop_p:
-        new_p = adjust_dropouts(ctx.model, ctx.example_input, drop_p, counts)
+    if cfg.final_retrain is not None:
+        fit(ctx.model, ctx.train_data, cfg.final_retrain, callbacks=[MaskCallback(ctx.masks)])
     ctx.snapshot("after_pruning")
     return {"sparsity": ctx.masks.sparsity(), "total_sparsity": ctx.masks.total_sparsity(),
             "rounds": rounds, "dropout": new_p,
@@ -150,20 +156,22 @@ def run_evaluate(ctx: RunContext, cfg: EvaluateConfig) -> dict[str, Any]:
 
 @dataclass
 class EncodeConfig:
-    """How the final file stores tensors: relative-index widths (paper: 5 FC, 8 conv),
+    """How the final file stores tensors: relative-index widths (paper: 5 FC, 8 conv;
+    ``auto`` picks the smallest per layer),
     Huffman ('auto' = when smaller), and the codec of non-weight tensors (biases, BN):
     ``fp16``/``bf16`` round them in the model first, so the file still reproduces exactly
     the model that is evaluated."""
 
-    index_bits_fc: int = 5
-    index_bits_conv: int = 8
+    index_bits_fc: int | str = 5
+    index_bits_conv: int | str = 8
     huffman: str = "auto"
     other: str = "raw"
 
     def __post_init__(self) -> None:
         for k in ("index_bits_fc", "index_bits_conv"):
-            if not 1 <= getattr(self, k) <= 16:
-                raise ConfigError(f"{k}={getattr(self, k)} out of range; allowed: 1..16")
+            v = getattr(self, k)
+            if v != "auto" and (isinstance(v, str) or not 1 <= v <= 16):
+                raise ConfigError(f"{k}={v!r} out of range; allowed: 1..16 or 'auto'")
         if self.huffman not in ("auto", "yes", "no"):
             raise ConfigError(f"huffman={self.huffman!r} not allowed; use auto, yes or no")
         if self.other not in ("raw", "fp16", "bf16", "auto"):
