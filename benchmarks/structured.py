@@ -72,10 +72,10 @@ def macs_of(model: nn.Module, x: torch.Tensor) -> int:
 def tp_magnitude(model: nn.Module, x: torch.Tensor, target: float) -> nn.Module:
     """Torch-Pruning's MagnitudePruner (L1, uniform ratio) bisected to reach the MAC target."""
     dense = macs_of(model, x)
-    output_layer = [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
 
     def pruned(r: float) -> nn.Module:
         m = copy.deepcopy(model)
+        output_layer = [mod for mod in m.modules() if isinstance(mod, nn.Linear)][-1]
         pr = tp.pruner.MagnitudePruner(m, x, importance=tp.importance.MagnitudeImportance(p=1),
                                        pruning_ratio=r, ignored_layers=[output_layer])
         pr.step()

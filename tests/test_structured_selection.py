@@ -120,3 +120,14 @@ def test_bad_target_arguments():
         structured_prune(model, "l1", 0.5, "flops", example_inputs=X)
     with pytest.raises(ConfigError, match="mode"):
         structured_prune(model, "l1", 0.5, mode="zz", example_inputs=X)
+
+
+def test_structured_prune_accepts_pairs_and_energy_aware(tiny_data):
+    x, y = tiny_data.tensors
+    model = build_model("lenet5")
+    res = structured_prune(model, "energy-aware", 0.5, "macs", (x[:64], y[:64]), example_inputs=x[:1])
+    assert res.criterion == "energy-aware/l1" and res.mac_reduction >= 2.0
+    res = structured_prune(build_model("lenet5"), "apoz", 0.3, "params", tiny_data, example_inputs=x[:1])
+    assert res.pruned["params"] <= 0.7 * res.dense["params"] * 1.02
+    with pytest.raises(ConfigError, match="TensorDataset"):
+        structured_prune(build_model("lenet5"), "apoz", 0.3, data=[1, 2, 3], example_inputs=x[:1])

@@ -23,7 +23,7 @@ from nncompress.errors import ConfigError
 from nncompress.prune.structured.cost import layer_costs, total
 from nncompress.prune.structured.groups import build_graph, groups_from_graph
 from nncompress.prune.structured.removal import remove_channels
-from nncompress.prune.structured.scoring import ScoreData, get_criterion, score
+from nncompress.prune.structured.scoring import ScoreData, as_score_data, get_criterion, score
 from nncompress.prune.structured.selection import (
     budget_for,
     check_kind,
@@ -94,6 +94,8 @@ def structured_prune(
 ) -> StructuredResult:
     """Prune ``model`` in place until ``target`` of ``target_kind`` is removed.
 
+    ``criterion``: a name of ``CRITERIA`` or ``"energy-aware"`` (S5, see ``energy_aware``).
+    ``data``: a ``ScoreData``, an ``(x, y)`` pair or a ``TensorDataset`` (first 512 samples).
     ``mode="global"`` ranks all channels together (per-layer normalised scores);
     ``mode="layer"`` removes the same share of every group (the uniform ratio that meets
     the target), or exactly ``ratios`` (group name -> fraction) when given. ``skip``: glob
@@ -105,6 +107,15 @@ def structured_prune(
         >>> res.mac_reduction >= 2.0  # doctest: +SKIP
         True
     """
+    data = as_score_data(data)
+    if criterion == "energy-aware":  # S5 has its own ordering and refit
+        from nncompress.prune.structured.energy_aware import energy_aware_prune
+
+        if data is None:
+            raise ConfigError("criterion 'energy-aware' needs data (a labelled sample)")
+        return energy_aware_prune(model, target, data, example_inputs=example_inputs,
+                                  target_kind=target_kind, min_channels=min_channels,
+                                  max_ratio=max_ratio, finetune=finetune, train_data=train_data)
     get_criterion(criterion)
     check_kind(target_kind)
     target = check_ratio(target, "target")

@@ -54,6 +54,23 @@ class ScoreData:
         return self.ratio.get(group, 0.5) if isinstance(self.ratio, dict) else float(self.ratio)
 
 
+def as_score_data(data, n: int = 512) -> ScoreData | None:
+    """Accept a ``ScoreData``, an ``(x, y)`` pair or a ``TensorDataset`` (first ``n`` samples).
+
+    Example:
+        >>> as_score_data((torch.zeros(4, 1, 28, 28), torch.zeros(4, dtype=torch.long))).x.shape
+        torch.Size([4, 1, 28, 28])
+    """
+    if data is None or isinstance(data, ScoreData):
+        return data
+    if isinstance(data, tuple) and len(data) == 2:
+        return ScoreData(data[0][:n], data[1][:n])
+    tensors = getattr(data, "tensors", None)
+    if tensors is not None and len(tensors) == 2:
+        return ScoreData(tensors[0][:n], tensors[1][:n])
+    raise ConfigError(f"data must be a ScoreData, an (x, y) pair or a TensorDataset, got {type(data).__name__}")
+
+
 def _need(data: ScoreData | None, name: str) -> ScoreData:
     if data is None:
         raise ConfigError(f"criterion {name!r} needs data (a labelled sample); got data=None")
