@@ -72,19 +72,26 @@ def _cmd_info(args: argparse.Namespace) -> int:
         print("\nEnergy estimate (45 nm, Horowitz 2014), per inference:")
         for r in energy["rows"]:
             print(f"  {r['name']}: {r['total_pj'] / 1e6:.3f} uJ")
-        print(f"  total: {energy['total_pj'] / 1e6:.3f} uJ")
+        print(f"  total: {energy['total_pj'] / 1e6:.3f} uJ (dense model: {energy['dense_total_pj'] / 1e6:.3f} uJ)")
     return 0
 
 
 def _energy_rows(layers):
-    """Per-layer energy when the energy model is available."""
+    """H2 energy per layer, counting only nonzero weights and the MACs they take part in
+    (what an engine that skips zeros would spend), beside the dense figure."""
     if not layers:
         return None
-    try:
-        from nncompress.analysis.energy import energy_from_layer_rows
-    except ImportError:
-        return None
-    return energy_from_layer_rows(layers)
+    import math
+
+    from nncompress.analysis.energy import energy_table, total_pj
+
+    def acts(r):
+        return math.prod(r["in_shape"]) + math.prod(r["out_shape"])
+
+    sparse = energy_table([(r["name"], r["sparse_macs"], r["nonzeros"] + r["biases"], acts(r)) for r in layers])
+    dense = energy_table([(r["name"], r["macs"], r["weights"] + r["biases"], acts(r)) for r in layers])
+    return {"rows": [e.to_dict() for e in sparse], "total_pj": total_pj(sparse),
+            "dense_total_pj": total_pj(dense)}
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
