@@ -106,6 +106,7 @@ class PruneConfig:
     freeze: str | None = None
     adjust_dropout: bool = False
     final_retrain: TrainConfig | None = None
+    remove_dead_neurons: bool = False
     include: list[str] | None = None
     exclude: list[str] = field(default_factory=list)
 
@@ -143,8 +144,16 @@ def run_prune(ctx: RunContext, cfg: PruneConfig) -> dict[str, Any]:
             fit(ctx.model, ctx.train_data, cfg.retrain, callbacks=[MaskCallback(ctx.masks)])
     if cfg.final_retrain is not None:
         fit(ctx.model, ctx.train_data, cfg.final_retrain, callbacks=[MaskCallback(ctx.masks)])
+    removed: dict[str, int] = {}
+    if cfg.remove_dead_neurons:
+        from nncompress.prune.neurons import prune_dead_neurons
+
+        removed = prune_dead_neurons(ctx.model, ctx.example_input)
+        ctx.masks = Masks.from_zeros(ctx.model, list(prunable_weights(ctx.model)))
     ctx.snapshot("after_pruning")
-    return {"sparsity": ctx.masks.sparsity(), "total_sparsity": ctx.masks.total_sparsity(),
+    return {"removed_neurons": removed,
+            "shapes": {n: list(p.shape) for n, p in prunable_weights(ctx.model).items()},
+            "sparsity": ctx.masks.sparsity(), "total_sparsity": ctx.masks.total_sparsity(),
             "rounds": rounds, "dropout": new_p,
             "dropout_consumers": dropout_consumers(ctx.model, ctx.example_input) if new_p else {}}
 
