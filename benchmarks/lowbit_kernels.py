@@ -107,7 +107,10 @@ def markdown(rows: list[dict], rounds: int) -> str:
               "without a hardware popcount; the ternary and shift kernels gather B x nnz inputs and "
               "scatter-add them (memory-bound, no SIMD GEMM). Their value here is as exact, "
               "multiplier-free reference implementations of the arithmetic a custom kernel or an "
-              "accelerator would run, and the 1-bit packed weight storage (32x smaller than float32).", ""]
+              "accelerator would run, and the 1-bit packed weight storage (32x smaller than float32). "
+              "Runtime weight bytes: the ternary and shift kernels keep int64 (row, col) coordinates per "
+              "nonzero (grouped by exponent and sign), larger than the dense float weight; "
+              "the packed `.nnc` file stores 2 bits (ternary) or 5 bits (INQ) per weight instead.", ""]
     return "\n".join(lines)
 
 

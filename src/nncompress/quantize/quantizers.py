@@ -17,7 +17,7 @@ from nncompress.quantize.admm import admm_project, level_set
 from nncompress.quantize.affine import choose_qparams, dequantize_affine, fake_quant_affine, quantize_affine
 from nncompress.quantize.binary import binarize_weight, bwn_quantize, bwn_weight
 from nncompress.quantize.dorefa import dorefa_weight
-from nncompress.quantize.pow2 import inq_quantize, shift_quantize
+from nncompress.quantize.pow2 import inq_exponents, inq_quantize, shift_quantize
 from nncompress.quantize.ste import binary_sign, ste
 from nncompress.quantize.ternary import (
     ttq_init_scales,
@@ -173,8 +173,6 @@ class INQQuantizer(WeightQuantizer):
     @torch.no_grad()
     def quantize(self, w):
         if self.n1 is None:
-            from nncompress.quantize.pow2 import inq_exponents
-
             self.n1, self.n2 = inq_exponents(float(w.detach().abs().max()), int(self.bits))
         q = inq_quantize(w.detach().float(), self.n1, self.n2)
         return q, ("pow2", {"n_max": self.n1, "n_min": self.n2, "bits": int(self.bits)})
