@@ -27,12 +27,18 @@ from torch import nn
 from torch.nn import functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import write_results  # noqa: E402
+from common import write_results
 
-from nncompress.kernels import BinaryLinear, ShiftLinear, TernaryLinear, popcount_lut, quantize_input  # noqa: E402
-from nncompress.quantize.binary import bwn_quantize  # noqa: E402
-from nncompress.quantize.pow2 import inq_exponents, inq_quantize  # noqa: E402
-from nncompress.quantize.ternary import twn_quantize  # noqa: E402
+from nncompress.kernels import (
+    BinaryLinear,
+    ShiftLinear,
+    TernaryLinear,
+    popcount_lut,
+    quantize_input,
+)
+from nncompress.quantize.binary import bwn_quantize
+from nncompress.quantize.pow2 import inq_exponents, inq_quantize
+from nncompress.quantize.ternary import twn_quantize
 
 SHAPES = [(64, 800, 500), (256, 1024, 1024), (1, 4096, 4096)]
 
@@ -80,37 +86,65 @@ def bench_shape(b: int, k: int, n: int, rounds: int, seed: int) -> dict:
                 times[name].append(time.perf_counter() - t0)
     med = {name: statistics.median(t) for name, t in times.items()}
     dense = med["dense_float"]
-    storage = {"dense_float": 4 * n * k, "binary_xnor_swar": buffers_bytes(binary),
-               "binary_xnor_lut": buffers_bytes(binary), "ternary_gather_add": buffers_bytes(ternary),
-               "shift_add_int8": sum(t.numel() * t.element_size() for _, groups in shift.terms
-                                     for _, p, q in groups for t in (*p, *q))}
-    return {"shape": {"batch": b, "in": k, "out": n}, "median_ms": {k2: 1e3 * v for k2, v in med.items()},
-            "slowdown_vs_dense": {k2: v / dense for k2, v in med.items()}, "max_abs_error": errors,
-            "runtime_weight_bytes": storage, "ternary_zero_fraction": float((wt == 0).float().mean())}
+    storage = {
+        "dense_float": 4 * n * k,
+        "binary_xnor_swar": buffers_bytes(binary),
+        "binary_xnor_lut": buffers_bytes(binary),
+        "ternary_gather_add": buffers_bytes(ternary),
+        "shift_add_int8": sum(
+            t.numel() * t.element_size()
+            for _, groups in shift.terms
+            for _, p, q in groups
+            for t in (*p, *q)
+        ),
+    }
+    return {
+        "shape": {"batch": b, "in": k, "out": n},
+        "median_ms": {k2: 1e3 * v for k2, v in med.items()},
+        "slowdown_vs_dense": {k2: v / dense for k2, v in med.items()},
+        "max_abs_error": errors,
+        "runtime_weight_bytes": storage,
+        "ternary_zero_fraction": float((wt == 0).float().mean()),
+    }
 
 
 def markdown(rows: list[dict], rounds: int) -> str:
-    lines = ["# E3 low-bit kernels vs dense float matmul", "",
-             f"Median of {rounds} interleaved rounds per kernel, one thread, pure PyTorch on CPU. "
-             "`x slower` = kernel time / dense `F.linear` time (above 1 = the kernel loses).", "",
-             "| shape (B, K, N) | kernel | median ms | x slower than dense | max abs err vs float ref | runtime weight bytes |",
-             "|---|---|---|---|---|---|"]
+    lines = [
+        "# E3 low-bit kernels vs dense float matmul",
+        "",
+        (
+            f"Median of {rounds} interleaved rounds per kernel, one thread, pure PyTorch on CPU. "
+            "`x slower` = kernel time / dense `F.linear` time (above 1 = the kernel loses)."
+        ),
+        "",
+        "| shape (B, K, N) | kernel | median ms | x slower than dense | max abs err vs float ref "
+        "| runtime weight bytes |",
+        "|---|---|---|---|---|---|",
+    ]
     for r in rows:
         s = r["shape"]
         for name, ms in r["median_ms"].items():
             err = r["max_abs_error"].get(name)
-            lines.append(f"| {s['batch']}, {s['in']}, {s['out']} | {name} | {ms:.3f} | {r['slowdown_vs_dense'][name]:.1f} "
-                         f"| {'-' if err is None else f'{err:.2e}'} | {r['runtime_weight_bytes'][name]:,} |")
-    lines += ["", "The XNOR kernel's integer dot products are exact (error vs the +-1 float matmul is 0 up to "
-              "float32 rounding of the scale). The Python-level kernels lose to the dense BLAS GEMM: "
-              "XNOR+popcount materialises a (B, N_chunk, W) XOR tensor and runs ~12 int64 ops per word "
-              "without a hardware popcount; the ternary and shift kernels gather B x nnz inputs and "
-              "scatter-add them (memory-bound, no SIMD GEMM). Their value here is as exact, "
-              "multiplier-free reference implementations of the arithmetic a custom kernel or an "
-              "accelerator would run, and the 1-bit packed weight storage (32x smaller than float32). "
-              "Runtime weight bytes: the ternary and shift kernels keep int64 (row, col) coordinates per "
-              "nonzero (grouped by exponent and sign), larger than the dense float weight; "
-              "the packed `.nnc` file stores 2 bits (ternary) or 5 bits (INQ) per weight instead.", ""]
+            lines.append(
+                f"| {s['batch']}, {s['in']}, {s['out']} | {name} | {ms:.3f} | {r['slowdown_vs_dense'][name]:.1f} "
+                f"| {'-' if err is None else f'{err:.2e}'} | {r['runtime_weight_bytes'][name]:,} |"
+            )
+    lines += [
+        "",
+        (
+            "The XNOR kernel's integer dot products are exact (error vs the +-1 float matmul is 0 up to "
+            "float32 rounding of the scale). The Python-level kernels lose to the dense BLAS GEMM: "
+            "XNOR+popcount materialises a (B, N_chunk, W) XOR tensor and runs ~12 int64 ops per word "
+            "without a hardware popcount; the ternary and shift kernels gather B x nnz inputs and "
+            "scatter-add them (memory-bound, no SIMD GEMM). Their value here is as exact, "
+            "multiplier-free reference implementations of the arithmetic a custom kernel or an "
+            "accelerator would run, and the 1-bit packed weight storage (32x smaller than float32). "
+            "Runtime weight bytes: the ternary and shift kernels keep int64 (row, col) coordinates per "
+            "nonzero (grouped by exponent and sign), larger than the dense float weight; "
+            "the packed `.nnc` file stores 2 bits (ternary) or 5 bits (INQ) per weight instead."
+        ),
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -124,7 +158,9 @@ def main() -> None:
     rows = [bench_shape(b, k, n, args.rounds, args.seed) for b, k, n in SHAPES]
     for r in rows:
         print(r["shape"], {k: f"{v:.1f}x" for k, v in r["slowdown_vs_dense"].items()})
-    write_results("lowbit_kernels", {"rounds": args.rounds, "rows": rows}, markdown(rows, args.rounds))
+    write_results(
+        "lowbit_kernels", {"rounds": args.rounds, "rows": rows}, markdown(rows, args.rounds)
+    )
 
 
 if __name__ == "__main__":

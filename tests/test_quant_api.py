@@ -58,7 +58,9 @@ def _expected_pow2_or_levels(method, model):
 @pytest.mark.parametrize("method", sorted(METHODS))
 def test_packed_then_loaded_equals_finalized_model(method, tiny_data, tmp_path):
     model = Tiny()
-    model = quantize_model(model, method, train_data=tiny_data, calib_data=tiny_data, train_cfg=FAST)
+    model = quantize_model(
+        model, method, train_data=tiny_data, calib_data=tiny_data, train_cfg=FAST
+    )
     assert all(type(m) in (nn.Conv2d, nn.Linear) for m in (model.conv, model.fc1, model.fc2))
     assert list(model.state_dict()) == list(Tiny().state_dict())  # keys unchanged
     assert _expected_pow2_or_levels(method, model)
@@ -66,7 +68,9 @@ def test_packed_then_loaded_equals_finalized_model(method, tiny_data, tmp_path):
     x = tiny_data.tensors[0][:16]
     out = model(x)
     nnc.save(model, tmp_path / "q.nnc")
-    loaded = apply_activation_spec(nnc.load(tmp_path / "q.nnc", model=Tiny()), activation_spec(model))
+    loaded = apply_activation_spec(
+        nnc.load(tmp_path / "q.nnc", model=Tiny()), activation_spec(model)
+    )
     for (k, a), b in zip(model.state_dict().items(), loaded.state_dict().values()):
         assert torch.equal(a, b), k
     assert torch.equal(loaded(x), out)
@@ -110,7 +114,9 @@ def test_pruned_zeros_stay_zero(method, tiny_data):
     magnitude_prune(model, sparsity=0.6)
     zeros = {n: (p == 0) for n, p in model.named_parameters() if n.endswith("weight")}
     assert zeros["fc1.weight"].float().mean() > 0.5
-    model = quantize_model(model, method, train_data=tiny_data, calib_data=tiny_data, train_cfg=FAST)
+    model = quantize_model(
+        model, method, train_data=tiny_data, calib_data=tiny_data, train_cfg=FAST
+    )
     for n, p in model.named_parameters():
         if n in zeros:
             assert torch.all(p[zeros[n]] == 0), n
@@ -149,19 +155,24 @@ def test_admm_callback_updates_g_and_lambda(tiny_data):
     assert torch.allclose(cb.lam["fc1.weight"], w - g)
 
 
-@pytest.mark.parametrize("method,params,text", [
-    ("int8", {"bits": 12}, "bits=12 is out of range; allowed: 2..8"),
-    ("inq", {"bits": 1}, "bits=1 is out of range; allowed: 2..8"),
-    ("dorefa", {"w_bits": 0}, "w_bits=0 is out of range; allowed: 1..8"),
-    ("dorefa", {"g_bits": 1}, "g_bits=1 is out of range; allowed: 2..16"),
-    ("shiftcnn", {"bits": 9}, "bits=9 is out of range; allowed: 2..8"),
-    ("act-log", {"bits": 1.5}, "bits=1.5 must be an integer in 2..8"),
-    ("admm", {"levels": "quinary"}, "levels='quinary' is not allowed"),
-    ("twn", {"bogus": 1}, "unknown parameter"),
-    ("int3", {}, "unknown quantization method"),
-])
+@pytest.mark.parametrize(
+    "method,params,text",
+    [
+        ("int8", {"bits": 12}, "bits=12 is out of range; allowed: 2..8"),
+        ("inq", {"bits": 1}, "bits=1 is out of range; allowed: 2..8"),
+        ("dorefa", {"w_bits": 0}, "w_bits=0 is out of range; allowed: 1..8"),
+        ("dorefa", {"g_bits": 1}, "g_bits=1 is out of range; allowed: 2..16"),
+        ("shiftcnn", {"bits": 9}, "bits=9 is out of range; allowed: 2..8"),
+        ("act-log", {"bits": 1.5}, "bits=1.5 must be an integer in 2..8"),
+        ("admm", {"levels": "quinary"}, "levels='quinary' is not allowed"),
+        ("twn", {"bogus": 1}, "unknown parameter"),
+        ("int3", {}, "unknown quantization method"),
+    ],
+)
 def test_bad_arguments_are_rejected_with_value_and_range(method, params, text):
-    with pytest.raises(ConfigError, match=text.replace("(", r"\(").replace(")", r"\)").replace(".", r"\.")):
+    with pytest.raises(
+        ConfigError, match=text.replace("(", r"\(").replace(")", r"\)").replace(".", r"\.")
+    ):
         make_config(method, params)
 
 

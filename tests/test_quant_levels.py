@@ -8,7 +8,12 @@ import torch
 from nncompress.quantize.admm import admm_project, level_set, nearest_level
 from nncompress.quantize.affine import choose_qparams, dequantize_affine, quantize_affine
 from nncompress.quantize.binary import bwn_quantize, xnor_activation
-from nncompress.quantize.dorefa import dorefa_activation, dorefa_weight, linear_activation, log_activation
+from nncompress.quantize.dorefa import (
+    dorefa_activation,
+    dorefa_weight,
+    linear_activation,
+    log_activation,
+)
 from nncompress.quantize.pow2 import (
     inq_exponents,
     inq_levels,
@@ -46,7 +51,9 @@ def test_ttq_threshold_rules():
 def test_bwn_alpha_is_mean_abs_per_filter():
     w = torch.tensor([[0.5, -1.5], [0.1, 0.3]])
     assert bwn_quantize(w).flatten().tolist() == pytest.approx([1.0, -1.0, 0.2, 0.2])
-    assert bwn_quantize(w, per_channel=False).flatten().tolist() == pytest.approx([0.6, -0.6, 0.6, 0.6])
+    assert bwn_quantize(w, per_channel=False).flatten().tolist() == pytest.approx(
+        [0.6, -0.6, 0.6, 0.6]
+    )
 
 
 def test_xnor_input_scale():
@@ -105,7 +112,12 @@ def test_dorefa_weight_levels_and_activation():
     q = dorefa_weight(w, 2)  # tanh-normalised to [0, 1]: 1, 0, 0.5 -> round(3r)/3
     assert q.tolist() == pytest.approx([1.0, -1.0, 1 / 3])
     assert dorefa_weight(w, 2, scale=0.5).tolist() == pytest.approx([0.5, -0.5, 1 / 6])
-    assert dorefa_activation(torch.tensor([-0.5, 0.4, 0.6, 2.0]), 1).tolist() == [0.0, 0.0, 1.0, 1.0]
+    assert dorefa_activation(torch.tensor([-0.5, 0.4, 0.6, 2.0]), 1).tolist() == [
+        0.0,
+        0.0,
+        1.0,
+        1.0,
+    ]
 
 
 def test_linear_and_log_activation_quant():

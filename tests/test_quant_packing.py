@@ -82,8 +82,8 @@ def test_shift_codes_n_times_b_bits():
 
 def test_codecs_write_exact_files(tmp_path):
     import nncompress.format as nnc
-    from nncompress.quantize import codecs  # noqa: F401
     from nncompress.models import build_model
+    from nncompress.quantize import codecs  # noqa: F401
 
     model = build_model("lenet300")
     with torch.no_grad():

@@ -6,6 +6,14 @@ from nncompress.kernels.shift import ShiftLinear, quantize_input, shift_add_matm
 from nncompress.kernels.ternary import TernaryLinear, ternary_matmul
 
 __all__ = [
-    "BinaryLinear", "ShiftLinear", "TernaryLinear", "pack_signs", "popcount64", "popcount_lut",
-    "quantize_input", "shift_add_matmul", "ternary_matmul", "xnor_dot",
+    "BinaryLinear",
+    "ShiftLinear",
+    "TernaryLinear",
+    "pack_signs",
+    "popcount64",
+    "popcount_lut",
+    "quantize_input",
+    "shift_add_matmul",
+    "ternary_matmul",
+    "xnor_dot",
 ]

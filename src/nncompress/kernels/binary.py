@@ -15,7 +15,7 @@ from torch import nn
 
 _M1, _M2, _M4, _H01 = 0x5555555555555555, 0x3333333333333333, 0x0F0F0F0F0F0F0F0F, 0x0101010101010101
 _SHIFTS = torch.arange(64, dtype=torch.int64)  # (64,) bit j of a word = element 64 w + j
-_LUT = torch.tensor([bin(i).count("1") for i in range(256)], dtype=torch.int64)
+_LUT = torch.tensor([i.bit_count() for i in range(256)], dtype=torch.int64)
 
 
 def pack_signs(x: torch.Tensor) -> torch.Tensor:
@@ -29,7 +29,9 @@ def pack_signs(x: torch.Tensor) -> torch.Tensor:
     w = (k + 63) // 64
     bits = torch.zeros(m, w * 64, dtype=torch.int64)
     bits[:, :k] = (x > 0).to(torch.int64)
-    return (bits.reshape(m, w, 64) << _SHIFTS).sum(dim=2)  # disjoint bits: sum == OR (wraps at bit 63)
+    return (bits.reshape(m, w, 64) << _SHIFTS).sum(
+        dim=2
+    )  # disjoint bits: sum == OR (wraps at bit 63)
 
 
 def popcount64(x: torch.Tensor) -> torch.Tensor:
@@ -56,7 +58,9 @@ def popcount_lut(x: torch.Tensor) -> torch.Tensor:
     return _LUT[b].sum(dim=-1)
 
 
-def xnor_dot(a: torch.Tensor, b: torch.Tensor, k: int, popcount=popcount64, chunk: int = 64) -> torch.Tensor:
+def xnor_dot(
+    a: torch.Tensor, b: torch.Tensor, k: int, popcount=popcount64, chunk: int = 64
+) -> torch.Tensor:
     """``(M, N)`` integer dot products of the +-1 rows packed in ``a (M, W)`` and
     ``b (N, W)``: ``K - 2 popcount(a XOR b)``.
 
@@ -67,8 +71,8 @@ def xnor_dot(a: torch.Tensor, b: torch.Tensor, k: int, popcount=popcount64, chun
     """
     out = torch.empty(a.shape[0], b.shape[0], dtype=torch.int64)
     for j in range(0, b.shape[0], chunk):  # chunks of output units, not a loop per weight
-        x = a[:, None, :] ^ b[None, j:j + chunk, :]  # (M, n, W)
-        out[:, j:j + chunk] = k - 2 * popcount(x).sum(dim=2)
+        x = a[:, None, :] ^ b[None, j : j + chunk, :]  # (M, n, W)
+        out[:, j : j + chunk] = k - 2 * popcount(x).sum(dim=2)
     return out
 
 
@@ -85,24 +89,39 @@ class BinaryLinear(nn.Module):
         torch.Size([1, 2])
     """
 
-    def __init__(self, packed: torch.Tensor, alpha: torch.Tensor, bias: torch.Tensor | None,
-                 in_features: int, input_mode: str = "sign", popcount=popcount64):
+    def __init__(
+        self,
+        packed: torch.Tensor,
+        alpha: torch.Tensor,
+        bias: torch.Tensor | None,
+        in_features: int,
+        input_mode: str = "sign",
+        popcount=popcount64,
+    ):
         super().__init__()
         self.register_buffer("packed", packed)  # (N, W) int64
         self.register_buffer("alpha", alpha)  # (N,)
-        self.bias = None if bias is None else nn.Parameter(bias.detach().clone(), requires_grad=False)
+        self.bias = (
+            None if bias is None else nn.Parameter(bias.detach().clone(), requires_grad=False)
+        )
         self.in_features, self.input_mode, self.popcount = in_features, input_mode, popcount
 
     @classmethod
-    def from_linear(cls, lin: nn.Linear, input_mode: str = "sign", popcount=popcount64) -> BinaryLinear:
+    def from_linear(
+        cls, lin: nn.Linear, input_mode: str = "sign", popcount=popcount64
+    ) -> BinaryLinear:
         """Pack a Linear whose rows are ``+-alpha_n`` (a BWN/BNN-finalized layer);
         ``popcount`` is ``popcount64`` (SWAR) or ``popcount_lut``."""
         w = lin.weight.detach().float()
-        return cls(pack_signs(w), w.abs().amax(dim=1), lin.bias, lin.in_features, input_mode, popcount)
+        return cls(
+            pack_signs(w), w.abs().amax(dim=1), lin.bias, lin.in_features, input_mode, popcount
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.flatten(1)  # (B, K)
-        dot = xnor_dot(pack_signs(x), self.packed, self.in_features, self.popcount).to(x.dtype)  # (B, N)
+        dot = xnor_dot(pack_signs(x), self.packed, self.in_features, self.popcount).to(
+            x.dtype
+        )  # (B, N)
         out = dot * self.alpha
         if self.input_mode == "xnor":
             out = out * x.abs().mean(dim=1, keepdim=True)

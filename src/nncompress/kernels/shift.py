@@ -40,8 +40,13 @@ def _exponent_groups(w: torch.Tensor) -> tuple[int, list[tuple[int, tuple, tuple
     groups = []
     for ex in torch.unique(n[nz]).tolist():  # at most 2^(b-1) exponents, not a loop per weight
         at = nz & (n == ex)
-        groups.append((ex - n_min, torch.nonzero(at & (w > 0), as_tuple=True),
-                       torch.nonzero(at & (w < 0), as_tuple=True)))
+        groups.append(
+            (
+                ex - n_min,
+                torch.nonzero(at & (w > 0), as_tuple=True),
+                torch.nonzero(at & (w < 0), as_tuple=True),
+            )
+        )
     return n_min, groups
 
 
@@ -72,18 +77,27 @@ class ShiftLinear(nn.Module):
         [[0.25]]
     """
 
-    def __init__(self, terms: list[torch.Tensor], bias: torch.Tensor | None,
-                 scale: torch.Tensor | float = 1.0, input_bits: int = 8):
+    def __init__(
+        self,
+        terms: list[torch.Tensor],
+        bias: torch.Tensor | None,
+        scale: torch.Tensor | float = 1.0,
+        input_bits: int = 8,
+    ):
         super().__init__()
         self.out_features, self.in_features = terms[0].shape
         self.input_bits = input_bits
         self.terms = [_exponent_groups(t.detach().float()) for t in terms]
         self.register_buffer("scale", torch.as_tensor(scale, dtype=torch.float32).reshape(-1))
-        self.bias = None if bias is None else nn.Parameter(bias.detach().clone(), requires_grad=False)
+        self.bias = (
+            None if bias is None else nn.Parameter(bias.detach().clone(), requires_grad=False)
+        )
 
     def integer_forward(self, q: torch.Tensor) -> list[tuple[torch.Tensor, int]]:
         """Per term: (integer accumulator (B, N), n_min)."""
-        return [(shift_add_matmul(q, self.out_features, groups), n_min) for n_min, groups in self.terms]
+        return [
+            (shift_add_matmul(q, self.out_features, groups), n_min) for n_min, groups in self.terms
+        ]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         q, s = quantize_input(x.flatten(1), self.input_bits)

@@ -13,8 +13,12 @@ import torch
 from torch import nn
 
 
-def ternary_matmul(x: torch.Tensor, pos: tuple[torch.Tensor, torch.Tensor],
-                   neg: tuple[torch.Tensor, torch.Tensor], n_out: int) -> tuple[torch.Tensor, torch.Tensor]:
+def ternary_matmul(
+    x: torch.Tensor,
+    pos: tuple[torch.Tensor, torch.Tensor],
+    neg: tuple[torch.Tensor, torch.Tensor],
+    n_out: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-output sums of ``x (B, K)`` over the +1 and the -1 coordinates
     (``(rows, cols)`` index pairs); returns ``(sum_pos, sum_neg)``, each ``(B, n_out)``.
 
@@ -51,7 +55,9 @@ class TernaryLinear(nn.Module):
             self.register_buffer(name, t)
         self.register_buffer("wp", w.clamp_min(0).amax(dim=1))  # (N,)
         self.register_buffer("wn", (-w).clamp_min(0).amax(dim=1))  # (N,)
-        self.bias = None if bias is None else nn.Parameter(bias.detach().clone(), requires_grad=False)
+        self.bias = (
+            None if bias is None else nn.Parameter(bias.detach().clone(), requires_grad=False)
+        )
 
     @classmethod
     def from_linear(cls, lin: nn.Linear) -> TernaryLinear:
@@ -60,7 +66,8 @@ class TernaryLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.flatten(1)
-        sp, sn = ternary_matmul(x, (self.pos_rows, self.pos_cols), (self.neg_rows, self.neg_cols),
-                                self.out_features)
+        sp, sn = ternary_matmul(
+            x, (self.pos_rows, self.pos_cols), (self.neg_rows, self.neg_cols), self.out_features
+        )
         out = sp * self.wp - sn * self.wn
         return out + self.bias if self.bias is not None else out

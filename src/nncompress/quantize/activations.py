@@ -55,8 +55,10 @@ class ActQuantizer(nn.Module):
 
     def _need_range(self) -> None:
         if not math.isfinite(self.lo) or not math.isfinite(self.hi):
-            raise ConfigError(f"activation quantizer {self.kind!r} needs calibration data first "
-                              "(pass calib_data / run calibrate())")
+            raise ConfigError(
+                f"activation quantizer {self.kind!r} needs calibration data first "
+                "(pass calib_data / run calibrate())"
+            )
 
 
 class SignAct(ActQuantizer):
@@ -107,8 +109,12 @@ class AffineAct(ActQuantizer):
 
     def apply_quant(self, x):
         self._need_range()
-        s, z = qparams_from_range(torch.tensor(self.lo), torch.tensor(self.hi), int(self.bits), False)
-        return fake_quant_affine(x, s.to(x.device), z.to(x.device), int(self.bits), False).to(x.dtype)
+        s, z = qparams_from_range(
+            torch.tensor(self.lo), torch.tensor(self.hi), int(self.bits), False
+        )
+        return fake_quant_affine(x, s.to(x.device), z.to(x.device), int(self.bits), False).to(
+            x.dtype
+        )
 
     def params(self):
         return {"bits": int(self.bits), "lo": self.lo, "hi": self.hi}

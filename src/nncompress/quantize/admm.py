@@ -55,7 +55,9 @@ def nearest_level(v: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
     return levels[idx]
 
 
-def admm_project(v: torch.Tensor, levels: torch.Tensor, iters: int = 20) -> tuple[torch.Tensor, float]:
+def admm_project(
+    v: torch.Tensor, levels: torch.Tensor, iters: int = 20
+) -> tuple[torch.Tensor, float]:
     """Project ``v`` onto ``alpha * levels``: returns (``alpha * Q`` as float32, alpha).
 
     Starts from ``alpha = mean|v| / mean|levels != 0|`` and alternates Q and alpha.
@@ -91,8 +93,15 @@ class ADMMCallback(Callback):
         >>> fit(model, data, cfg, callbacks=[cb]); cb.project(model)  # doctest: +SKIP
     """
 
-    def __init__(self, model: nn.Module, names: list[str], levels: str = "ternary",
-                 rho: float = 0.1, interval: int = 50, rho_growth: float = 1.0):
+    def __init__(
+        self,
+        model: nn.Module,
+        names: list[str],
+        levels: str = "ternary",
+        rho: float = 0.1,
+        interval: int = 50,
+        rho_growth: float = 1.0,
+    ):
         if rho <= 0:
             raise ConfigError(f"ADMM rho={rho} must be > 0")
         if interval < 1:
@@ -122,7 +131,9 @@ class ADMMCallback(Callback):
 
     def residual(self) -> float:
         """Relative primal residual ``||W - G|| / ||W||`` over all weights."""
-        num = sum(float(((p.detach().float() - self.G[n]) ** 2).sum()) for n, p in self._params.items())
+        num = sum(
+            float(((p.detach().float() - self.G[n]) ** 2).sum()) for n, p in self._params.items()
+        )
         den = sum(float((p.detach().float() ** 2).sum()) for p in self._params.values())
         return (num / max(den, 1e-30)) ** 0.5
 

@@ -18,7 +18,9 @@ from nncompress.quantize.ste import ste
 
 
 def _reduce_dims(x: torch.Tensor, axis: int | None) -> tuple[int, ...]:
-    return tuple(d for d in range(x.dim()) if d != axis) if axis is not None else tuple(range(x.dim()))
+    return (
+        tuple(d for d in range(x.dim()) if d != axis) if axis is not None else tuple(range(x.dim()))
+    )
 
 
 def _keep_shape(x: torch.Tensor, axis: int | None) -> list[int]:
@@ -28,8 +30,9 @@ def _keep_shape(x: torch.Tensor, axis: int | None) -> list[int]:
     return shape
 
 
-def qparams_from_range(lo: torch.Tensor, hi: torch.Tensor, bits: int,
-                       symmetric: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def qparams_from_range(
+    lo: torch.Tensor, hi: torch.Tensor, bits: int, symmetric: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Scale and zero point (float32 tensors) for observed ``[lo, hi]`` ranges.
 
     Example:
@@ -52,8 +55,9 @@ def qparams_from_range(lo: torch.Tensor, hi: torch.Tensor, bits: int,
     return scale, zero
 
 
-def choose_qparams(w: torch.Tensor, bits: int, symmetric: bool = True,
-                   axis: int | None = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def choose_qparams(
+    w: torch.Tensor, bits: int, symmetric: bool = True, axis: int | None = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Min/max scale and zero point of ``w``, per channel along ``axis`` (None: per tensor).
 
     Returned shapes broadcast against ``w`` (``(C, 1, 1, 1)`` for a conv weight).
@@ -81,8 +85,9 @@ def code_range(bits: int, symmetric: bool) -> tuple[int, int]:
     return (1 if symmetric else 0), 2**bits - 1
 
 
-def quantize_affine(w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, bits: int,
-                    symmetric: bool) -> torch.Tensor:
+def quantize_affine(
+    w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, bits: int, symmetric: bool
+) -> torch.Tensor:
     """Integer codes ``clamp(round(w / s) + z)`` as float32 (exact small integers).
 
     Example:
@@ -103,8 +108,9 @@ def dequantize_affine(q: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor) 
     return (q.float() - zero.float()) * scale.float()
 
 
-def fake_quant_affine(w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, bits: int,
-                      symmetric: bool) -> torch.Tensor:
+def fake_quant_affine(
+    w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, bits: int, symmetric: bool
+) -> torch.Tensor:
     """Quantize-dequantize with the straight-through estimator (QAT forward).
 
     Example:

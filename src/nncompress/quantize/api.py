@@ -35,8 +35,9 @@ HOOKS_ATTR = "_nncompress_act_hooks"
 SUMMARY_ATTR = "_nncompress_quant_summary"
 
 
-def quantizable_layers(model: nn.Module, config: QuantConfig,
-                       filter_fn: Callable[[str, nn.Module], bool] | None = None) -> list[LayerInfo]:
+def quantizable_layers(
+    model: nn.Module, config: QuantConfig, filter_fn: Callable[[str, nn.Module], bool] | None = None
+) -> list[LayerInfo]:
     """Linear / Conv2d layers the config applies to, in registration order.
 
     Example:
@@ -57,8 +58,9 @@ def quantizable_layers(model: nn.Module, config: QuantConfig,
     return out
 
 
-def quantize_(model: nn.Module, config: QuantConfig,
-              filter_fn: Callable[[str, nn.Module], bool] | None = None) -> nn.Module:
+def quantize_(
+    model: nn.Module, config: QuantConfig, filter_fn: Callable[[str, nn.Module], bool] | None = None
+) -> nn.Module:
     """Replace the config's layers by fake-quantizing ``QuantLinear`` / ``QuantConv2d``
     (in place; returns ``model``). State-dict keys of the weights do not change.
 
@@ -67,8 +69,10 @@ def quantize_(model: nn.Module, config: QuantConfig,
     """
     layers = quantizable_layers(model, config, filter_fn)
     if not layers:
-        raise ConfigError(f"method {config.name!r} found no Linear/Conv2d layer to quantize "
-                          f"(skip_first_last={config.skip_first_last}, exclude={config.exclude})")
+        raise ConfigError(
+            f"method {config.name!r} found no Linear/Conv2d layer to quantize "
+            f"(skip_first_last={config.skip_first_last}, exclude={config.exclude})"
+        )
     for layer in layers:
         wq = config.weight_quantizer(layer)
         aq = config.act_quantizer(layer)
@@ -83,7 +87,9 @@ def _act_quantizers(model: nn.Module) -> list[ActQuantizer]:
 
 
 @torch.no_grad()
-def calibrate(model: nn.Module, data: Dataset | DataLoader, batches: int = 8, batch_size: int = 256) -> None:
+def calibrate(
+    model: nn.Module, data: Dataset | DataLoader, batches: int = 8, batch_size: int = 256
+) -> None:
     """Record the input range of every activation quantizer over ``batches`` batches.
 
     Example:
@@ -92,7 +98,11 @@ def calibrate(model: nn.Module, data: Dataset | DataLoader, batches: int = 8, ba
     aqs = _act_quantizers(model)
     if not aqs:
         return
-    loader = data if isinstance(data, DataLoader) else DataLoader(data, batch_size=batch_size, shuffle=False)
+    loader = (
+        data
+        if isinstance(data, DataLoader)
+        else DataLoader(data, batch_size=batch_size, shuffle=False)
+    )
     was = model.training
     model.eval()
     for aq in aqs:
@@ -176,7 +186,9 @@ def apply_activation_spec(model: nn.Module, spec: dict[str, dict[str, Any]]) -> 
     for name, s in spec.items():
         aq = make_activation(s)
         mod = model.get_submodule(name)
-        handles.append(mod.register_forward_pre_hook(lambda m, args, aq=aq: (aq(args[0]), *args[1:])))
+        handles.append(
+            mod.register_forward_pre_hook(lambda m, args, aq=aq: (aq(args[0]), *args[1:]))
+        )
     setattr(model, HOOKS_ATTR, handles)
     setattr(model, ACT_ATTR, dict(spec))
     return model
@@ -199,10 +211,18 @@ def default_train_config():
     return TrainConfig(epochs=1.0, lr=1e-3, optimizer="adam", lr_schedule="cosine")
 
 
-def quantize_model(model: nn.Module, method: str, params: dict[str, Any] | None = None, *,
-                   train_data: Dataset | None = None, calib_data: Dataset | None = None,
-                   train_cfg=None, keep_zeros: bool = True, calib_batches: int = 8,
-                   filter_fn: Callable[[str, nn.Module], bool] | None = None) -> nn.Module:
+def quantize_model(
+    model: nn.Module,
+    method: str,
+    params: dict[str, Any] | None = None,
+    *,
+    train_data: Dataset | None = None,
+    calib_data: Dataset | None = None,
+    train_cfg=None,
+    keep_zeros: bool = True,
+    calib_batches: int = 8,
+    filter_fn: Callable[[str, nn.Module], bool] | None = None,
+) -> nn.Module:
     """Run a quantization method end to end and return the finalized model (in place).
 
     PTQ methods calibrate (if they quantize activations) and finalize; QAT methods
@@ -220,11 +240,15 @@ def quantize_model(model: nn.Module, method: str, params: dict[str, Any] | None 
 
     config = make_config(method, params)
     quantize_(model, config, filter_fn)
-    names = [f"{n}.weight" for n, m in model.named_modules() if is_quant_layer(m) and m.wq is not None]
+    names = [
+        f"{n}.weight" for n, m in model.named_modules() if is_quant_layer(m) and m.wq is not None
+    ]
     if config.needs_calibration():
         data = calib_data if calib_data is not None else train_data
         if data is None:
-            raise ConfigError(f"method {method!r} quantizes activations and needs calib_data (or train_data)")
+            raise ConfigError(
+                f"method {method!r} quantizes activations and needs calib_data (or train_data)"
+            )
         calibrate(model, data, calib_batches)
     if config.needs_training():
         if train_data is None:

@@ -34,8 +34,12 @@ def channel_mean_abs(w: torch.Tensor, per_channel: bool = True) -> torch.Tensor:
     return w.abs().mean(dim=tuple(range(1, w.dim())), keepdim=True)
 
 
-def binarize_weight(w: torch.Tensor, stochastic: bool = False, clip_grad: bool = True,
-                    generator: torch.Generator | None = None) -> torch.Tensor:
+def binarize_weight(
+    w: torch.Tensor,
+    stochastic: bool = False,
+    clip_grad: bool = True,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
     """BinaryConnect/BNN weight: +-1 forward, clipped STE backward.
 
     Example:

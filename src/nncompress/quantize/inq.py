@@ -31,7 +31,7 @@ def partition_mask(w: torch.Tensor, frozen: torch.Tensor, fraction: float) -> to
         >>> partition_mask(torch.tensor([0.1, -0.9, 0.5, 0.2]), torch.zeros(4, dtype=torch.bool), 0.5).tolist()
         [False, True, True, False]
     """
-    target = int(round(fraction * w.numel()))
+    target = round(fraction * w.numel())
     extra = target - int(frozen.sum())
     out = frozen.clone()
     if extra <= 0:
@@ -77,7 +77,9 @@ class INQ:
         for name, mod in model.named_modules():
             if is_quant_layer(mod) and isinstance(mod.wq, INQQuantizer):
                 self.layers[f"{name}.weight"] = (mod.weight, mod.wq)
-        self.frozen = {n: torch.zeros_like(p, dtype=torch.bool) for n, (p, _) in self.layers.items()}
+        self.frozen = {
+            n: torch.zeros_like(p, dtype=torch.bool) for n, (p, _) in self.layers.items()
+        }
 
     @torch.no_grad()
     def step(self, fraction: float) -> None:

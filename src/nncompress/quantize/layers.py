@@ -41,8 +41,13 @@ class QuantLinear(_QuantMixin, nn.Linear):
     """
 
     @classmethod
-    def from_float(cls, mod: nn.Linear, wq: WeightQuantizer | None, aq: ActQuantizer | None = None,
-                   g_bits: int | None = None) -> QuantLinear:
+    def from_float(
+        cls,
+        mod: nn.Linear,
+        wq: WeightQuantizer | None,
+        aq: ActQuantizer | None = None,
+        g_bits: int | None = None,
+    ) -> QuantLinear:
         new = cls(mod.in_features, mod.out_features, bias=mod.bias is not None, device="meta")
         new.weight, new.bias = mod.weight, mod.bias
         new._set_quant(wq, aq, g_bits)
@@ -54,8 +59,13 @@ class QuantLinear(_QuantMixin, nn.Linear):
 
     def to_float(self, weight: torch.Tensor) -> nn.Linear:
         """A plain ``nn.Linear`` holding ``weight`` and this layer's bias."""
-        out = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None, device="meta")
-        out.weight = nn.Parameter(weight.to(self.weight.device, self.weight.dtype), requires_grad=self.weight.requires_grad)
+        out = nn.Linear(
+            self.in_features, self.out_features, bias=self.bias is not None, device="meta"
+        )
+        out.weight = nn.Parameter(
+            weight.to(self.weight.device, self.weight.dtype),
+            requires_grad=self.weight.requires_grad,
+        )
         out.bias = self.bias
         out.train(self.training)
         return out
@@ -65,29 +75,62 @@ class QuantConv2d(_QuantMixin, nn.Conv2d):
     """``nn.Conv2d`` with fake-quantized weight / input / gradient."""
 
     @classmethod
-    def from_float(cls, mod: nn.Conv2d, wq: WeightQuantizer | None, aq: ActQuantizer | None = None,
-                   g_bits: int | None = None) -> QuantConv2d:
-        new = cls(mod.in_channels, mod.out_channels, mod.kernel_size, mod.stride, mod.padding,
-                  mod.dilation, mod.groups, mod.bias is not None, mod.padding_mode, device="meta")
+    def from_float(
+        cls,
+        mod: nn.Conv2d,
+        wq: WeightQuantizer | None,
+        aq: ActQuantizer | None = None,
+        g_bits: int | None = None,
+    ) -> QuantConv2d:
+        new = cls(
+            mod.in_channels,
+            mod.out_channels,
+            mod.kernel_size,
+            mod.stride,
+            mod.padding,
+            mod.dilation,
+            mod.groups,
+            mod.bias is not None,
+            mod.padding_mode,
+            device="meta",
+        )
         new.weight, new.bias = mod.weight, mod.bias
         new._set_quant(wq, aq, g_bits)
         new.train(mod.training)
         return new
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return quantize_grad(self._conv_forward(self._input(x), self.quant_weight(), self.bias), self.g_bits)
+        return quantize_grad(
+            self._conv_forward(self._input(x), self.quant_weight(), self.bias), self.g_bits
+        )
 
     def to_float(self, weight: torch.Tensor) -> nn.Conv2d:
         """A plain ``nn.Conv2d`` holding ``weight`` and this layer's bias."""
-        out = nn.Conv2d(self.in_channels, self.out_channels, self.kernel_size, self.stride, self.padding,
-                        self.dilation, self.groups, self.bias is not None, self.padding_mode, device="meta")
-        out.weight = nn.Parameter(weight.to(self.weight.device, self.weight.dtype), requires_grad=self.weight.requires_grad)
+        out = nn.Conv2d(
+            self.in_channels,
+            self.out_channels,
+            self.kernel_size,
+            self.stride,
+            self.padding,
+            self.dilation,
+            self.groups,
+            self.bias is not None,
+            self.padding_mode,
+            device="meta",
+        )
+        out.weight = nn.Parameter(
+            weight.to(self.weight.device, self.weight.dtype),
+            requires_grad=self.weight.requires_grad,
+        )
         out.bias = self.bias
         out.train(self.training)
         return out
 
 
-QUANT_LAYERS: dict[type[nn.Module], type[nn.Module]] = {nn.Linear: QuantLinear, nn.Conv2d: QuantConv2d}
+QUANT_LAYERS: dict[type[nn.Module], type[nn.Module]] = {
+    nn.Linear: QuantLinear,
+    nn.Conv2d: QuantConv2d,
+}
 """Float layer type -> its QAT counterpart."""
 
 

@@ -239,7 +239,9 @@ class INQConfig(QuantConfig):
         check_bits(self.bits, 2, 8)
         s = [float(x) for x in self.schedule]
         if not s or any(not 0 < x <= 1 for x in s) or s != sorted(s) or s[-1] != 1.0:
-            raise ConfigError(f"INQ schedule={self.schedule!r} must rise within (0, 1] and end at 1.0")
+            raise ConfigError(
+                f"INQ schedule={self.schedule!r} must rise within (0, 1] and end at 1.0"
+            )
         self.schedule = s
 
     def weight_quantizer(self, layer):
@@ -352,10 +354,21 @@ class LogActConfig(LinearActConfig):
 
 
 METHODS: dict[str, type[QuantConfig]] = {
-    "fp16": FloatConfig, "bf16": FloatConfig, "int8": IntConfig,
-    "binaryconnect": BinaryConnectConfig, "bnn": BNNConfig, "bwn": BWNConfig, "xnor": XNORConfig,
-    "twn": TWNConfig, "ttq": TTQConfig, "inq": INQConfig, "shiftcnn": ShiftCNNConfig,
-    "admm": ADMMConfig, "dorefa": DoReFaConfig, "act-linear": LinearActConfig, "act-log": LogActConfig,
+    "fp16": FloatConfig,
+    "bf16": FloatConfig,
+    "int8": IntConfig,
+    "binaryconnect": BinaryConnectConfig,
+    "bnn": BNNConfig,
+    "bwn": BWNConfig,
+    "xnor": XNORConfig,
+    "twn": TWNConfig,
+    "ttq": TTQConfig,
+    "inq": INQConfig,
+    "shiftcnn": ShiftCNNConfig,
+    "admm": ADMMConfig,
+    "dorefa": DoReFaConfig,
+    "act-linear": LinearActConfig,
+    "act-log": LogActConfig,
 }
 """Method name -> config class (the recipe stage ``quantize`` looks names up here)."""
 
@@ -368,7 +381,9 @@ def make_config(method: str, params: dict[str, Any] | None = None) -> QuantConfi
         False
     """
     if method not in METHODS:
-        raise ConfigError(f"unknown quantization method {method!r}; allowed: {', '.join(sorted(METHODS))}")
+        raise ConfigError(
+            f"unknown quantization method {method!r}; allowed: {', '.join(sorted(METHODS))}"
+        )
     cls = METHODS[method]
     params = dict(params or {})
     if method == "bf16":
@@ -376,6 +391,8 @@ def make_config(method: str, params: dict[str, Any] | None = None) -> QuantConfi
     allowed = {f.name for f in fields(cls)}
     unknown = set(params) - allowed
     if unknown:
-        raise ConfigError(f"unknown parameter(s) {sorted(unknown)} for method {method!r}; "
-                          f"allowed: {sorted(allowed)}")
+        raise ConfigError(
+            f"unknown parameter(s) {sorted(unknown)} for method {method!r}; "
+            f"allowed: {sorted(allowed)}"
+        )
     return cls(**params)

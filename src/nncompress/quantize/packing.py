@@ -49,7 +49,9 @@ def _f32(t: torch.Tensor) -> bytes:
 
 def _from_f32(data: bytes, count: int) -> torch.Tensor:
     if len(data) != 4 * count:
-        raise FormatError(f"expected {count} float32 values ({4 * count} bytes), got {len(data)} bytes")
+        raise FormatError(
+            f"expected {count} float32 values ({4 * count} bytes), got {len(data)} bytes"
+        )
     return torch.from_numpy(np.frombuffer(data, dtype="<f4").astype(np.float32).copy())
 
 
@@ -112,6 +114,7 @@ def _bits(codes: bytes, other: int) -> dict[str, int]:
 
 # ---- binary: signs + scale ------------------------------------------------------------
 
+
 def encode_binary(w: torch.Tensor, per_channel: bool | None = None) -> Packed:
     """``w = scale_c * (+-1)``: 1 sign bit per weight + fp32 scale per channel.
 
@@ -137,15 +140,21 @@ def decode_binary(p: Packed, shape: list[int]) -> torch.Tensor:
     n = math.prod(shape)
     rows = shape[0] if p.meta["per_channel"] and len(shape) > 1 else 1
     scale = _from_f32(p.sections["scale"], rows)[:, None]  # (C, 1)
-    signs = torch.from_numpy(bitpack.unpack_bits(p.sections["signs"], 1, n)).bool() if n else torch.zeros(0, dtype=torch.bool)
+    signs = (
+        torch.from_numpy(bitpack.unpack_bits(p.sections["signs"], 1, n)).bool()
+        if n
+        else torch.zeros(0, dtype=torch.bool)
+    )
     signs = signs.reshape(rows, -1)
     return torch.where(signs, scale, -scale).reshape(shape)
 
 
 # ---- lut: codebook + indices -----------------------------------------------------------
 
-def encode_lut(w: torch.Tensor, per_channel: bool = False, bits: int | None = None,
-               huffman: str = "auto") -> Packed:
+
+def encode_lut(
+    w: torch.Tensor, per_channel: bool = False, bits: int | None = None, huffman: str = "auto"
+) -> Packed:
     """Indices into the sorted codebook of distinct values (per tensor or per channel).
 
     Example:
@@ -160,13 +169,25 @@ def encode_lut(w: torch.Tensor, per_channel: bool = False, bits: int | None = No
     width = width_for(k)
     if bits is not None:
         if bits < width:
-            raise ConfigError(f"tensor has {k} distinct values; bits={bits} holds at most {2**bits}")
+            raise ConfigError(
+                f"tensor has {k} distinct values; bits={bits} holds at most {2**bits}"
+            )
         width = int(bits)
-    book = torch.stack([torch.cat([b, b[-1:].expand(k - b.numel())]) if b.numel() else torch.zeros(k) for b in books])  # (C, K)
+    book = torch.stack(
+        [
+            torch.cat([b, b[-1:].expand(k - b.numel())]) if b.numel() else torch.zeros(k)
+            for b in books
+        ]
+    )  # (C, K)
     codes = torch.searchsorted(book.contiguous(), rows.contiguous())  # (C, n)
     data, kind = pack_stream(codes.reshape(-1).numpy(), k, width, huffman)
-    meta = {"per_channel": bool(per_channel), "k": k, "width": width, "stream": kind,
-            "bits": _bits(data, 4 * book.numel())}
+    meta = {
+        "per_channel": bool(per_channel),
+        "k": k,
+        "width": width,
+        "stream": kind,
+        "bits": _bits(data, 4 * book.numel()),
+    }
     return Packed(meta, {"codes": data, "codebook": _f32(book.reshape(-1))})
 
 
@@ -175,7 +196,9 @@ def decode_lut(p: Packed, shape: list[int]) -> torch.Tensor:
     n, k = math.prod(shape), int(p.meta["k"])
     rows = shape[0] if p.meta["per_channel"] and len(shape) > 1 else 1
     book = _from_f32(p.sections["codebook"], rows * k).reshape(rows, k)
-    codes = torch.from_numpy(unpack_stream(p.sections["codes"], p.meta["stream"], p.meta["width"], n))
+    codes = torch.from_numpy(
+        unpack_stream(p.sections["codes"], p.meta["stream"], p.meta["width"], n)
+    )
     if codes.numel() and int(codes.max()) >= k:
         raise FormatError(f"lut code {int(codes.max())} exceeds the codebook size {k}")
     return torch.gather(book, 1, codes.reshape(rows, -1)).reshape(shape)
@@ -183,9 +206,16 @@ def decode_lut(p: Packed, shape: list[int]) -> torch.Tensor:
 
 # ---- int: affine codes -----------------------------------------------------------------
 
-def encode_int(w: torch.Tensor, bits: int = 8, symmetric: bool = True,
-               per_channel: bool | None = None, scale: list[float] | None = None,
-               zero_point: list[float] | None = None, huffman: str = "no") -> Packed:
+
+def encode_int(
+    w: torch.Tensor,
+    bits: int = 8,
+    symmetric: bool = True,
+    per_channel: bool | None = None,
+    scale: list[float] | None = None,
+    zero_point: list[float] | None = None,
+    huffman: str = "no",
+) -> Packed:
     """``w = (q - z) * s``: b-bit codes, fp32 scales, int32 zero points.
 
     With ``scale``/``zero_point`` given (what ``finalize`` passes) the codes of an already
@@ -208,16 +238,25 @@ def encode_int(w: torch.Tensor, bits: int = 8, symmetric: bool = True,
         s, z = choose_qparams(rows, bits, symmetric, axis=0)
     else:
         s = torch.tensor(scale, dtype=torch.float32).reshape(-1, 1)
-        z = torch.tensor(zero_point if zero_point is not None else [0.0] * len(scale),
-                         dtype=torch.float32).reshape(-1, 1)
+        z = torch.tensor(
+            zero_point if zero_point is not None else [0.0] * len(scale), dtype=torch.float32
+        ).reshape(-1, 1)
         if s.shape[0] != rows.shape[0] or z.shape[0] != rows.shape[0]:
-            raise ConfigError(f"int codec got {s.shape[0]} scales / {z.shape[0]} zero points "
-                              f"for {rows.shape[0]} channels")
+            raise ConfigError(
+                f"int codec got {s.shape[0]} scales / {z.shape[0]} zero points "
+                f"for {rows.shape[0]} channels"
+            )
     q = quantize_affine(rows, s, z, bits, symmetric)  # (C, n) float codes
     lo, hi = code_range(bits, symmetric)
     data, kind = pack_stream(q.reshape(-1).to(torch.int64).numpy(), 2**bits, bits, huffman)
-    meta = {"per_channel": pc, "width": int(bits), "symmetric": bool(symmetric), "stream": kind,
-            "range": [lo, hi], "bits": _bits(data, 8 * s.numel())}
+    meta = {
+        "per_channel": pc,
+        "width": int(bits),
+        "symmetric": bool(symmetric),
+        "stream": kind,
+        "range": [lo, hi],
+        "bits": _bits(data, 8 * s.numel()),
+    }
     z_bytes = z.reshape(-1).to(torch.int32).numpy().astype("<i4").tobytes()
     return Packed(meta, {"codes": data, "scale": _f32(s.reshape(-1)), "zero_point": z_bytes})
 
@@ -239,8 +278,14 @@ def decode_int(p: Packed, shape: list[int]) -> torch.Tensor:
 
 # ---- pow2: exponents -------------------------------------------------------------------
 
-def encode_pow2(w: torch.Tensor, n_max: int | None = None, n_min: int | None = None,
-                bits: int | None = None, huffman: str = "auto") -> Packed:
+
+def encode_pow2(
+    w: torch.Tensor,
+    n_max: int | None = None,
+    n_min: int | None = None,
+    bits: int | None = None,
+    huffman: str = "auto",
+) -> Packed:
     """Values in ``{0, +-2^n}``: one code per weight, 0 = zero, ``1 + 2 (n_max - n) + neg``.
 
     Example:
@@ -260,11 +305,15 @@ def encode_pow2(w: torch.Tensor, n_max: int | None = None, n_min: int | None = N
     n_max = used_max if n_max is None else int(n_max)
     n_min = used_min if n_min is None else int(n_min)
     if nz.any() and (used_max > n_max or used_min < n_min):
-        raise ConfigError(f"exponents {used_min}..{used_max} fall outside n_min..n_max = {n_min}..{n_max}")
+        raise ConfigError(
+            f"exponents {used_min}..{used_max} fall outside n_min..n_max = {n_min}..{n_max}"
+        )
     alphabet = 2 * (n_max - n_min + 1) + 1
     width = width_for(alphabet) if bits is None else int(bits)
     if width < width_for(alphabet):
-        raise ConfigError(f"bits={bits} cannot hold {alphabet} pow2 codes; need {width_for(alphabet)}")
+        raise ConfigError(
+            f"bits={bits} cannot hold {alphabet} pow2 codes; need {width_for(alphabet)}"
+        )
     codes = torch.where(nz, 1 + 2 * (n_max - n) + (flat < 0).to(torch.int64), torch.zeros_like(n))
     data, kind = pack_stream(codes.numpy(), alphabet, width, huffman)
     meta = {"n_max": n_max, "n_min": n_min, "width": width, "stream": kind, "bits": _bits(data, 0)}
@@ -274,9 +323,13 @@ def encode_pow2(w: torch.Tensor, n_max: int | None = None, n_min: int | None = N
 def decode_pow2(p: Packed, shape: list[int]) -> torch.Tensor:
     """Inverse of :func:`encode_pow2`."""
     n_max, n_min = int(p.meta["n_max"]), int(p.meta["n_min"])
-    codes = torch.from_numpy(unpack_stream(p.sections["codes"], p.meta["stream"], p.meta["width"], math.prod(shape)))
+    codes = torch.from_numpy(
+        unpack_stream(p.sections["codes"], p.meta["stream"], p.meta["width"], math.prod(shape))
+    )
     if codes.numel() and int(codes.max()) > 2 * (n_max - n_min + 1):
-        raise FormatError(f"pow2 code {int(codes.max())} is outside the exponent range {n_min}..{n_max}")
+        raise FormatError(
+            f"pow2 code {int(codes.max())} is outside the exponent range {n_min}..{n_max}"
+        )
     k = (codes - 1).clamp_min(0)
     mag = torch.ldexp(torch.ones(codes.shape), (n_max - k // 2).to(torch.int32))
     val = torch.where(k % 2 == 1, -mag, mag)
@@ -285,6 +338,7 @@ def decode_pow2(p: Packed, shape: list[int]) -> torch.Tensor:
 
 # ---- shift: ShiftCNN codeword sums -----------------------------------------------------
 
+
 def shift_symbols(c: torch.Tensor, bits: int) -> torch.Tensor:
     """Codeword ``0, +-2^-m`` -> symbol ``0, 1 + 2m + neg`` (B bits).
 
@@ -292,7 +346,7 @@ def shift_symbols(c: torch.Tensor, bits: int) -> torch.Tensor:
         >>> shift_symbols(torch.tensor([0.0, 1.0, -0.25]), 3).tolist()
         [0, 1, 6]
     """
-    mant, expo = torch.frexp(c)
+    _, expo = torch.frexp(c)
     m = (1 - expo).to(torch.int64)  # c = +-2^-m
     return torch.where(c != 0, 1 + 2 * m + (c < 0).to(torch.int64), torch.zeros_like(m))
 
@@ -309,8 +363,14 @@ def shift_values(sym: torch.Tensor) -> torch.Tensor:
     return torch.where(sym == 0, 0.0, torch.where(k % 2 == 1, -mag, mag))
 
 
-def encode_shift(w: torch.Tensor, n: int = 2, bits: int = 4, per_channel: bool = False,
-                 scale: list[float] | None = None, huffman: str = "auto") -> Packed:
+def encode_shift(
+    w: torch.Tensor,
+    n: int = 2,
+    bits: int = 4,
+    per_channel: bool = False,
+    scale: list[float] | None = None,
+    huffman: str = "auto",
+) -> Packed:
     """ShiftCNN: ``w = s * sum_i c_i`` with N codewords of B bits per weight.
 
     ``s`` defaults to ``max|w|`` (the finalized weights keep it: their largest entry is
@@ -322,15 +382,25 @@ def encode_shift(w: torch.Tensor, n: int = 2, bits: int = 4, per_channel: bool =
         [4.0, 3.0, -1.0]
     """
     w = _check_float(w, "shift")
-    s = shift_scale(w, per_channel) if scale is None else torch.tensor(scale, dtype=torch.float32).reshape(
-        [-1] + [1] * (w.dim() - 1))
+    s = (
+        shift_scale(w, per_channel)
+        if scale is None
+        else torch.tensor(scale, dtype=torch.float32).reshape([-1] + [1] * (w.dim() - 1))
+    )
     cs = shift_codes(w / s, n, bits)  # (N, *shape)
     if not torch.equal(s * cs.sum(dim=0), w):
-        raise ConfigError(f"tensor is not a ShiftCNN weight with N={n}, B={bits}; quantize it first")
+        raise ConfigError(
+            f"tensor is not a ShiftCNN weight with N={n}, B={bits}; quantize it first"
+        )
     sym = shift_symbols(cs, bits).reshape(-1)
     data, kind = pack_stream(sym.numpy(), 2**bits - 1, bits, huffman)
-    meta = {"n": int(n), "width": int(bits), "per_channel": bool(per_channel), "stream": kind,
-            "bits": _bits(data, 4 * s.numel())}
+    meta = {
+        "n": int(n),
+        "width": int(bits),
+        "per_channel": bool(per_channel),
+        "stream": kind,
+        "bits": _bits(data, 4 * s.numel()),
+    }
     return Packed(meta, {"codes": data, "scale": _f32(s.reshape(-1))})
 
 
@@ -339,7 +409,9 @@ def decode_shift(p: Packed, shape: list[int]) -> torch.Tensor:
     n, count = int(p.meta["n"]), math.prod(shape)
     rows = shape[0] if p.meta["per_channel"] and len(shape) > 1 else 1
     s = _from_f32(p.sections["scale"], rows).reshape([rows] + [1] * (len(shape) - 1))
-    sym = torch.from_numpy(unpack_stream(p.sections["codes"], p.meta["stream"], p.meta["width"], n * count))
+    sym = torch.from_numpy(
+        unpack_stream(p.sections["codes"], p.meta["stream"], p.meta["width"], n * count)
+    )
     cs = shift_values(sym).reshape([n] + list(shape))
     return s * cs.sum(dim=0)
 

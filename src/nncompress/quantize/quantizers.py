@@ -14,7 +14,12 @@ import torch
 from torch import nn
 
 from nncompress.quantize.admm import admm_project, level_set
-from nncompress.quantize.affine import choose_qparams, dequantize_affine, fake_quant_affine, quantize_affine
+from nncompress.quantize.affine import (
+    choose_qparams,
+    dequantize_affine,
+    fake_quant_affine,
+    quantize_affine,
+)
 from nncompress.quantize.binary import binarize_weight, bwn_quantize, bwn_weight
 from nncompress.quantize.dorefa import dorefa_weight
 from nncompress.quantize.pow2 import inq_exponents, inq_quantize, shift_quantize
@@ -73,7 +78,9 @@ class IntQuantizer(WeightQuantizer):
         self.bits, self.symmetric, self.per_channel = bits, symmetric, per_channel
 
     def _qparams(self, w):
-        return choose_qparams(w, self.bits, self.symmetric, 0 if self.per_channel and w.dim() > 1 else None)
+        return choose_qparams(
+            w, self.bits, self.symmetric, 0 if self.per_channel and w.dim() > 1 else None
+        )
 
     def forward(self, w):
         s, z = self._qparams(w)
@@ -84,9 +91,13 @@ class IntQuantizer(WeightQuantizer):
         w = w.detach().float()
         s, z = self._qparams(w)
         q = dequantize_affine(quantize_affine(w, s, z, self.bits, self.symmetric), s, z)
-        params = {"bits": self.bits, "symmetric": self.symmetric,
-                  "per_channel": self.per_channel and w.dim() > 1,
-                  "scale": s.flatten().tolist(), "zero_point": z.flatten().tolist()}
+        params = {
+            "bits": self.bits,
+            "symmetric": self.symmetric,
+            "per_channel": self.per_channel and w.dim() > 1,
+            "scale": s.flatten().tolist(),
+            "zero_point": z.flatten().tolist(),
+        }
         return q, ("int", params)
 
 
@@ -136,7 +147,10 @@ class TWNQuantizer(WeightQuantizer):
 
     @torch.no_grad()
     def quantize(self, w):
-        return twn_quantize(w, self.per_channel), ("lut", {"per_channel": self.per_channel and w.dim() > 1})
+        return twn_quantize(w, self.per_channel), (
+            "lut",
+            {"per_channel": self.per_channel and w.dim() > 1},
+        )
 
 
 class TTQQuantizer(WeightQuantizer):
@@ -156,7 +170,12 @@ class TTQQuantizer(WeightQuantizer):
     @torch.no_grad()
     def quantize(self, w):
         w = w.detach().float()
-        q = ttq_weight(w, self.wp.detach().float(), self.wn.detach().float(), ttq_threshold(w, self.t, self.zero_ratio))
+        q = ttq_weight(
+            w,
+            self.wp.detach().float(),
+            self.wn.detach().float(),
+            ttq_threshold(w, self.t, self.zero_ratio),
+        )
         return q, ("lut", {"per_channel": False})
 
 
@@ -192,7 +211,10 @@ class ShiftQuantizer(WeightQuantizer):
     @torch.no_grad()
     def quantize(self, w):
         pc = self.per_channel and w.dim() > 1
-        return shift_quantize(w, self.n, self.b, pc), ("shift", {"n": self.n, "bits": self.b, "per_channel": pc})
+        return shift_quantize(w, self.n, self.b, pc), (
+            "shift",
+            {"n": self.n, "bits": self.b, "per_channel": pc},
+        )
 
 
 class ADMMQuantizer(WeightQuantizer):
@@ -225,4 +247,7 @@ class DoReFaQuantizer(WeightQuantizer):
 
     @torch.no_grad()
     def quantize(self, w):
-        return dorefa_weight(w.detach().float(), self.k, self.scale), ("lut", {"per_channel": False})
+        return dorefa_weight(w.detach().float(), self.k, self.scale), (
+            "lut",
+            {"per_channel": False},
+        )

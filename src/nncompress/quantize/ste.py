@@ -96,8 +96,9 @@ class _QuantizeGrad(torch.autograd.Function):
         return dorefa_grad_quantize(grad, ctx.bits, ctx.generator), None, None
 
 
-def dorefa_grad_quantize(grad: torch.Tensor, bits: int,
-                         generator: torch.Generator | None = None) -> torch.Tensor:
+def dorefa_grad_quantize(
+    grad: torch.Tensor, bits: int, generator: torch.Generator | None = None
+) -> torch.Tensor:
     """DoReFa gradient quantization, per sample (dim 0):
     ``2 max|g| [quantize_k(g / (2 max|g|) + 1/2 + N(k)) - 1/2]`` with uniform noise
     ``N(k) ~ U(-0.5, 0.5) / (2^k - 1)``.
@@ -112,13 +113,16 @@ def dorefa_grad_quantize(grad: torch.Tensor, bits: int,
     levels = 2**bits - 1
     dims = tuple(range(1, grad.dim()))
     m = grad.abs().amax(dim=dims, keepdim=True).clamp_min(1e-12) if dims else grad.abs().max()
-    noise = (torch.rand(grad.shape, generator=generator, dtype=grad.dtype, device=grad.device) - 0.5) / levels
+    noise = (
+        torch.rand(grad.shape, generator=generator, dtype=grad.dtype, device=grad.device) - 0.5
+    ) / levels
     v = (grad / (2 * m) + 0.5 + noise).clamp(0, 1)
     return 2 * m * (torch.round(v * levels) / levels - 0.5)
 
 
-def quantize_grad(x: torch.Tensor, bits: int | None,
-                  generator: torch.Generator | None = None) -> torch.Tensor:
+def quantize_grad(
+    x: torch.Tensor, bits: int | None, generator: torch.Generator | None = None
+) -> torch.Tensor:
     """Identity on ``x``; its gradient is DoReFa-quantized to ``bits`` bits (None: exact).
 
     Example:

@@ -43,7 +43,9 @@ def twn_scale(w: torch.Tensor, delta: torch.Tensor, per_channel: bool = False) -
     """
     keep = (w.abs() > delta).to(w.dtype)
     dims = _dims(w, per_channel)
-    return (w.abs() * keep).sum(dim=dims, keepdim=True) / keep.sum(dim=dims, keepdim=True).clamp_min(1)
+    return (w.abs() * keep).sum(dim=dims, keepdim=True) / keep.sum(
+        dim=dims, keepdim=True
+    ).clamp_min(1)
 
 
 def ternary_sign(w: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
@@ -78,7 +80,9 @@ def twn_weight(w: torch.Tensor, per_channel: bool = False) -> torch.Tensor:
     return ste(w, twn_quantize(w, per_channel).to(w.dtype))
 
 
-def ttq_threshold(w: torch.Tensor, t: float = 0.05, zero_ratio: float | None = None) -> torch.Tensor:
+def ttq_threshold(
+    w: torch.Tensor, t: float = 0.05, zero_ratio: float | None = None
+) -> torch.Tensor:
     """TTQ's threshold: ``t * max|w|``, or the ``zero_ratio`` quantile of ``|w|``.
 
     Example:
@@ -107,7 +111,9 @@ class _TTQ(torch.autograd.Function):
         return gw, gp, gn, None
 
 
-def ttq_weight(w: torch.Tensor, wp: torch.Tensor, wn: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+def ttq_weight(
+    w: torch.Tensor, wp: torch.Tensor, wn: torch.Tensor, delta: torch.Tensor
+) -> torch.Tensor:
     """TTQ forward ``{-W_n, 0, +W_p}`` with the paper's gradients to w, W_p and W_n.
 
     Example:
