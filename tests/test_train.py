@@ -63,3 +63,24 @@ def test_frozen_restores(lenet5):
     with frozen(lenet5, "conv"):
         assert not lenet5.conv1.weight.requires_grad and lenet5.fc1.weight.requires_grad
     assert lenet5.conv1.weight.requires_grad
+
+
+def test_augment_shift_and_flip_by_hand():
+    from nncompress.train.augment import augment_batch
+
+    x = torch.arange(16.0).view(1, 1, 4, 4).repeat(64, 1, 1, 1)
+    g = torch.Generator().manual_seed(0)
+    out = augment_batch(x, g, shift=1, hflip=True)
+    assert out.shape == x.shape
+    # Every output is the input flipped or not, shifted by one of 9 offsets, zero-filled.
+    import torch.nn.functional as F
+
+    cands = []
+    for img in (x[0], x[0].flip(2)):
+        p = F.pad(img, (1, 1, 1, 1))
+        cands += [p[:, dy:dy + 4, dx:dx + 4] for dy in range(3) for dx in range(3)]
+    for o in out:
+        assert any(torch.equal(o, c) for c in cands)
+    assert len({o.flatten().tolist().__str__() for o in out}) > 5  # really random
+    g2 = torch.Generator().manual_seed(0)
+    assert torch.equal(augment_batch(x, g2, shift=1, hflip=True), out)  # seeded

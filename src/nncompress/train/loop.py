@@ -13,6 +13,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from nncompress.errors import ConfigError
+from nncompress.train.augment import augment_batch
 from nncompress.train.callbacks import Callback, CallbackList
 from nncompress.train.checkpoint import load_checkpoint, save_checkpoint
 from nncompress.train.schedules import lr_multiplier
@@ -23,7 +24,8 @@ OPTIMIZERS = ("sgd", "adam", "adamw")
 
 @dataclass
 class TrainConfig:
-    """Hyper-parameters of one ``fit`` call."""
+    """Hyper-parameters of one ``fit`` call. ``shift``/``hflip``: random translation by up
+    to ``shift`` pixels and left-right flips of training images (seeded per epoch)."""
 
     epochs: float = 1.0
     lr: float = 0.01
@@ -35,6 +37,8 @@ class TrainConfig:
     seed: int = 0
     max_steps: int | None = None
     label_smoothing: float = 0.0
+    shift: int = 0
+    hflip: bool = False
 
     def __post_init__(self) -> None:
         if self.optimizer not in OPTIMIZERS:
@@ -45,6 +49,8 @@ class TrainConfig:
             raise ConfigError(f"lr must be > 0, got {self.lr}")
         if self.batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.shift < 0:
+            raise ConfigError(f"shift must be >= 0 pixels, got {self.shift}")
         if self.weight_decay < 0:
             raise ConfigError(f"weight_decay must be >= 0, got {self.weight_decay}")
 
@@ -147,6 +153,7 @@ def fit(
         cbs.on_epoch_begin(epoch)
         gen = torch.Generator().manual_seed(cfg.seed * 1000003 + epoch)
         loader = DataLoader(train_data, batch_size=cfg.batch_size, shuffle=True, generator=gen)
+        aug_gen = torch.Generator().manual_seed(cfg.seed * 7919 + epoch + 1)
         seen, loss_sum, correct = 0, 0.0, 0
         for x, y in loader:
             if step >= total_steps:
@@ -155,6 +162,7 @@ def fit(
                 g["lr"] = base * sched(step)
             cbs.on_batch_begin(step)
             x, y = x.to(device), y.to(device)
+            x = augment_batch(x, aug_gen, cfg.shift, cfg.hflip)
             logits = model(x)
             if loss_fn is None:
                 loss = nn.functional.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
