@@ -84,6 +84,50 @@ def linear_rows(n: int, sparsities, batches, repeats: int) -> list[dict]:
     return rows
 
 
+def _outside(fn):
+    """Run ``fn`` with inference mode off and no grad (torch 2.13: F.linear with a CSR weight
+    raises 'Cannot set version_counter for inference tensor' under inference_mode)."""
+    with torch.inference_mode(False), torch.no_grad():
+        return fn()
+
+
+def kernel_rows(n: int, sparsity: float, batches, repeats: int) -> list[dict]:
+    """Candidate CPU kernels for ``x W^T + b`` with a CSR/COO weight, one thread: the
+    evidence behind the choice in ``nncompress.sparse.kernels``."""
+    torch.manual_seed(0)
+    dense = nn.Linear(n, n)
+    magnitude_prune(nn.Sequential(dense), sparsity=sparsity)
+    w, b = dense.weight.detach(), dense.bias.detach()
+    csr32 = SparseLinear.from_dense(dense).weight
+    csr64 = w.to_sparse_csr()
+    coo = w.to_sparse_coo()
+    rows = []
+    for bs in batches:
+        x = torch.randn(bs, n)
+        xt = x.t()  # (n, B)
+        fns = {"dense F.linear": lambda: nn.functional.linear(x, w, b),
+               "addmm(b, W_csr int32, x^T)^T [chosen for B>1]":
+                   lambda: torch.addmm(b.unsqueeze(1), csr32, xt).t(),
+               "addmm(b, W_csr int64, x^T)^T": lambda: torch.addmm(b.unsqueeze(1), csr64, xt).t(),
+               "sparse.mm(W_csr int64, x^T)^T + b": lambda: torch.sparse.mm(csr64, xt).t() + b,
+               "F.linear(x, W_csr int64, b) [fails under inference_mode]": lambda: _outside(
+                   lambda: nn.functional.linear(x, csr64, b)),
+               "sparse.mm(W_coo, x^T)^T + b": lambda: torch.sparse.mm(coo, xt).t() + b}
+        if bs == 1:
+            fns["addmv(b, W_csr int32, x) [chosen for B=1]"] = lambda: torch.addmv(b, csr32, x[0])
+            fns["addmv(b, W_csr int64, x)"] = lambda: torch.addmv(b, csr64, x[0])
+        with torch.inference_mode():
+            ref = fns["dense F.linear"]()
+            for k, f in fns.items():
+                assert torch.allclose(f().reshape(ref.shape), ref, atol=1e-4), k
+        with num_threads(1):
+            ms = interleaved_medians(fns, repeats=repeats, warmup=2)
+        for k, v in ms.items():
+            rows.append({"batch": bs, "kernel": k, "ms": v, "speedup": ms["dense F.linear"] / v})
+        log.info("kernels B=%d %s", bs, " ".join(f"[{k}]={v:.3f}" for k, v in ms.items()))
+    return rows
+
+
 def trained_pruned(name: str, train) -> nn.Module:
     """Briefly trained model, magnitude-pruned at the Deep Compression levels (no retrain)."""
     torch.manual_seed(0)
@@ -162,6 +206,11 @@ def markdown(res: dict) -> str:
             "`@1`/`@2`: torch threads during the call. On this shared 2-core machine, "
             "2-thread calls wait for a second core that other jobs hold (see load average), "
             "which hurts the ~0.5 ms sparse kernel most; compare ratios, not absolute ms.", ""]
+    out += ["## Kernel candidates (4096x4096, 95%, torch threads = 1)", "",
+            "| batch | kernel | ms | speedup vs dense |", "|---:|---|---:|---:|"]
+    out += [f"| {r['batch']} | `{r['kernel']}` | {r['ms']:.3f} | {r['speedup']:.2f}x |"
+            for r in res["kernels"]]
+    out.append("")
     for name, info in res["models"].items():
         sp = ", ".join(f"{k.split('.')[0]} {v:.0%}" for k, v in info["sparsity"].items())
         ag = info["agreement"]
@@ -200,6 +249,7 @@ def main(argv=None) -> int:
     res["acceptance"] = {f"speedup@{t}": r95[f"speedup@{t}"] for t in THREADS}
     res["acceptance"]["speedup_plan@2"] = r95["speedup_plan@2"]
     res["acceptance"].update({f"met@{t}": r95[f"speedup@{t}"] >= 3.0 for t in THREADS})
+    res["kernels"] = kernel_rows(4096, 0.95, batches, max(5, args.repeats // 2))
     train, test = load_dataset("fashion-mnist", "train"), load_dataset("fashion-mnist", "test")
     res["models"] = {}
     for name in ("lenet300",) if args.quick else ("lenet300", "lenet5"):

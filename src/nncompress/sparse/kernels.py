@@ -3,8 +3,8 @@
 Kernel choice (measured on torch 2.13 CPU / MKL, 4096x4096 at 95% sparsity, one thread):
 ``addmv`` (CSR matrix-vector) for one input row, ``addmm`` on the transposed input
 (``W_csr @ x^T``, the MKL sparse-times-dense path) for a batch, both with int32 indices
-(~1.3-2x faster than int64). ``F.linear(x, W_csr)`` and COO ``torch.sparse.mm`` were slower,
-CSC catastrophically so. See ``benchmarks/sparse_exec.py``.
+(~1.3-2x faster than int64). ``F.linear(x, W_csr)`` (which also raises under ``torch.inference_mode`` in torch 2.13) and
+COO ``torch.sparse.mm`` were slower, CSC catastrophically so. See ``benchmarks/sparse_exec.py``.
 """
 
 from __future__ import annotations
