@@ -1,6 +1,5 @@
 """S5: energy-ordered ratios and the least-squares refit of the next layer."""
 
-import pytest
 import torch
 from torch import nn
 
