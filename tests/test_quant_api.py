@@ -179,3 +179,10 @@ def test_bad_arguments_are_rejected_with_value_and_range(method, params, text):
 def test_qat_needs_train_data():
     with pytest.raises(ConfigError, match="needs train_data"):
         quantize_model(Tiny(), "twn")
+
+
+def test_binaryconnect_scaled_uses_fixed_mean_abs():
+    model = Tiny()
+    expect = model.fc1.weight.detach().abs().mean()
+    finalize(quantize_(model, make_config("binaryconnect", {"scaled": True})))
+    assert set(model.fc1.weight.abs().unique().tolist()) == {expect.item()}

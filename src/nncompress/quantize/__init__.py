@@ -19,8 +19,8 @@ __all__ = [
 ]
 
 # --- low-bit quantizers (Q3-Q12): quantize_ / finalize / quantize_model, METHODS registry
-from nncompress.quantize import codecs as _lowbit_codecs  # noqa: E402,F401  (registers binary/lut/int/pow2/shift)
-from nncompress.quantize.api import (  # noqa: E402
+from nncompress.quantize import codecs as _lowbit_codecs  # noqa: F401  (registers binary/lut/int/pow2/shift)
+from nncompress.quantize.api import (
     activation_spec,
     apply_activation_spec,
     calibrate,
@@ -29,7 +29,7 @@ from nncompress.quantize.api import (  # noqa: E402
     quantize_,
     quantize_model,
 )
-from nncompress.quantize.methods import METHODS, QuantConfig, make_config  # noqa: E402
+from nncompress.quantize.methods import METHODS, QuantConfig, make_config
 
 __all__ += [
     "METHODS", "QuantConfig", "activation_spec", "apply_activation_spec", "calibrate", "finalize",

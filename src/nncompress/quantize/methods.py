@@ -154,13 +154,20 @@ def _params_named(model: nn.Module, names: list[str]) -> list[nn.Parameter]:
 
 @dataclass
 class BinaryConnectConfig(QuantConfig):
-    """Q4 BinaryConnect: +-1 weights (no scale), real weights kept and clipped to [-1, 1]."""
+    """Q4 BinaryConnect: +-1 weights (no scale), real weights kept and clipped to [-1, 1].
+
+    ``scaled=True`` (not in the paper) multiplies each layer's +-1 by a fixed constant,
+    mean|W| of the float weights at wrap time: a BatchNorm-free net (LeNet-5) otherwise
+    sees its activations grow by ~sqrt(fan_in) per layer and its softmax saturate.
+    """
 
     name: ClassVar[str] = "binaryconnect"
     stochastic: bool = False
+    scaled: bool = False
 
     def weight_quantizer(self, layer):
-        return SignQuantizer(self.stochastic)
+        scale = float(layer.module.weight.detach().abs().mean()) if self.scaled else 1.0
+        return SignQuantizer(self.stochastic, scale)
 
     def callbacks(self, model, names):
         return [ClipWeights(_params_named(model, names))]

@@ -102,19 +102,21 @@ class IntQuantizer(WeightQuantizer):
 
 
 class SignQuantizer(WeightQuantizer):
-    """BinaryConnect / BNN weights: +-1 (deterministic or stochastic), clipped STE."""
+    """BinaryConnect / BNN weights: +-1 (deterministic or stochastic), clipped STE, times
+    a fixed ``scale`` (1 in the papers, whose nets normalise with BatchNorm)."""
 
-    def __init__(self, stochastic: bool = False):
+    def __init__(self, stochastic: bool = False, scale: float = 1.0):
         super().__init__()
-        self.stochastic = stochastic
+        self.stochastic, self.scale = stochastic, float(scale)
         self.bits = 1.0
 
     def forward(self, w):
-        return binarize_weight(w, self.stochastic and self.training)
+        return binarize_weight(w, self.stochastic and self.training) * self.scale
 
     @torch.no_grad()
     def quantize(self, w):
-        return binary_sign(w.detach().float()), ("binary", {"per_channel": False})
+        q = binary_sign(w.detach().float()) * torch.tensor(self.scale, dtype=torch.float32)
+        return q, ("binary", {"per_channel": False})
 
 
 class BWNQuantizer(WeightQuantizer):
