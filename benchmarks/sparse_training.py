@@ -52,13 +52,17 @@ DENSE = {  # dense baseline training, cached
     "lenet300": TrainConfig(epochs=20, lr=0.05, batch_size=64, momentum=0.9, weight_decay=1e-4, seed=0),
     "lenet5": TrainConfig(epochs=10, lr=0.01, batch_size=64, momentum=0.9, weight_decay=1e-4, seed=0),
 }
-BUDGET = {"lenet300": 10.0, "lenet5": 4.0}  # epochs of training every method gets
+BUDGET = {"lenet300": 10.0, "lenet5": 5.0}  # epochs of training every method gets
 # per-layer sparsity targets shared by all unstructured methods (and GSM's Q = their total)
 TARGET = {
     "lenet300": {"fc1.weight": 0.965, "fc2.weight": 0.9, "fc3.weight": 0.7},
     "lenet5": {"conv1.weight": 0.6, "conv2.weight": 0.9, "fc1.weight": 0.99, "fc2.weight": 0.9},
 }
 ROUNDS = 4  # prune-retrain rounds for iterative / obd / obs
+HYPER = {  # method-specific settings (GSM's optimizer, SSL's lambda, C-SGD's centripetal strength)
+    "lenet300": {"gsm_cfg": {"momentum": 0.98, "weight_decay": 1e-3}, "ssl_strength": 5e-4, "csgd_eps": 0.5},
+    "lenet5": {"gsm_cfg": {"momentum": 0.98, "weight_decay": 2e-3}, "ssl_strength": 2e-3, "csgd_eps": 0.5},
+}
 
 
 def rounds_of(target: dict[str, float], k: int) -> list[dict[str, float]]:
@@ -125,22 +129,22 @@ def run_model(name: str, methods: list[str], train, test) -> dict:
     out = {"model": name, "dense_accuracy": dense_acc, "dense": dense_info, "dense_weights": dense_weights,
            "budget_epochs": BUDGET[name], "target_layer_sparsity": target, "target_nonzeros": nnz_target,
            "rows": []}
-    example = train[0][0].unsqueeze(0)
+    hp = HYPER[name]
+    out["hyper"] = hp
     specs = {
+        "dns (P5)": lambda m: sparse_train(m, "dns", train, cfg_for(name), sparsity=target, gamma=1e-4, power=1.0),
         "iterative (P2)": lambda m: iterative_prune(m, train, rounds_of(target, ROUNDS),
                                                     cfg_for(name, epochs=BUDGET[name] / ROUNDS)).masks,
         "gradual (P4)": lambda m: sparse_train(m, "gradual", train, cfg_for(name), final_sparsity=target,
                                                start=0.0, end=0.6, n_events=20),
-        "dns (P5)": lambda m: sparse_train(m, "dns", train, cfg_for(name), sparsity=target, gamma=1e-4, power=1.0),
         "obd+retrain (S10)": lambda m: sparse_train(m, "obd", train, cfg_for(name), rounds=rounds_of(target, ROUNDS),
                                                     n_samples=2048),
         "obs+retrain (S10)": lambda m: sparse_train(m, "obs", train, cfg_for(name), rounds=rounds_of(target, ROUNDS),
                                                     n_samples=2048),
-        "gsm (S12)": lambda m: sparse_train(m, "gsm", train, cfg_for(name, momentum=0.98, weight_decay=2e-3),
-                                            q=nnz_target),
-        "ssl (S11)": lambda m: sparse_train(m, "ssl", train, cfg_for(name), strength=2e-3,
+        "gsm (S12)": lambda m: sparse_train(m, "gsm", train, cfg_for(name, **hp["gsm_cfg"]), q=nnz_target),
+        "ssl (S11)": lambda m: sparse_train(m, "ssl", train, cfg_for(name), strength=hp["ssl_strength"],
                                             kinds=("filter", "channel"), eps=1e-2),
-        "csgd (S13)": lambda m: sparse_train(m, "csgd", train, cfg_for(name), ratio=0.5, eps=0.5),
+        "csgd (S13)": lambda m: sparse_train(m, "csgd", train, cfg_for(name), ratio=0.5, eps=hp["csgd_eps"]),
     }
     for key, fn in specs.items():
         if methods and key.split(" ")[0] not in methods:
@@ -166,14 +170,19 @@ def run_model(name: str, methods: list[str], train, test) -> dict:
 
 
 def oneshot(dense, train, test) -> dict:
-    """One-shot 90 % per layer, no retraining: magnitude vs OBD vs layer-wise OBS."""
+    """One-shot 90 %, no retraining: magnitude vs OBD vs layer-wise OBS (per layer unless
+    marked global)."""
     res = {}
     for key, fn in {
         "magnitude": lambda m: magnitude_prune(m, sparsity=0.9),
-        "obd (Fisher, 2048 samples)": lambda m: obd_prune(m, train, 0.9, n_samples=2048),
+        "magnitude (global)": lambda m: magnitude_prune(m, sparsity=0.9, scope="global"),
+        "obd (empirical Fisher, 2048 samples)": lambda m: obd_prune(m, train, 0.9, n_samples=2048),
+        "obd (true Fisher, labels from the model)": lambda m: obd_prune(m, train, 0.9, n_samples=2048,
+                                                                          labels="model"),
+        "obd (Hutchinson, 4 probes)": lambda m: obd_prune(m, train, 0.9, n_samples=2048,
+                                                          estimator="hutchinson", probes=4),
+        "obd (empirical Fisher, global)": lambda m: obd_prune(m, train, 0.9, n_samples=2048, scope="global"),
         "obs layer-wise (2048 samples, block 128)": lambda m: obs_prune(m, train, 0.9, n_samples=2048),
-        "obs layer-wise (2048 samples, full 784)": lambda m: obs_prune(m, train, 0.9, n_samples=2048,
-                                                                        block_size=1024),
     }.items():
         m = copy.deepcopy(dense)
         t = time.perf_counter()
@@ -203,9 +212,11 @@ def markdown(runs: list[dict], meta: dict) -> str:
              "k-means sharing (no centroid fine-tuning) and the default codecs; "
              "'acc (file)' is the accuracy of the model loaded back from that file.", ""]
     for run in runs:
+        hyper = run.get("hyper", HYPER.get(run["model"], {}))
         lines += [f"## {run['model']} (dense accuracy {100 * run['dense_accuracy']:.2f} %, "
                   f"{run['dense_weights']} weights, budget {run['budget_epochs']} epochs, "
                   f"target nonzeros {run['target_nonzeros']})", "",
+                  f"Method settings: {json.dumps(hyper)}", "",
                   "| method | accuracy % | delta pt | nonzero weights | weight compression | params now "
                   "| file ratio | acc (file) % | seconds |",
                   "|---|---|---|---|---|---|---|---|---|"]
@@ -252,6 +263,18 @@ def main() -> None:
     train, test = load_dataset("fashion-mnist", "train"), load_dataset("fashion-mnist", "test")
     runs = [run_model(n, args.methods, train, test) for n in args.models]
     tag = "_".join(args.models)
+    old_path = RESULTS / f"sparse_training_{tag}.json"
+    if args.methods and old_path.exists():  # a partial re-run replaces only its own rows
+        old = json.loads(old_path.read_text())
+        for run, prev in zip(runs, old["runs"]):
+            done = {r["method"] for r in run["rows"]}
+            order = [r["method"] for r in prev["rows"]] + [m for m in done if m not in
+                                                           {r["method"] for r in prev["rows"]}]
+            rows = {r["method"]: r for r in prev["rows"]} | {r["method"]: r for r in run["rows"]}
+            run["rows"] = [rows[m] for m in order]
+            if "oneshot_90" in prev and "oneshot_90" not in run:
+                run["oneshot_90"] = prev["oneshot_90"]
+        meta["command"] = old["meta"]["command"] + "; " + meta["command"]
     write_atomic(RESULTS / f"sparse_training_{tag}.json", json.dumps({"meta": meta, "runs": runs}, indent=1))
     write_atomic(RESULTS / f"sparse_training_{tag}.md", markdown(runs, meta))
     print(f"wrote {RESULTS / f'sparse_training_{tag}.json'} and .md")

@@ -150,3 +150,10 @@ def test_obd_prune_layer_sparsity(lenet300, tiny_data):
     masks = obd_prune(lenet300, tiny_data, 0.7, n_samples=64)
     for n, s in masks.sparsity().items():
         assert s == pytest.approx(0.7, abs=1e-3)
+
+
+def test_obd_prune_per_layer_dict(lenet300, tiny_data):
+    masks = obd_prune(lenet300, tiny_data, {"fc1.weight": 0.9, "fc3.weight": 0.5}, n_samples=32)
+    sp = masks.sparsity()
+    assert sp["fc1.weight"] == pytest.approx(0.9, abs=1e-3) and sp["fc3.weight"] == pytest.approx(0.5)
+    assert sp["fc2.weight"] == 0.0

@@ -68,7 +68,7 @@ def centripetal_grad(param: torch.Tensor, grad: torch.Tensor, labels: torch.Tens
 
     Example:
         >>> centripetal_grad(torch.tensor([1.0, 3.0]), torch.tensor([2.0, 4.0]), torch.tensor([0, 0]), 0.5).tolist()
-        [2.0, 4.0]
+        [2.5, 3.5]
     """
     k = int(labels.max()) + 1
     p2, g2 = param.detach().reshape(param.shape[0], -1), grad.reshape(grad.shape[0], -1)  # (O, D)

@@ -17,7 +17,7 @@ estimate over all the samples at once.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 import torch
 from torch import nn
@@ -166,7 +166,7 @@ def hessian_diag(model: nn.Module, data, names=None, *, estimator: str = "fisher
 def obd_prune(
     model: nn.Module,
     data: Dataset | DataLoader,
-    sparsity: float,
+    sparsity: float | Mapping[str, float],
     *,
     scope: str = "layer",
     estimator: str = "fisher",
@@ -180,15 +180,24 @@ def obd_prune(
 ) -> Masks:
     """Prune the weights of least OBD saliency to ``sparsity`` (per layer or globally).
 
-    Already-pruned weights (``previous``) have saliency 0 and stay pruned.
+    ``sparsity`` may be a dict ``{param_name: s, 'default': s}`` with ``scope='layer'``
+    (layers not named and without a default are left dense). Already-pruned weights (``previous``) have saliency 0 and stay pruned.
 
     Example:
         >>> masks = obd_prune(model, train_set, 0.9, n_samples=2048)  # doctest: +SKIP
     """
     if scope not in SCOPES:
         raise ConfigError(f"scope {scope!r} not allowed; use one of {SCOPES}")
-    check_sparsity(sparsity)
     weights = prunable_weights(model, include, exclude)
+    if isinstance(sparsity, Mapping):
+        if scope == "global":
+            raise ConfigError("global scope needs one number for sparsity")
+        unknown = set(sparsity) - set(weights) - {"default"}
+        if unknown:
+            raise ConfigError(f"sparsity names unknown layers {sorted(unknown)}; allowed: {list(weights)}")
+        per_layer = {n: sparsity.get(n, sparsity.get("default")) for n in weights}
+    else:
+        per_layer = dict.fromkeys(weights, check_sparsity(sparsity))
     with torch.enable_grad():
         h = hessian_diag(model, data, list(weights), estimator=estimator, n_samples=n_samples,
                          batch_size=batch_size, **estimator_kw)
@@ -199,13 +208,14 @@ def obd_prune(
                 sal[n] = torch.where(m.to(sal[n].device), sal[n], torch.full_like(sal[n], -1.0))
     if scope == "global":
         flat = torch.cat([s.reshape(-1) for s in sal.values()])
-        keep = topk_mask(flat, sparsity)
+        keep = topk_mask(flat, float(sparsity))
         masks, off = {}, 0
         for n, s in sal.items():
             masks[n] = keep[off:off + s.numel()].view_as(s)
             off += s.numel()
     else:
-        masks = {n: topk_mask(s, sparsity) for n, s in sal.items()}
+        masks = {n: (topk_mask(s, check_sparsity(per_layer[n])) if per_layer[n] is not None
+                     else torch.ones_like(s, dtype=torch.bool)) for n, s in sal.items()}
     result = Masks(masks)
     if previous is not None:
         result = result.combine(previous)

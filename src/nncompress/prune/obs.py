@@ -135,7 +135,7 @@ def damped_inverse(h: torch.Tensor, damp: float) -> torch.Tensor:
     """``(H + damp * mean(diag H) * I)^-1`` through a Cholesky factorisation.
 
     Example:
-        >>> damped_inverse(torch.eye(2, dtype=torch.float64) * 2, 0.0).diagonal().tolist()
+        >>> damped_inverse(torch.eye(2, dtype=torch.float64) * 2, 0.0).diagonal().round(decimals=6).tolist()
         [0.5, 0.5]
     """
     if damp < 0:

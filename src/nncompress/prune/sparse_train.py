@@ -85,13 +85,15 @@ def _pruned_retrain(pruner: Callable[..., Masks], name: str):
         if (sparsity is None) == (rounds is None):
             raise ConfigError(f"{name}: give exactly one of sparsity or rounds")
         rounds = list(rounds) if rounds is not None else [sparsity]
+        if not rounds:
+            raise ConfigError(f"{name}: rounds must not be empty")
         per_round = None
         if train_cfg is not None:
             per_round = dataclasses.replace(train_cfg, epochs=train_cfg.epochs / len(rounds))
         masks: Masks | None = None
         history: list[dict[str, float]] = []
         for s in rounds:
-            masks = pruner(model, train_data, float(s), previous=masks, **params)
+            masks = pruner(model, train_data, s, previous=masks, **params)
             _fit(model, train_data, per_round, [MaskCallback(masks)], history, val_data)
         return SparseTrainResult(name, model, masks, history, {"rounds": rounds})
     run.__name__ = f"{name}_prune_retrain"
