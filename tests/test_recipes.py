@@ -131,3 +131,13 @@ def test_dropout_adjusted_after_every_cut(tmp_path):
     ps = sorted({p for is1, p in seen if is1}, reverse=True)
     assert ps == pytest.approx([0.5 * math.sqrt(0.5), 0.5 * math.sqrt(0.16)])
     assert ctx.model.drop2.p == pytest.approx(0.5 * math.sqrt(0.5))
+
+
+def test_sparse_train_stage_gsm_hits_exact_count(tmp_path):
+    from nncompress.recipes.runner import run_recipe
+
+    raw = {"name": "gsm", "model": {"name": "lenet300"}, "data": {"name": "digits", "train_subset": 128},
+           "stages": [{"sparse_train": {"method": "gsm", "params": {"q": 5000},
+                                        "train": {"epochs": 1, "batch_size": 64, "momentum": 0.9}}}]}
+    report = run_recipe(parse_recipe(raw), tmp_path / "g.nnc")
+    assert report["summary"]["nonzero_weights"] == 5000
