@@ -41,7 +41,7 @@ from nncompress.train import evaluate, fit  # noqa: E402
 RECIPES = {"lenet300": "deep-compression-lenet300", "lenet5": "deep-compression-lenet5"}
 
 
-def peer_prune(model: nn.Module, ctx, schedule, retrain) -> None:
+def peer_prune(model: nn.Module, ctx, schedule, retrain, final_retrain=None) -> None:
     """torch.nn.utils.prune, round by round, retraining with the same budget as ours."""
     import torch.nn.utils.prune as tprune
 
@@ -58,6 +58,8 @@ def peer_prune(model: nn.Module, ctx, schedule, retrain) -> None:
             done[name] = s
         # Retrain: torch's reparametrisation keeps the effective weight masked.
         fit(model, ctx.train_data, retrain)
+    if final_retrain is not None:
+        fit(model, ctx.train_data, final_retrain)
     for mod in modules.values():
         tprune.remove(mod, "weight")
 
@@ -120,7 +122,7 @@ def bench_model(model_name: str, outdir: Path) -> dict:
     ours_seconds = time.perf_counter() - t0
     ctx, peer = branch["ctx"], branch["model"]
     t0 = time.perf_counter()
-    peer_prune(peer, ctx, prune_cfg.schedule, prune_cfg.retrain)
+    peer_prune(peer, ctx, prune_cfg.schedule, prune_cfg.retrain, prune_cfg.final_retrain)
     acc_pruned = evaluate(peer, ctx.test_data)["accuracy"]
     bits = {n: (quant_cfg.bits_conv if w.dim() > 2 else quant_cfg.bits_fc)
             for n, w in prunable_weights(peer).items()}

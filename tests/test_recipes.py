@@ -13,7 +13,8 @@ TINY = {
     "data": {"name": "digits", "train_subset": 300},
     "stages": [
         {"train": {"epochs": 2, "lr": 0.05, "batch_size": 64}},
-        {"prune": {"schedule": [0.5, {"fc1": 0.9, "default": 0.8}], "retrain": {"epochs": 1, "lr": 0.02}}},
+        {"prune": {"schedule": [0.5, {"fc1": 0.9, "default": 0.8}], "retrain": {"epochs": 1, "lr": 0.02},
+                   "remove_dead_neurons": True}},
         {"quantize": {"method": "kmeans", "bits_fc": 4, "finetune": {"epochs": 1, "lr": 0.001}}},
         {"encode": {"index_bits_fc": 4}},
         "evaluate",
@@ -67,10 +68,13 @@ def test_cli_run_info_eval_export(tmp_path, capsys):
     s = report["summary"]
     assert s["file_bytes"] == out.stat().st_size
     assert s["ratio"] == pytest.approx(s["dense_fp32_bytes"] / s["file_bytes"])
+    assert s["dense_fp32_bytes"] == 4 * 266610  # the original model, even after neuron removal
     assert s["ratio"] > 20
     # Reported sparsity equals the counted zeros of the loaded model.
     assert s["nonzero_weights"] == sum(r["nonzeros"] for r in report["layers"])
     fc1 = next(r for r in report["layers"] if r["name"] == "fc1")
+    removed = report["stages"][1]["removed_neurons"].get("fc1", 0)
+    assert fc1["weights"] == 784 * (300 - removed)
     assert fc1["nonzeros"] == round(0.1 * 235200)
     for png in ("weights.png", "accuracy.png"):
         assert (tmp_path / "report" / png).stat().st_size > 1000

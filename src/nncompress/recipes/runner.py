@@ -57,6 +57,7 @@ def run_recipe(recipe: Recipe, out: str | Path, report_dir: str | Path | None = 
         >>> report["summary"]["ratio"]  # doctest: +SKIP
     """
     ctx = build_context(recipe, progress)
+    original = count_parameters(ctx.model)  # before any stage: the baseline's real size
     dense_accuracy = None
     for i, stage in enumerate(recipe.stages):
         spec = STAGES.get(stage.name)
@@ -95,15 +96,17 @@ def run_recipe(recipe: Recipe, out: str | Path, report_dir: str | Path | None = 
             "dense_accuracy": dense_accuracy,
             "compressed_accuracy": compressed_accuracy,
             "file_bytes": info.file_bytes,
-            "dense_fp32_bytes": table["total"]["dense_fp32_bytes"],
-            "ratio": table["total"]["ratio"],
+            "dense_fp32_bytes": original["dense_fp32_bytes"],
+            "ratio": original["dense_fp32_bytes"] / info.file_bytes,
+            "original_parameters": original["parameters"],
             "weights": tot["weights"], "nonzero_weights": tot["nonzeros"],
             "macs": tot["macs"], "sparse_macs": tot["sparse_macs"],
         },
         "stages": [{"stage": r.stage, "seconds": r.seconds, "accuracy": r.accuracy, **r.extra}
                    for r in ctx.records],
         "layers": [s.to_dict() for s in stats],
-        "table": table,
+        "table": {**table, "total": {**table["total"], "original_fp32_bytes": original["dense_fp32_bytes"],
+                                     "ratio_vs_original": original["dense_fp32_bytes"] / info.file_bytes}},
     }
     if report_dir is not None:
         write_report(report, ctx, Path(report_dir))

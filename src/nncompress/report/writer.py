@@ -41,7 +41,8 @@ def report_markdown(report: dict[str, Any]) -> str:
         f"| test accuracy | {_pct(s['dense_accuracy'])} | {_pct(s['compressed_accuracy'])} |",
         f"| bytes | {s['dense_fp32_bytes']:,} (fp32) | {s['file_bytes']:,} (.nnc) |",
         f"| ratio | 1x | **{s['ratio']:.1f}x** |",
-        f"| nonzero weights | {s['weights']:,} | {s['nonzero_weights']:,} |",
+        f"| parameters / nonzero weights | {s['original_parameters']:,} | {s['nonzero_weights']:,} "
+        f"(of {s['weights']:,} weights left) |",
         f"| MACs / sample | {s['macs']:,} | {s['sparse_macs']:,} (nonzero) |",
         "",
         "## Stages",
@@ -52,7 +53,10 @@ def report_markdown(report: dict[str, Any]) -> str:
     for r in report["stages"]:
         lines.append(f"| {r['stage']} | {r['seconds']:.1f} | {_pct(r['accuracy'])} |")
     lines += ["", "## Per-layer compression (Deep Compression table layout)", "",
-              table_markdown(report["table"]), "## Plots", ""]
+              table_markdown(report["table"]),
+              "Per-layer rates are relative to each layer as stored (after any neurons were "
+              "removed); the headline ratio is relative to the original dense model.", "",
+              "## Plots", ""]
     for name in report.get("plots", []):
         lines.append(f"![{name}]({name})")
     return "\n".join(lines) + "\n"
