@@ -261,7 +261,7 @@ def main(argv=None) -> int:
                 "torch": torch.__version__, "threads": args.threads, "target": args.target,
                 "mode": args.mode}
         res["meta"] = meta
-        suffix = "" if not args.quick else ".quick"
+        suffix = ("" if args.mode == "global" else f".{args.mode}") + (".quick" if args.quick else "")
         jpath = RESULTS / f"structured.{name}{suffix}.json"
         mpath = RESULTS / f"structured.{name}{suffix}.md"
         atomic_write(jpath, json.dumps(res, indent=2))

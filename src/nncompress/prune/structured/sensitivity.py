@@ -57,8 +57,9 @@ class SensitivityResult:
 
         fig, ax = plt.subplots(figsize=(7, 4.5))
         xs = [0.0, *self.ratios]
-        for name, accs in self.curves.items():
-            ax.plot(xs, [self.dense_accuracy, *accs], marker="o", ms=3, label=name)
+        for k, (name, accs) in enumerate(self.curves.items()):
+            ax.plot(xs, [self.dense_accuracy, *accs], marker="o", ms=3, label=name,
+                    linestyle=("-", "--", ":")[(k // 10) % 3])  # the colour cycle has 10 colours
         ax.set_xlabel(f"share of channels removed ({self.criterion} ranking)")
         ax.set_ylabel("accuracy")
         ax.set_title("per-layer pruning sensitivity")
