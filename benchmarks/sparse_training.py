@@ -60,7 +60,7 @@ TARGET = {
 }
 ROUNDS = 4  # prune-retrain rounds for iterative / obd / obs
 HYPER = {  # method-specific settings (GSM's optimizer, SSL's lambda, C-SGD's centripetal strength)
-    "lenet300": {"gsm_cfg": {"momentum": 0.98, "weight_decay": 1e-3}, "ssl_strength": 5e-4, "csgd_eps": 0.5},
+    "lenet300": {"gsm_cfg": {"momentum": 0.98, "weight_decay": 4e-3}, "ssl_strength": 1e-3, "csgd_eps": 0.5},
     "lenet5": {"gsm_cfg": {"momentum": 0.98, "weight_decay": 2e-3}, "ssl_strength": 2e-3, "csgd_eps": 0.5},
 }
 
