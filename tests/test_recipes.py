@@ -145,3 +145,18 @@ def test_sparse_train_stage_gsm_hits_exact_count(tmp_path):
                                         "train": {"epochs": 1, "batch_size": 64, "momentum": 0.9}}}]}
     report = run_recipe(parse_recipe(raw), tmp_path / "g.nnc")
     assert report["summary"]["nonzero_weights"] == 5000
+
+
+def test_structured_stage_and_sensitivity_cli(tmp_path, capsys):
+    from nncompress.recipes.runner import run_recipe
+
+    raw = {"name": "s", "model": {"name": "lenet5"}, "data": {"name": "digits", "train_subset": 64},
+           "stages": [{"structured": {"criterion": "l1", "target": 0.5, "samples": 64}}]}
+    report = run_recipe(parse_recipe(raw), tmp_path / "s.nnc")
+    stage = report["stages"][0]
+    assert stage["mac_reduction"] >= 2.0
+    assert report["summary"]["macs"] == stage["pruned"]["macs"]  # the file holds the smaller model
+    assert main(["sensitivity", str(tmp_path / "s.nnc"), "--data", "digits", "--samples", "100",
+                 "--ratios", "0.5", "--out", str(tmp_path / "sens")]) == 0
+    data = json.loads((tmp_path / "sens" / "sensitivity.json").read_text())
+    assert set(data["suggested_ratios"]) and (tmp_path / "sens" / "sensitivity.png").exists()

@@ -126,6 +126,36 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_sensitivity(args: argparse.Namespace) -> int:
+    import torch
+
+    from nncompress.data import load_dataset
+    from nncompress.format import load
+    from nncompress.prune.structured import sensitivity_analysis
+    from nncompress.report.writer import write_json
+
+    model = load(args.file)
+    test = load_dataset(args.data, "test", args.root)
+    g = torch.Generator().manual_seed(0)
+    idx = torch.randperm(len(test), generator=g)[: args.samples]
+    x, y = test.tensors[0][idx], test.tensors[1][idx]
+    res = sensitivity_analysis(model, (x, y), args.ratios, criterion=args.criterion)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    res.plot(out / "sensitivity.png")
+    suggested = res.suggest_ratios(args.mac_target)
+    write_json(out / "sensitivity.json", {**json.loads(res.to_json()), "mac_target": args.mac_target,
+                                          "suggested_ratios": suggested})
+    print(f"dense accuracy on {len(y)} test images: {100 * res.dense_accuracy:.2f}%")
+    print("| layer | " + " | ".join(f"{r:.0%} removed" for r in res.ratios) + " |")
+    print("|---|" + "---:|" * len(res.ratios))
+    for name, accs in res.curves.items():
+        print(f"| {name} | " + " | ".join(f"{100 * a:.2f}%" for a in accs) + " |")
+    print(f"\nsuggested ratios for {args.mac_target:.0%} fewer MACs: {suggested}")
+    print(f"wrote {out / 'sensitivity.png'} and {out / 'sensitivity.json'}")
+    return 0
+
+
 def _cmd_recipes(args: argparse.Namespace) -> int:
     from nncompress.recipes import STAGES, builtin_recipes
 
@@ -160,6 +190,16 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("file")
     x.add_argument("out")
     x.set_defaults(fn=_cmd_export)
+    sv = sub.add_parser("sensitivity", help="per-layer channel-pruning sensitivity curves of a .nnc model")
+    sv.add_argument("file")
+    sv.add_argument("--data", default="fashion-mnist")
+    sv.add_argument("--root")
+    sv.add_argument("--criterion", default="l1")
+    sv.add_argument("--ratios", type=float, nargs="+", default=[0.25, 0.5, 0.75])
+    sv.add_argument("--samples", type=int, default=2000, help="test images to evaluate on")
+    sv.add_argument("--mac-target", type=float, default=0.5, help="fraction of MACs to remove")
+    sv.add_argument("--out", default="sensitivity", help="output folder")
+    sv.set_defaults(fn=_cmd_sensitivity)
     ls = sub.add_parser("recipes", help="list built-in recipes and stages")
     ls.set_defaults(fn=_cmd_recipes)
     return p

@@ -35,3 +35,49 @@ def run_sparse_train(ctx: RunContext, cfg: SparseTrainConfig) -> dict[str, Any]:
     return {"method": cfg.method, "sparsity": ctx.masks.sparsity(),
             "total_sparsity": ctx.masks.total_sparsity(),
             "info": {k: v for k, v in res.info.items() if isinstance(v, (int, float, str, list, dict))}}
+
+
+@dataclass
+class StructuredConfig:
+    """Structured (filter/channel) pruning with physical removal (S1-S9, S14, S5).
+
+    ``criterion``: a name of ``nncompress.prune.structured.CRITERIA`` or ``energy-aware``;
+    ``target``: fraction of ``target_kind`` (macs, params or channels) to remove;
+    ``mode``: global ranking or the same ratio per layer (``ratios`` to set them);
+    ``samples``: size of the labelled training sample the data-driven criteria score on;
+    ``finetune``: training after each of ``steps`` steps.
+    """
+
+    criterion: str = "l1"
+    target: float = 0.5
+    target_kind: str = "macs"
+    mode: str = "global"
+    ratios: dict[str, float] | None = None
+    min_channels: int = 1
+    max_ratio: float = 0.9
+    skip: list[str] = field(default_factory=list)
+    steps: int = 1
+    samples: int = 512
+    finetune: TrainConfig | None = None
+
+
+@register_stage("structured", StructuredConfig, "filter/channel pruning with physical removal")
+def run_structured(ctx: RunContext, cfg: StructuredConfig) -> dict[str, Any]:
+    import torch
+
+    from nncompress.prune.structured import structured_prune
+
+    g = torch.Generator().manual_seed(ctx.seed)
+    idx = torch.randperm(len(ctx.train_data), generator=g)[: cfg.samples].tolist()
+    xs, ys = zip(*(ctx.train_data[i] for i in idx))
+    res = structured_prune(ctx.model, cfg.criterion, cfg.target, cfg.target_kind,
+                           (torch.stack(xs), torch.tensor(ys)), example_inputs=ctx.example_input,
+                           mode=cfg.mode, ratios=cfg.ratios, min_channels=cfg.min_channels,
+                           max_ratio=cfg.max_ratio, skip=cfg.skip, steps=cfg.steps,
+                           finetune=cfg.finetune, train_data=ctx.train_data)
+    ctx.model = res.model
+    ctx.masks = None  # shapes changed; later stages start from the smaller dense model
+    ctx.snapshot(f"after_structured_{cfg.criterion}")
+    return {"criterion": cfg.criterion, "dense": res.dense, "pruned": res.pruned,
+            "mac_reduction": res.mac_reduction,
+            "shapes": {n: list(p.shape) for n, p in prunable_weights(ctx.model).items()}}
