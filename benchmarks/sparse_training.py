@@ -206,7 +206,10 @@ def markdown(runs: list[dict], meta: dict) -> str:
     lines = ["# Sparse training benchmark (issue 4)", "",
              f"Command: `{meta['command']}`; torch {meta['torch']}, {meta['threads']} thread(s).", "",
              "Every method starts from the cached dense baseline and trains for the stated budget "
-             "(SGD, batch 64, lr 0.01 cosine, momentum 0.9, wd 1e-4; GSM momentum 0.98, wd 2e-3). "
+             "(SGD, batch 64, lr 0.01 cosine, momentum 0.9, wd 1e-4; GSM's momentum/wd, SSL's lambda and "
+             "C-SGD's centripetal eps per model in 'Method settings'). Unstructured methods share the per-layer "
+             "sparsity target (GSM: the same total Q, global); DNS's final sparsity drifts from its initial cut "
+             "(spliced weights). SSL and C-SGD remove neurons/filters physically ('params now'). "
              "Iterative / OBD / OBS prune-retrain: 4 rounds, budget split evenly. "
              "File ratio = fp32 bytes of the dense model / bytes of the `.nnc` file after 8/5-bit "
              "k-means sharing (no centroid fine-tuning) and the default codecs; "
@@ -226,7 +229,7 @@ def markdown(runs: list[dict], meta: dict) -> str:
                          f"{r['file_ratio']:.1f}x | {100 * r['accuracy_after_sharing_and_load']:.2f} | "
                          f"{r['seconds']:.0f} |")
         if "oneshot_90" in run:
-            lines += ["", "One-shot 90 % per layer, no retraining:", "",
+            lines += ["", "One-shot 90 % (per layer unless marked global), no retraining:", "",
                       "| criterion | accuracy % | sparsity | seconds |", "|---|---|---|---|"]
             for k, v in run["oneshot_90"].items():
                 lines.append(f"| {k} | {100 * v['accuracy']:.2f} | {v['sparsity']:.4f} | {v['seconds']:.1f} |")
