@@ -63,6 +63,8 @@ class CodecRegistry:
 
     def get(self, name: str) -> TensorCodec:
         if name not in self._codecs:
+            load_plugins()
+        if name not in self._codecs:
             raise ConfigError(f"unknown tensor codec {name!r}; allowed: {', '.join(sorted(self._codecs))}")
         return self._codecs[name]
 
@@ -71,6 +73,18 @@ class CodecRegistry:
 
 
 CODECS = CodecRegistry()
+
+PLUGIN_MODULES = ("nncompress.quantize.codecs",)
+"""Modules that register further codecs; imported on the first unknown codec name, so a
+fresh process can load any file nncompress wrote without importing them by hand."""
+
+
+def load_plugins() -> None:
+    """Import every module of ``PLUGIN_MODULES`` (each registers its codecs)."""
+    import importlib
+
+    for module in PLUGIN_MODULES:
+        importlib.import_module(module)
 
 
 def register_codec(codec: TensorCodec) -> TensorCodec:

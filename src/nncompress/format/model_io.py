@@ -63,6 +63,7 @@ class FileInfo:
     metadata: dict[str, Any]
     tensors: list[TensorEntry] = field(default_factory=list)
     version: str = ""
+    activations: dict[str, Any] = field(default_factory=dict)
 
 
 def _weight_names(model: nn.Module) -> set[str]:
@@ -132,10 +133,20 @@ def save(model: nn.Module, path: str | Path, *, codecs: Mapping[str, CodecChoice
                         "meta": enc.meta, "sections": keys})
     meta = {"nncompress": __version__, "arch": arch_of(model), "metadata": dict(metadata or {}),
             "tensors": tensors}
+    acts = _activation_spec(model)
+    if acts:
+        meta["activations"] = acts
     blob = pack_container(meta, sections)
     atomic_write_bytes(path, blob)
     log.info("saved %s (%d bytes, %d tensors)", path, len(blob), len(tensors))
     return _file_info(str(path), len(blob), meta, sections)
+
+
+def _activation_spec(model: nn.Module) -> dict[str, Any]:
+    """Activation quantizers attached by a low-bit method (JSON spec), if any."""
+    from nncompress.quantize.api import activation_spec
+
+    return activation_spec(model)
 
 
 def _file_info(path: str, size: int, meta: dict[str, Any], sections: Mapping[str, bytes]) -> FileInfo:
@@ -146,7 +157,7 @@ def _file_info(path: str, size: int, meta: dict[str, Any], sections: Mapping[str
             entries.append(TensorEntry(t["name"], t["codec"], [int(d) for d in t["shape"]],
                                        t["dtype"], nbytes, t["meta"]))
         return FileInfo(path, size, meta.get("arch"), meta.get("metadata", {}), entries,
-                        meta.get("nncompress", ""))
+                        meta.get("nncompress", ""), meta.get("activations") or {})
     except (KeyError, TypeError, ValueError) as exc:
         raise FormatError(f"{path}: tensor table is damaged ({exc!r})") from exc
 
@@ -189,7 +200,8 @@ def load(path: str | Path, model: nn.Module | None = None) -> nn.Module:
 
     Built-in architectures are rebuilt from the file; for any other model pass a skeleton
     (``model=MyNet()``), whose tensors are replaced (and Linear/Conv/BatchNorm resized to
-    the stored shapes, so structurally pruned models load). Never unpickles anything.
+    the stored shapes, so structurally pruned models load), and activation quantizers
+    stored by a low-bit method are re-attached. Never unpickles anything.
 
     Example:
         >>> model = load("lenet.nnc")  # doctest: +SKIP
@@ -203,5 +215,9 @@ def load(path: str | Path, model: nn.Module | None = None) -> nn.Module:
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise FormatError(f"{path} does not match the model: missing {missing}, unexpected {unexpected}")
+    if info.activations:
+        from nncompress.quantize.api import apply_activation_spec
+
+        apply_activation_spec(model, info.activations)
     model.eval()
     return model
