@@ -37,9 +37,9 @@ from nncompress.format import load as nnc_load
 from nncompress.format import save as nnc_save
 from nncompress.models import build_model
 from nncompress.prune import iterative_prune, prunable_weights
+from nncompress.prune.magnitude import magnitude_prune
 from nncompress.prune.obd import obd_prune
 from nncompress.prune.obs import obs_prune
-from nncompress.prune.magnitude import magnitude_prune
 from nncompress.prune.sparse_train import sparse_train
 from nncompress.quantize import SharingConfig, share_weights
 from nncompress.train import TrainConfig, evaluate, fit

@@ -1,12 +1,17 @@
 """S13 C-SGD: the centripetal gradient by hand, convergence, and an exact merge."""
 
-import pytest
 import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
 from nncompress.models import build_model
-from nncompress.prune.csgd import CSGDCallback, centripetal_grad, cluster_filters, cluster_spread, csgd_merge
+from nncompress.prune.csgd import (
+    CSGDCallback,
+    centripetal_grad,
+    cluster_filters,
+    cluster_spread,
+    csgd_merge,
+)
 from nncompress.train import TrainConfig, fit
 
 

@@ -4,8 +4,14 @@ import pytest
 import torch
 from torch import nn
 
-from nncompress.prune.dns import (DNSCallback, DNSConfig, c_rate_for_sparsity, dns_thresholds, dns_update_mask,
-                                  update_probability)
+from nncompress.prune.dns import (
+    DNSCallback,
+    DNSConfig,
+    c_rate_for_sparsity,
+    dns_thresholds,
+    dns_update_mask,
+    update_probability,
+)
 from nncompress.train import TrainConfig, fit
 
 

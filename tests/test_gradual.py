@@ -4,8 +4,14 @@ import pytest
 import torch
 
 from nncompress.errors import ConfigError
-from nncompress.prune.gradual import (GradualConfig, GradualPruning, cubic_sparsity, exponential_sparsity,
-                                      linear_sparsity, sparsity_schedule)
+from nncompress.prune.gradual import (
+    GradualConfig,
+    GradualPruning,
+    cubic_sparsity,
+    exponential_sparsity,
+    linear_sparsity,
+    sparsity_schedule,
+)
 from nncompress.train import TrainConfig, fit
 
 

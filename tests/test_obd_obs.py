@@ -6,8 +6,17 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from nncompress.prune.obd import diag_fisher, diag_hessian_hutchinson, obd_prune, obd_saliency
-from nncompress.prune.obs import (damped_inverse, layer_hessian, obs_downdate, obs_prune, obs_prune_matrix,
-                                  obs_prune_units, obs_prune_vector, obs_saliency, obs_update)
+from nncompress.prune.obs import (
+    damped_inverse,
+    layer_hessian,
+    obs_downdate,
+    obs_prune,
+    obs_prune_matrix,
+    obs_prune_units,
+    obs_prune_vector,
+    obs_saliency,
+    obs_update,
+)
 
 
 def _spd(d, seed=0):
@@ -148,7 +157,7 @@ def test_hutchinson_exact_for_diagonal_hessian():
 
 def test_obd_prune_layer_sparsity(lenet300, tiny_data):
     masks = obd_prune(lenet300, tiny_data, 0.7, n_samples=64)
-    for n, s in masks.sparsity().items():
+    for _n, s in masks.sparsity().items():
         assert s == pytest.approx(0.7, abs=1e-3)
 
 

@@ -2,7 +2,14 @@ import pytest
 import torch
 
 from nncompress.errors import ConfigError
-from nncompress.prune import MaskCallback, Masks, layer_sparsity, magnitude_prune, std_threshold, topk_mask
+from nncompress.prune import (
+    MaskCallback,
+    Masks,
+    layer_sparsity,
+    magnitude_prune,
+    std_threshold,
+    topk_mask,
+)
 from nncompress.train import TrainConfig, fit
 
 

@@ -8,8 +8,16 @@ from torch import nn
 import nncompress
 from nncompress.errors import ConfigError
 from nncompress.prune import magnitude_prune
-from nncompress.sparse import (SparseConv2d, SparseLinear, csr_linear, interleaved_medians,
-                               load_sparse, num_threads, to_csr, to_sparse_inference)
+from nncompress.sparse import (
+    SparseConv2d,
+    SparseLinear,
+    csr_linear,
+    interleaved_medians,
+    load_sparse,
+    num_threads,
+    to_csr,
+    to_sparse_inference,
+)
 
 DC_LENET300 = {"fc1.weight": 0.92, "fc2.weight": 0.91, "fc3.weight": 0.74}
 

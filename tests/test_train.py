@@ -1,9 +1,9 @@
 import pytest
 import torch
 
+from nncompress.models import build_model
 from nncompress.prune import adjusted_dropout
 from nncompress.prune.retrain import dropout_consumers, frozen
-from nncompress.models import build_model
 from nncompress.train import Callback, TrainConfig, evaluate, fit, lr_multiplier
 
 

@@ -5,7 +5,6 @@ __version__ = "0.1.0"
 from nncompress.errors import ConfigError, DataNotFoundError, FormatError, NNCompressError
 from nncompress.format import load, read_info, register_codec, save, set_codec_hints
 
-
 __all__ = [
     "ConfigError",
     "DataNotFoundError",

@@ -40,10 +40,10 @@ from nncompress.codec.bitpack import (
     byte_windows,
     check_bits,
     check_padding,
-    pack_left,
-    word_dtype,
     pack_bits,
+    pack_left,
     unpack_bits,
+    word_dtype,
 )
 from nncompress.errors import FormatError, NNCompressError
 
@@ -212,7 +212,7 @@ class HuffmanTable:
 
     @classmethod
     def from_frequencies(cls, freqs: np.ndarray,
-                         max_len: int = DEFAULT_MAX_LEN) -> "HuffmanTable":
+                         max_len: int = DEFAULT_MAX_LEN) -> HuffmanTable:
         """Table with the optimal lengths for ``freqs`` (see :func:`code_lengths`).
 
         Example:
@@ -223,7 +223,7 @@ class HuffmanTable:
 
     @classmethod
     def from_symbols(cls, symbols: np.ndarray, alphabet_size: int | None = None,
-                     max_len: int = DEFAULT_MAX_LEN) -> "HuffmanTable":
+                     max_len: int = DEFAULT_MAX_LEN) -> HuffmanTable:
         """Table built from the symbol counts of ``symbols`` (non-negative integers).
 
         ``alphabet_size`` defaults to ``max(symbols) + 1``.

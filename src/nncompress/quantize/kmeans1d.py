@@ -267,7 +267,7 @@ def kmeans_1d(
     b_old = None
     strict = False
     n_iter = 0
-    for n_iter in range(1, max_iter + 1):
+    for n_iter in range(1, max_iter + 1):  # noqa: B007 (the count is read after the loop)
         b = _boundaries(xc, c)  # E-step
         c_new = _update(xc, cs1, b, c, empty)  # M-step
         shift_tot = float(((c_new - c) ** 2).sum())

@@ -1,7 +1,7 @@
 """YAML recipes: schema, stage registry, runner."""
 
-from nncompress.recipes.schema import Recipe, builtin_recipes, load_recipe, parse_recipe
 from nncompress.recipes import extra_stages, quantize_stage  # noqa: F401  (register stages)
+from nncompress.recipes.schema import Recipe, builtin_recipes, load_recipe, parse_recipe
 from nncompress.recipes.stages import STAGES, register_stage
 
 __all__ = ["STAGES", "Recipe", "builtin_recipes", "load_recipe", "parse_recipe", "register_stage"]
