@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import copy
 import io
-import math
 import sys
 import time
 from pathlib import Path
@@ -31,7 +30,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, write_results  # noqa: E402
 
 from nncompress.analysis.file_table import table_markdown  # noqa: E402
-from nncompress.prune.mask import MaskCallback, Masks  # noqa: E402
 from nncompress.prune.targets import prunable_weights  # noqa: E402
 from nncompress.recipes import load_recipe  # noqa: E402
 from nncompress.recipes.runner import run_recipe  # noqa: E402
