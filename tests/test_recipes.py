@@ -1,6 +1,7 @@
 import json
 
 import pytest
+import torch
 import yaml
 
 from nncompress.cli import main
@@ -160,3 +161,20 @@ def test_structured_stage_and_sensitivity_cli(tmp_path, capsys):
                  "--ratios", "0.5", "--out", str(tmp_path / "sens")]) == 0
     data = json.loads((tmp_path / "sens" / "sensitivity.json").read_text())
     assert set(data["suggested_ratios"]) and (tmp_path / "sens" / "sensitivity.png").exists()
+
+
+def test_lowbit_quantize_stage_after_pruning(tmp_path):
+    import nncompress
+    from nncompress.recipes.runner import run_recipe
+
+    raw = {"name": "twn", "model": {"name": "lenet300"}, "data": {"name": "digits", "train_subset": 128},
+           "stages": [{"prune": {"sparsity": 0.8}},
+                      {"quantize": {"method": "twn", "finetune": {"epochs": 1, "batch_size": 64, "lr": 0.001}}}]}
+    report = run_recipe(parse_recipe(raw), tmp_path / "t.nnc")
+    model = nncompress.load(tmp_path / "t.nnc")
+    for name in ("fc1", "fc2", "fc3"):
+        w = getattr(model, name).weight
+        levels = torch.unique(w.abs(), sorted=True)
+        assert levels[0] == 0 and len(levels) <= 1 + w.shape[0]  # {0} plus per-row alpha at most
+    assert (model.fc1.weight == 0).float().mean() >= 0.8  # pruned zeros kept by the ternary levels
+    assert report["summary"]["ratio"] > 10

@@ -33,7 +33,7 @@ class QuantizeConfig:
 def lowbit_methods() -> dict[str, Any]:
     """The low-bit quantizer registry, or {} when that module is absent."""
     try:
-        from nncompress.quantize.api import METHODS
+        from nncompress.quantize.methods import METHODS
     except ImportError:
         return {}
     return dict(METHODS)
