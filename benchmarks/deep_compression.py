@@ -171,7 +171,19 @@ def main() -> None:
     ap.add_argument("--models", nargs="+", default=list(RECIPES), choices=list(RECIPES))
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--outdir", default=str(RESULTS / "deep_compression"))
+    ap.add_argument("--render", nargs="+", metavar="JSON",
+                    help="only re-render the Markdown of earlier result files (no training)")
     args = ap.parse_args()
+    if args.render:
+        import json
+
+        for path in args.render:
+            data = json.loads(Path(path).read_text())
+            md = Path(path).with_suffix(".md")
+            head = md.read_text().split("\n", 1)[0] + "\n\n" if md.exists() else ""
+            md.write_text(head + markdown(data["models"]))
+            print(f"re-rendered {md}")
+        return
     torch.set_num_threads(args.threads)
     outdir = Path(args.outdir)
     outdir.mkdir(parents=True, exist_ok=True)

@@ -94,6 +94,12 @@ def table_markdown(table: dict) -> str:
     lines.append(
         f"| **total** | | {t['weights']:,} | {_fmt(t['kept'], True)} | | | | | | "
         f"{_fmt(t['file_bytes'] / max(t['dense_fp32_bytes'], 1), True)} | {t['file_bytes']:,} |")
-    tail = (f"\nFile: {t['file_bytes']:,} bytes (header included) vs dense fp32 "
-            f"{t['dense_fp32_bytes']:,} bytes: **{t['ratio']:.1f}x** smaller.\n")
+    if "original_fp32_bytes" in t and t["original_fp32_bytes"] != t["dense_fp32_bytes"]:
+        tail = (f"\nFile: {t['file_bytes']:,} bytes (header included) vs the original dense fp32 model "
+                f"{t['original_fp32_bytes']:,} bytes: **{t['ratio_vs_original']:.1f}x** smaller "
+                f"({t['ratio']:.1f}x vs the fp32 size of the layers as stored, "
+                f"{t['dense_fp32_bytes']:,} bytes, after neuron removal).\n")
+    else:
+        tail = (f"\nFile: {t['file_bytes']:,} bytes (header included) vs dense fp32 "
+                f"{t['dense_fp32_bytes']:,} bytes: **{t['ratio']:.1f}x** smaller.\n")
     return head + "\n".join(lines) + "\n" + tail
