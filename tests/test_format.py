@@ -162,3 +162,14 @@ def test_fp16_is_declared_lossy(tmp_path):
     back = nncompress.load(tmp_path / "h.nnc")
     assert torch.equal(back.fc1.bias, m.fc1.bias.half().float())
     assert [t.codec for t in info.tensors if t.name == "fc1.bias"] == ["fp16"]
+
+
+def test_saved_file_has_normal_permissions(tmp_path, lenet300):
+    import os
+
+    umask = os.umask(0o022)
+    try:
+        nncompress.save(lenet300, tmp_path / "p.nnc")
+    finally:
+        os.umask(umask)
+    assert (tmp_path / "p.nnc").stat().st_mode & 0o777 == 0o644
