@@ -11,8 +11,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from nncompress.codec import bitpack, huffman
 from nncompress.codec.sparse_index import decode_relative, encode_relative
+from nncompress.codec.streams import pack_stream, unpack_stream
 from nncompress.errors import ConfigError, FormatError
 from nncompress.format.codecs import EncodedTensor, TensorCodec, register_codec
 
@@ -100,29 +100,9 @@ def default_index_bits(shape: list[int]) -> int:
 
 
 def _stream_section(symbols: np.ndarray, alphabet: int, width: int, huff: str) -> tuple[bytes, str, int]:
-    """Encode symbols fixed-width or Huffman (``huff``: 'yes', 'no', 'auto' = smaller)."""
-    fixed = bitpack.pack_bits(symbols, width) if symbols.size else b""
-    if huff == "no" or symbols.size == 0:
-        return fixed, "fixed", 8 * len(fixed)
-    table = huffman.HuffmanTable.from_symbols(symbols, alphabet_size=alphabet)
-    # Sync points every >= 1024 symbols: a few steps more to decode small layers, but their
-    # offsets then cost well under 1% of a small layer's bits.
-    every = max(1024, huffman.default_sync_every(symbols.size))
-    coded = huffman.to_bytes(huffman.encode(symbols, table, sync_every=every), table)
-    if huff == "auto" and len(fixed) <= len(coded):
-        return fixed, "fixed", 8 * len(fixed)
-    return coded, "huffman", 8 * len(coded)
-
-
-def _read_stream(data: bytes, kind: str, width: int, count: int) -> np.ndarray:
-    if kind == "fixed":
-        return bitpack.unpack_bits(data, width, count).astype(np.int64)
-    if kind == "huffman":
-        stream, table = huffman.from_bytes(data)
-        if stream.count != count:
-            raise FormatError(f"stream holds {stream.count} symbols, metadata says {count}")
-        return huffman.decode(stream, table)
-    raise FormatError(f"unknown stream kind {kind!r}; allowed: 'fixed', 'huffman'")
+    """``pack_stream`` plus the stored bits."""
+    data, kind = pack_stream(symbols, alphabet, width, huff)
+    return data, kind, 8 * len(data)
 
 
 class SparseCodec(TensorCodec):
@@ -201,7 +181,7 @@ class SparseCodec(TensorCodec):
         except (KeyError, TypeError, ValueError) as exc:
             raise FormatError(f"codec {self.name!r}: bad metadata {m!r}") from exc
         n = math.prod(enc.shape)
-        gaps = _read_stream(s["gaps"], m["gaps"], index_bits, entries)
+        gaps = unpack_stream(s["gaps"], m["gaps"], index_bits, entries)
         if gaps.size and (gaps.min() < 0 or gaps.max() >= 1 << index_bits):
             raise FormatError("relative index out of range")
         positions = decode_relative(gaps, index_bits)
@@ -212,7 +192,7 @@ class SparseCodec(TensorCodec):
             codebook = np.frombuffer(s["codebook"], dtype=np.float32)
             if codebook.size != int(m["codebook_size"]):
                 raise FormatError("codebook size does not match its metadata")
-            symbols = _read_stream(s["values"], m["values"], int(m["value_bits"]), entries)
+            symbols = unpack_stream(s["values"], m["values"], int(m["value_bits"]), entries)
             if symbols.size and symbols.max() > codebook.size:
                 raise FormatError("codebook index out of range")
             real = symbols < codebook.size

@@ -24,11 +24,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from nncompress.codec import bitpack, huffman
+from nncompress.codec import bitpack
+from nncompress.codec.streams import pack_stream, unpack_stream
 from nncompress.errors import ConfigError, FormatError
 from nncompress.quantize.pow2 import shift_codes, shift_scale
-
-HUFFMAN_CHOICES = ("auto", "yes", "no")
 
 
 @dataclass
@@ -80,32 +79,6 @@ def width_for(alphabet: int) -> int:
         (2, 5)
     """
     return max(1, math.ceil(math.log2(max(alphabet, 2))))
-
-
-def pack_stream(symbols: np.ndarray, alphabet: int, width: int, huff: str) -> tuple[bytes, str]:
-    """Symbols as fixed-width codes or a Huffman stream (``huff``: yes/no/auto = smaller)."""
-    if huff not in HUFFMAN_CHOICES:
-        raise ConfigError(f"huffman={huff!r} not allowed; use one of {HUFFMAN_CHOICES}")
-    fixed = bitpack.pack_bits(symbols, width) if symbols.size else b""
-    if huff == "no" or symbols.size == 0:
-        return fixed, "fixed"
-    table = huffman.HuffmanTable.from_symbols(symbols, alphabet_size=alphabet)
-    coded = huffman.to_bytes(huffman.encode(symbols, table), table)
-    if huff == "auto" and len(fixed) <= len(coded):
-        return fixed, "fixed"
-    return coded, "huffman"
-
-
-def unpack_stream(data: bytes, kind: str, width: int, count: int) -> np.ndarray:
-    """Inverse of :func:`pack_stream` (int64 symbols)."""
-    if kind == "fixed":
-        return bitpack.unpack_bits(data, width, count).astype(np.int64)
-    if kind == "huffman":
-        stream, table = huffman.from_bytes(data)
-        if stream.count != count:
-            raise FormatError(f"code stream holds {stream.count} symbols, metadata says {count}")
-        return huffman.decode(stream, table)
-    raise FormatError(f"unknown code stream kind {kind!r}; allowed: 'fixed', 'huffman'")
 
 
 def _bits(codes: bytes, other: int) -> dict[str, int]:
