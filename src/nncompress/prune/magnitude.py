@@ -61,6 +61,41 @@ def magnitude_mask(weight: torch.Tensor, *, sparsity: float | None = None,
     return weight.detach().abs() > std_threshold(weight, quality)
 
 
+def select_masks(scores: Mapping[str, torch.Tensor], sparsity: float | Mapping[str, float | None],
+                 scope: str = "layer") -> dict[str, torch.Tensor]:
+    """Selection step shared by every unstructured criterion: keep the highest scores.
+
+    ``scope='global'`` ranks all tensors together (one ``sparsity``); ``'layer'`` applies
+    ``sparsity`` (one number or name -> value, None = keep all) to each tensor alone.
+
+    Example:
+        >>> select_masks({"w": torch.tensor([3., 1., 2., 0.5])}, 0.5)["w"].tolist()
+        [True, False, True, False]
+    """
+    if scope == "global":
+        flat = torch.cat([s.detach().reshape(-1) for s in scores.values()])
+        keep = topk_mask(flat, float(sparsity))
+        out, off = {}, 0
+        for n, s in scores.items():
+            out[n] = keep[off:off + s.numel()].view_as(s)
+            off += s.numel()
+        return out
+    per = sparsity if isinstance(sparsity, Mapping) else dict.fromkeys(scores, sparsity)
+    return {n: (topk_mask(s, check_sparsity(per[n])) if per[n] is not None
+                else torch.ones_like(s, dtype=torch.bool)) for n, s in scores.items()}
+
+
+def finish_masks(model: nn.Module, masks: Mapping[str, torch.Tensor], previous: Masks | None,
+                 apply: bool) -> Masks:
+    """Combine with earlier masks (pruned stays pruned) and optionally zero the weights."""
+    result = Masks(masks)
+    if previous is not None:
+        result = result.combine(previous)
+    if apply:
+        result.apply(model)
+    return result
+
+
 def _per_layer(value, names: list[str], what: str) -> dict[str, float | None]:
     if value is None:
         return dict.fromkeys(names)
@@ -104,12 +139,7 @@ def magnitude_prune(
         if sparsity is None or isinstance(sparsity, Mapping):
             raise ConfigError("global scope needs one number for sparsity")
         check_sparsity(sparsity)
-        flat = torch.cat([w.detach().abs().reshape(-1) for w in weights.values()])
-        keep = topk_mask(flat, sparsity)
-        masks, off = {}, 0
-        for n, w in weights.items():
-            masks[n] = keep[off:off + w.numel()].view_as(w)
-            off += w.numel()
+        masks = select_masks({n: w.detach().abs() for n, w in weights.items()}, sparsity, "global")
     else:
         sp = _per_layer(sparsity, names, "sparsity")
         qu = _per_layer(quality, names, "quality")
@@ -119,9 +149,4 @@ def magnitude_prune(
                 masks[n] = torch.ones_like(w, dtype=torch.bool)
             else:
                 masks[n] = magnitude_mask(w, sparsity=sp[n], quality=None if sp[n] is not None else qu[n])
-    result = Masks(masks)
-    if previous is not None:
-        result = result.combine(previous)
-    if apply:
-        result.apply(model)
-    return result
+    return finish_masks(model, masks, previous, apply)

@@ -25,7 +25,7 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from nncompress.errors import ConfigError
-from nncompress.prune.magnitude import SCOPES, check_sparsity, topk_mask
+from nncompress.prune.magnitude import SCOPES, check_sparsity, finish_masks, select_masks
 from nncompress.prune.mask import Masks
 from nncompress.prune.targets import prunable_weights
 
@@ -206,19 +206,5 @@ def obd_prune(
         for n, m in previous.items():
             if n in sal:
                 sal[n] = torch.where(m.to(sal[n].device), sal[n], torch.full_like(sal[n], -1.0))
-    if scope == "global":
-        flat = torch.cat([s.reshape(-1) for s in sal.values()])
-        keep = topk_mask(flat, float(sparsity))
-        masks, off = {}, 0
-        for n, s in sal.items():
-            masks[n] = keep[off:off + s.numel()].view_as(s)
-            off += s.numel()
-    else:
-        masks = {n: (topk_mask(s, check_sparsity(per_layer[n])) if per_layer[n] is not None
-                     else torch.ones_like(s, dtype=torch.bool)) for n, s in sal.items()}
-    result = Masks(masks)
-    if previous is not None:
-        result = result.combine(previous)
-    if apply:
-        result.apply(model)
-    return result
+    return finish_masks(model, select_masks(sal, sparsity if scope == "global" else per_layer, scope),
+                        previous, apply)
