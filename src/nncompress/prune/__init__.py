@@ -11,7 +11,7 @@ from nncompress.prune.obd import diag_fisher, obd_prune
 from nncompress.prune.obs import obs_prune, obs_prune_matrix
 from nncompress.prune.retrain import Regularizer, adjust_dropouts, adjusted_dropout, frozen
 from nncompress.prune.sparse_train import SPARSE_METHODS, SparseTrainResult, sparse_train
-from nncompress.prune.ssl import GroupLasso, ssl_remove, zero_small_groups
+from nncompress.prune.group_lasso import GroupLasso, ssl_remove, zero_small_groups
 from nncompress.prune.targets import prunable_weights
 
 __all__ = [

@@ -45,7 +45,7 @@ from nncompress.prune.magnitude import magnitude_prune
 from nncompress.prune.mask import MaskCallback, Masks
 from nncompress.prune.obd import obd_prune
 from nncompress.prune.obs import obs_prune
-from nncompress.prune.ssl import GroupLasso, nonzero_masks, ssl_remove, zero_small_groups
+from nncompress.prune.group_lasso import GroupLasso, nonzero_masks, ssl_remove, zero_small_groups
 from nncompress.prune.targets import prunable_weights
 from nncompress.train.loop import TrainConfig, fit
 
