@@ -5,7 +5,13 @@ import torch
 from torch import nn
 
 from nncompress.models import build_model
-from nncompress.prune.group_lasso import GroupLasso, group_lasso, group_norms, ssl_remove, zero_small_groups
+from nncompress.prune.group_lasso import (
+    GroupLasso,
+    group_lasso,
+    group_norms,
+    ssl_remove,
+    zero_small_groups,
+)
 
 
 def test_group_norms_by_hand():

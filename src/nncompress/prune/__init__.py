@@ -3,6 +3,7 @@
 from nncompress.prune.csgd import CSGDCallback, cluster_filters, csgd_merge
 from nncompress.prune.dns import DNSCallback, DNSConfig
 from nncompress.prune.gradual import GradualConfig, GradualPruning, sparsity_schedule
+from nncompress.prune.group_lasso import GroupLasso, ssl_remove, zero_small_groups
 from nncompress.prune.gsm import GSMCallback
 from nncompress.prune.iterative import IterativeResult, iterative_prune
 from nncompress.prune.magnitude import magnitude_mask, magnitude_prune, std_threshold, topk_mask
@@ -11,7 +12,6 @@ from nncompress.prune.obd import diag_fisher, obd_prune
 from nncompress.prune.obs import obs_prune, obs_prune_matrix
 from nncompress.prune.retrain import Regularizer, adjust_dropouts, adjusted_dropout, frozen
 from nncompress.prune.sparse_train import SPARSE_METHODS, SparseTrainResult, sparse_train
-from nncompress.prune.group_lasso import GroupLasso, ssl_remove, zero_small_groups
 from nncompress.prune.targets import prunable_weights
 
 __all__ = [

@@ -17,32 +17,15 @@ not spatially constant after zero padding, so folding it would not be exact).
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
 
 import torch
 from torch import nn
 
+from nncompress.analysis.capture import capture_io
 from nncompress.prune.structured.groups import build_graph, groups_from_graph
 from nncompress.prune.structured.removal import remove_channels
 
 log = logging.getLogger(__name__)
-
-
-@torch.no_grad()
-def _consumer_inputs(model: nn.Module, names: Sequence[str], x: torch.Tensor) -> dict[str, torch.Tensor]:
-    modules = dict(model.named_modules())
-    got: dict[str, torch.Tensor] = {}
-    hooks = [modules[n].register_forward_hook(lambda m, i, o, n=n: got.__setitem__(n, i[0].detach()))
-             for n in names]
-    was = model.training
-    model.eval()
-    try:
-        model(x)
-    finally:
-        model.train(was)
-        for h in hooks:
-            h.remove()
-    return got
 
 
 @torch.no_grad()
@@ -81,7 +64,7 @@ def prune_dead_neurons(model: nn.Module, example_inputs: torch.Tensor, atol: flo
             continue
         fold = dead_in & ~dead_out
         if fold.any():
-            inputs = _consumer_inputs(model, list(cons), x)
+            inputs = {n: io[0] for n, io in capture_io(model, list(cons), x).items()}
             for c, m in cons.items():
                 for j in fold.nonzero().flatten().tolist():
                     cols = g.consumers[c][j]

@@ -40,12 +40,12 @@ from nncompress.errors import ConfigError
 from nncompress.prune.csgd import CSGDCallback, cluster_spread, clusters_for, csgd_merge
 from nncompress.prune.dns import DNSCallback, DNSConfig
 from nncompress.prune.gradual import GradualConfig, GradualPruning, steps_for
+from nncompress.prune.group_lasso import GroupLasso, nonzero_masks, ssl_remove, zero_small_groups
 from nncompress.prune.gsm import GSMCallback
 from nncompress.prune.magnitude import magnitude_prune
 from nncompress.prune.mask import MaskCallback, Masks
 from nncompress.prune.obd import obd_prune
 from nncompress.prune.obs import obs_prune
-from nncompress.prune.group_lasso import GroupLasso, nonzero_masks, ssl_remove, zero_small_groups
 from nncompress.prune.targets import prunable_weights
 from nncompress.train.loop import TrainConfig, fit
 

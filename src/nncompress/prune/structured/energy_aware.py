@@ -23,6 +23,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from nncompress.analysis.capture import capture_io
 from nncompress.analysis.energy import layer_energy
 from nncompress.errors import ConfigError
 from nncompress.prune.structured.cost import layer_costs, plan_cost
@@ -65,23 +66,6 @@ def energy_ratios(groups, costs, budget: float, kind: str = "macs", min_channels
         else:
             lo = mid
     return ratios(hi)
-
-
-def _capture(model: nn.Module, names: Sequence[str], x: torch.Tensor) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    modules = dict(model.named_modules())
-    got: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-    hooks = [modules[n].register_forward_hook(
-        lambda m, i, o, n=n: got.__setitem__(n, (i[0].detach(), o.detach()))) for n in names]
-    was = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            model(x)
-    finally:
-        model.train(was)
-        for h in hooks:
-            h.remove()
-    return got
 
 
 def _design(mod: nn.Module, inp: torch.Tensor) -> torch.Tensor:
@@ -167,11 +151,11 @@ def energy_aware_prune(
         g = next(h for h in groups_from_graph(model, build_graph(model, example)) if h.name == g0.name)
         idx = _lowest(score(model, [g], criterion, data)[g.name], n)
         consumers = [c for c in g.consumers if isinstance(dict(model.named_modules())[c], (nn.Linear, nn.Conv2d))]
-        before = _capture(model, consumers, x) if refit else {}
+        before = capture_io(model, consumers, x) if refit else {}
         remove_channels(model, {g.name: idx}, example)
         residuals = {}
         if refit:
-            after = _capture(model, consumers, x)
+            after = capture_io(model, consumers, x)
             modules = dict(model.named_modules())
             for c in consumers:
                 mod = modules[c]
