@@ -182,6 +182,10 @@ def oneshot(dense, train, test) -> dict:
         "obd (Hutchinson, 4 probes)": lambda m: obd_prune(m, train, 0.9, n_samples=2048,
                                                           estimator="hutchinson", probes=4),
         "obd (empirical Fisher, global)": lambda m: obd_prune(m, train, 0.9, n_samples=2048, scope="global"),
+        "obd (layer-wise Hessian diagonal, 2048 samples)": lambda m: obd_prune(m, train, 0.9, n_samples=2048,
+                                                                                 estimator="layerwise"),
+        "obd (layer-wise Hessian diagonal, 8192 samples)": lambda m: obd_prune(m, train, 0.9, n_samples=8192,
+                                                                                 estimator="layerwise"),
         "obs layer-wise (2048 samples, block 128)": lambda m: obs_prune(m, train, 0.9, n_samples=2048),
     }.items():
         m = copy.deepcopy(dense)

@@ -5,7 +5,8 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from nncompress.prune.obd import diag_fisher, diag_hessian_hutchinson, obd_prune, obd_saliency
+from nncompress.errors import ConfigError
+from nncompress.prune.obd import diag_fisher, diag_hessian_hutchinson, diag_layerwise, obd_prune, obd_saliency
 from nncompress.prune.obs import (
     damped_inverse,
     layer_hessian,
@@ -166,3 +167,23 @@ def test_obd_prune_per_layer_dict(lenet300, tiny_data):
     sp = masks.sparsity()
     assert sp["fc1.weight"] == pytest.approx(0.9, abs=1e-3) and sp["fc3.weight"] == pytest.approx(0.5)
     assert sp["fc2.weight"] == 0.0
+
+
+def test_layerwise_obd_diag_is_reconstruction_hessian_diagonal():
+    """h = diag(2 X X^T / M), broadcast over output rows; conv via unfold patches."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(3 * 25, 4))
+    data = TensorDataset(torch.randn(10, 2, 5, 5), torch.zeros(10, dtype=torch.long))
+    h = diag_layerwise(model, data, ["0.weight", "3.weight"], batch_size=4)  # batches 4, 4, 2
+    hc = layer_hessian(model, model[0], data, n_samples=None, batch_size=3)
+    assert h["0.weight"].shape == model[0].weight.shape
+    assert torch.allclose(h["0.weight"], (2 * hc.diagonal()).float().reshape(1, 2, 3, 3).expand(3, -1, -1, -1))
+    x3 = torch.relu(model[0](data.tensors[0])).flatten(1).detach()
+    assert torch.allclose(h["3.weight"], (2 * x3.pow(2).mean(0)).expand(4, -1), atol=1e-5)
+
+
+def test_layerwise_obd_rejects_global_scope(lenet300, tiny_data):
+    with pytest.raises(ConfigError, match="layerwise"):
+        obd_prune(lenet300, tiny_data, 0.5, estimator="layerwise", scope="global", n_samples=16)
+    masks = obd_prune(lenet300, tiny_data, 0.5, estimator="layerwise", n_samples=16)
+    assert masks.total_sparsity() == pytest.approx(0.5, abs=1e-2)

@@ -9,6 +9,11 @@ the last batch alone):
   own softmax, giving the true Fisher (= Gauss-Newton for cross-entropy).
 * ``hutchinson``: ``E[z * (H z)]`` with Rademacher z and a Hessian-vector product by
   double back-propagation; unbiased for the Hessian diagonal of the mean loss.
+* ``layerwise``: the exact Hessian diagonal of each layer's own reconstruction error
+  ``mean ||W x - W_0 x||^2`` (the objective layer-wise OBS minimises, ``H = 2 X X^T / M``),
+  i.e. ``h_oj = 2 mean(x_j^2)`` for every output row o: the diagonal counterpart of
+  layer-wise OBS (OBS without the off-diagonal terms and without the compensating update).
+  Its saliencies are comparable within a layer only, so it needs ``scope='layer'``.
 
 Both are sum-weighted by batch size, so the estimate over batches of sizes b_1..b_k is the
 estimate over all the samples at once.
@@ -27,10 +32,10 @@ from torch.utils.data import DataLoader, Dataset
 from nncompress.errors import ConfigError
 from nncompress.prune.magnitude import SCOPES, check_sparsity, finish_masks, select_masks
 from nncompress.prune.mask import Masks
-from nncompress.prune.targets import prunable_weights
+from nncompress.prune.targets import module_of, prunable_weights
 
 log = logging.getLogger(__name__)
-ESTIMATORS = ("fisher", "hutchinson")
+ESTIMATORS = ("fisher", "hutchinson", "layerwise")
 FISHER_LABELS = ("empirical", "model")
 
 
@@ -153,8 +158,63 @@ def diag_hessian_hutchinson(
     return {k: a.detach() / count for k, a in zip(names, acc)}
 
 
+@torch.no_grad()
+def diag_layerwise(
+    model: nn.Module,
+    data: Dataset | DataLoader,
+    names: Iterable[str] | None = None,
+    *,
+    n_samples: int | None = None,
+    batch_size: int = 64,
+) -> dict[str, torch.Tensor]:
+    """Diagonal of each layer's reconstruction-error Hessian, ``2 mean(x_j^2)`` per weight.
+
+    ``x`` are the layer's input rows (Linear inputs, or Conv2d ``unfold`` patches), gathered
+    by forward pre-hooks and summed over all batches; the result has the weight's shape.
+
+    Example:
+        >>> h = diag_layerwise(model, train_set, n_samples=2048)  # doctest: +SKIP
+    """
+    from nncompress.prune.obs import layer_inputs_2d
+
+    names = list(names) if names is not None else list(prunable_weights(model))
+    owners = {n: module_of(model, n) for n in names}
+    sums: dict[str, torch.Tensor] = {}
+    rows: dict[str, int] = dict.fromkeys(names, 0)
+
+    def hook_for(name: str):
+        def hook(mod, inputs):
+            x2 = layer_inputs_2d(mod, inputs[0].detach()).double()
+            sums[name] = sums.get(name, 0) + x2.pow(2).sum(0)
+            rows[name] += x2.shape[0]
+        return hook
+
+    handles = [owners[n].register_forward_pre_hook(hook_for(n)) for n in names]
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    try:
+        for x, _ in _batches(data, batch_size, n_samples):
+            model(x.to(device))
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    out = {}
+    for n in names:
+        if not rows[n]:
+            raise ConfigError(f"diag_layerwise: layer {n!r} saw no inputs")
+        w = owners[n].weight
+        col = (2.0 * sums[n] / rows[n]).to(w.dtype)  # (d,)
+        out[n] = col.reshape(1, *w.shape[1:]).expand_as(w).clone()
+    return out
+
+
 def hessian_diag(model: nn.Module, data, names=None, *, estimator: str = "fisher", **kw) -> dict[str, torch.Tensor]:
-    """Dispatch to :func:`diag_fisher` or :func:`diag_hessian_hutchinson` by name."""
+    """Dispatch to :func:`diag_fisher`, :func:`diag_hessian_hutchinson` or
+    :func:`diag_layerwise` by name."""
+    if estimator == "layerwise":
+        return diag_layerwise(model, data, names, **kw)
     if estimator == "fisher":
         return diag_fisher(model, data, names, **kw)
     if estimator == "hutchinson":
@@ -188,6 +248,9 @@ def obd_prune(
     """
     if scope not in SCOPES:
         raise ConfigError(f"scope {scope!r} not allowed; use one of {SCOPES}")
+    if estimator == "layerwise" and scope == "global":
+        raise ConfigError("estimator 'layerwise' gives saliencies comparable within a layer only; "
+                          "use scope='layer'")
     weights = prunable_weights(model, include, exclude)
     if isinstance(sparsity, Mapping):
         if scope == "global":
