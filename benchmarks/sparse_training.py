@@ -70,8 +70,8 @@ def rounds_of(target: dict[str, float], k: int) -> list[dict[str, float]]:
     return [{n: 1 - (1 - s) ** ((i + 1) / k) for n, s in target.items()} for i in range(k)]
 
 
-def cfg_for(model_name: str, **over) -> TrainConfig:
-    base = dict(epochs=BUDGET[model_name], lr=0.01, batch_size=64, momentum=0.9, weight_decay=1e-4, seed=1)
+def cfg_for(epochs: float, **over) -> TrainConfig:
+    base = dict(epochs=epochs, lr=0.01, batch_size=64, momentum=0.9, weight_decay=1e-4, seed=1)
     base.update(over)
     return TrainConfig(**base)
 
@@ -119,7 +119,8 @@ def deep_compression_file(model: torch.nn.Module, test, dense_fp32_bytes: int) -
             "accuracy_after_sharing_and_load": acc, "save_info_bytes": getattr(info, "file_bytes", size)}
 
 
-def run_model(name: str, methods: list[str], train, test) -> dict:
+def run_model(name: str, methods: list[str], train, test, budget: float | None = None) -> dict:
+    budget = BUDGET[name] if budget is None else budget
     dense, dense_acc, dense_info = dense_baseline(name, train, test)
     dense_weights = sum(w.numel() for w in prunable_weights(dense).values())
     dense_fp32 = 4 * sum(p.numel() for p in dense.parameters())
@@ -127,24 +128,24 @@ def run_model(name: str, methods: list[str], train, test) -> dict:
     nnz_target = sum(round((1 - s) * dense.get_submodule(n.rsplit(".", 1)[0]).weight.numel())
                      for n, s in target.items())
     out = {"model": name, "dense_accuracy": dense_acc, "dense": dense_info, "dense_weights": dense_weights,
-           "budget_epochs": BUDGET[name], "target_layer_sparsity": target, "target_nonzeros": nnz_target,
+           "budget_epochs": budget, "target_layer_sparsity": target, "target_nonzeros": nnz_target,
            "rows": []}
     hp = HYPER[name]
     out["hyper"] = hp
     specs = {
-        "dns (P5)": lambda m: sparse_train(m, "dns", train, cfg_for(name), sparsity=target, gamma=1e-4, power=1.0),
+        "dns (P5)": lambda m: sparse_train(m, "dns", train, cfg_for(budget), sparsity=target, gamma=1e-4, power=1.0),
         "iterative (P2)": lambda m: iterative_prune(m, train, rounds_of(target, ROUNDS),
-                                                    cfg_for(name, epochs=BUDGET[name] / ROUNDS)).masks,
-        "gradual (P4)": lambda m: sparse_train(m, "gradual", train, cfg_for(name), final_sparsity=target,
+                                                    cfg_for(budget / ROUNDS)).masks,
+        "gradual (P4)": lambda m: sparse_train(m, "gradual", train, cfg_for(budget), final_sparsity=target,
                                                start=0.0, end=0.6, n_events=20),
-        "obd+retrain (S10)": lambda m: sparse_train(m, "obd", train, cfg_for(name), rounds=rounds_of(target, ROUNDS),
+        "obd+retrain (S10)": lambda m: sparse_train(m, "obd", train, cfg_for(budget), rounds=rounds_of(target, ROUNDS),
                                                     n_samples=2048),
-        "obs+retrain (S10)": lambda m: sparse_train(m, "obs", train, cfg_for(name), rounds=rounds_of(target, ROUNDS),
+        "obs+retrain (S10)": lambda m: sparse_train(m, "obs", train, cfg_for(budget), rounds=rounds_of(target, ROUNDS),
                                                     n_samples=2048),
-        "gsm (S12)": lambda m: sparse_train(m, "gsm", train, cfg_for(name, **hp["gsm_cfg"]), q=nnz_target),
-        "ssl (S11)": lambda m: sparse_train(m, "ssl", train, cfg_for(name), strength=hp["ssl_strength"],
+        "gsm (S12)": lambda m: sparse_train(m, "gsm", train, cfg_for(budget, **hp["gsm_cfg"]), q=nnz_target),
+        "ssl (S11)": lambda m: sparse_train(m, "ssl", train, cfg_for(budget), strength=hp["ssl_strength"],
                                             kinds=("filter", "channel"), eps=1e-2),
-        "csgd (S13)": lambda m: sparse_train(m, "csgd", train, cfg_for(name), ratio=0.5, eps=hp["csgd_eps"]),
+        "csgd (S13)": lambda m: sparse_train(m, "csgd", train, cfg_for(budget), ratio=0.5, eps=hp["csgd_eps"]),
     }
     for key, fn in specs.items():
         if methods and key.split(" ")[0] not in methods:
@@ -248,6 +249,9 @@ def main() -> None:
                     help="subset of: iterative gradual dns obd+retrain obs+retrain gsm ssl csgd oneshot")
     ap.add_argument("--merge", action="store_true", help="merge the per-model result files")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--budget", type=float, default=None,
+                    help="training epochs for every method (default: the per-model BUDGET); results go to "
+                         "sparse_training_<model>_e<budget>.json")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(args.threads)
@@ -255,8 +259,9 @@ def main() -> None:
             "threads": torch.get_num_threads()}
     if args.merge:
         runs, metas = [], []
-        for name in ("lenet300", "lenet5"):
-            p = RESULTS / f"sparse_training_{name}.json"
+        files = [q for name in ("lenet300", "lenet5") for q in
+                 [RESULTS / f"sparse_training_{name}.json", *sorted(RESULTS.glob(f"sparse_training_{name}_e*.json"))]]
+        for p in files:
             if p.exists():
                 d = json.loads(p.read_text())
                 runs += d["runs"]
@@ -268,8 +273,8 @@ def main() -> None:
         print(f"wrote {RESULTS / 'sparse_training.json'} and .md")
         return
     train, test = load_dataset("fashion-mnist", "train"), load_dataset("fashion-mnist", "test")
-    runs = [run_model(n, args.methods, train, test) for n in args.models]
-    tag = "_".join(args.models)
+    runs = [run_model(n, args.methods, train, test, args.budget) for n in args.models]
+    tag = "_".join(args.models) + ("" if args.budget is None else f"_e{args.budget:g}")
     old_path = RESULTS / f"sparse_training_{tag}.json"
     if args.methods and old_path.exists():  # a partial re-run replaces only its own rows
         old = json.loads(old_path.read_text())

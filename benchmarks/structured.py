@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import hashlib
 import json
 import logging
 import os
@@ -32,6 +33,8 @@ from torch import nn
 from nncompress.analysis.accounting import layer_stats, totals
 from nncompress.analysis.energy import model_energy, total_pj
 from nncompress.data import load_dataset
+from nncompress.format import load as nnc_load
+from nncompress.format import save as nnc_save
 from nncompress.models import build_model
 from nncompress.prune.structured import CRITERIA, ScoreData, sensitivity_analysis, structured_prune
 from nncompress.train import TrainConfig, evaluate, fit
@@ -40,11 +43,11 @@ log = logging.getLogger("bench.structured")
 CACHE = Path("runs/structured_cache")
 RESULTS = Path("benchmarks/results")
 BASELINE_CFG = {
-    "resnet20": TrainConfig(epochs=2, lr=0.1, batch_size=128, weight_decay=5e-4, seed=0),
+    "resnet20": TrainConfig(epochs=10, lr=0.1, batch_size=128, weight_decay=5e-4, hflip=True, seed=0),
     "lenet5": TrainConfig(epochs=4, lr=0.05, batch_size=64, weight_decay=5e-4, seed=0),
 }
 FINETUNE_CFG = {
-    "resnet20": TrainConfig(epochs=1, max_steps=60, lr=0.02, batch_size=128, weight_decay=5e-4, seed=1),
+    "resnet20": TrainConfig(epochs=2, lr=0.01, batch_size=128, weight_decay=5e-4, hflip=True, seed=1),
     "lenet5": TrainConfig(epochs=1, max_steps=200, lr=0.01, batch_size=64, weight_decay=5e-4, seed=1),
 }
 SCORE_N = {"resnet20": (512, 64), "lenet5": (512, 256)}  # (scoring sample, held-out sample)
@@ -54,13 +57,15 @@ BEFORE_FT_N = {"resnet20": 2000, "lenet5": 10000}  # test images for the accurac
 def dense_baseline(name: str, train, test) -> nn.Module:
     """Train (or load from the cache) the dense model ``name``."""
     CACHE.mkdir(parents=True, exist_ok=True)
-    path = CACHE / f"{name}_dense.pt"
+    cfg = BASELINE_CFG[name]
+    tag = hashlib.sha1(json.dumps(cfg.__dict__, sort_keys=True).encode()).hexdigest()[:8]
+    path = CACHE / f"{name}_dense_{tag}.pt"  # keyed by the training config
     model = build_model(name)
     if path.exists():
         model.load_state_dict(torch.load(path, weights_only=True))
         return model
     t0 = time.perf_counter()
-    fit(model, train, BASELINE_CFG[name], checkpoint=CACHE / f"{name}_dense.ckpt")
+    fit(model, train, cfg, checkpoint=CACHE / f"{name}_dense_{tag}.ckpt")
     torch.save(model.state_dict(), path)
     log.info("dense %s trained in %.0fs", name, time.perf_counter() - t0)
     return model
@@ -150,7 +155,8 @@ def run_model(name: str, args, train, test) -> dict:
             from nncompress.prune.structured.energy_aware import energy_aware_prune
             energy_aware_prune(m, args.target, data, example_inputs=x1)
         else:
-            structured_prune(m, crit, args.target, "macs", data, example_inputs=x1, mode=args.mode)
+            structured_prune(m, crit, args.target, "macs", data, example_inputs=x1, mode=args.mode,
+                             round_to=args.round_to)
         t1 = time.perf_counter()
         acc_before_ft = evaluate(m, before_ft_test)["accuracy"]
         fit(m, train, ft)
@@ -162,12 +168,35 @@ def run_model(name: str, args, train, test) -> dict:
     # the dense model gets the same fine-tuning budget, so gains from it are not credited to pruning
     dense_ft = copy.deepcopy(dense)
     fit(dense_ft, train, ft)
+    rows["dense"]["accuracy_with_same_finetune"] = evaluate(dense_ft, test)["accuracy"]
+    # every model goes through the .nnc format (new shapes, no pickle); the measured model is
+    # the one loaded back, so the table describes what a user would ship
+    for k, m in models.items():
+        nnc_save(m, saved_path(name, k), codecs={n: "raw" for n, _ in m.state_dict().items()})
+    info = {"rows": rows, "baseline_train": BASELINE_CFG[name].__dict__, "finetune": ft.__dict__,
+            "score_sample": n_score, "held_out_sample": n_held}
+    atomic_write(CACHE / f"{name}.trained.json", json.dumps(info, indent=1))
+    return measure(name, args, test)
+
+
+def saved_path(name: str, method: str) -> Path:
+    return CACHE / f"{name}.{method}.nnc"
+
+
+def measure(name: str, args, test) -> dict:
+    """Load every model of the last training run back from its ``.nnc`` file and measure
+    accuracy, size, MACs, energy and latency (run alone with ``--measure-only`` on a quiet
+    machine: latency needs the cores to itself)."""
+    info = json.loads((CACHE / f"{name}.trained.json").read_text())
+    rows = info["rows"]
+    x1 = torch.zeros(1, 1, 28, 28)
+    models = {k: nnc_load(saved_path(name, k)) for k in rows}
     for k, m in models.items():
         rows[k]["accuracy"] = evaluate(m, test)["accuracy"]
         rows[k]["params"] = sum(p.numel() for p in m.parameters())
         rows[k]["macs"] = macs_of(m, x1)
         rows[k]["energy_uj"] = total_pj(model_energy(m, x1)) / 1e6
-    rows["dense"]["accuracy_with_same_finetune"] = evaluate(dense_ft, test)["accuracy"]
+        rows[k]["file_bytes"] = saved_path(name, k).stat().st_size
     torch.set_num_threads(args.threads)
     lat1 = latency(models, 1, args.repeats, 10)
     lat64 = latency(models, 64, max(5, args.repeats // 3), 1)
@@ -194,8 +223,8 @@ def run_model(name: str, args, train, test) -> dict:
         r["cpu_speedup_share_b64"] = r["cpu_speedup_b64"] / r["mac_reduction"]
         r["accuracy_drop_pt"] = 100 * (d["accuracy"] - r["accuracy"])
     return {"model": name, "rows": list(rows.values()),
-            "baseline_train": BASELINE_CFG[name].__dict__, "finetune": ft.__dict__,
-            "score_sample": n_score, "held_out_sample": n_held,
+            "baseline_train": info["baseline_train"], "finetune": info["finetune"],
+            "score_sample": info["score_sample"], "held_out_sample": info["held_out_sample"],
             "accuracy_before_finetune_test_images": BEFORE_FT_N[name]}
 
 
@@ -251,12 +280,15 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=40)
     ap.add_argument("--quick", action="store_true", help="5 fine-tuning steps (smoke test)")
+    ap.add_argument("--measure-only", action="store_true",
+                    help="re-measure the models saved by the last run (accuracy, size, latency)")
+    ap.add_argument("--round-to", type=int, default=1, help="keep channel counts multiples of this")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     train, test = load_dataset("fashion-mnist", "train"), load_dataset("fashion-mnist", "test")
     RESULTS.mkdir(parents=True, exist_ok=True)
     for name in args.models.split(","):
-        res = run_model(name, args, train, test)
+        res = measure(name, args, test) if args.measure_only else run_model(name, args, train, test)
         meta = {"command": " ".join([sys.executable.split("/")[-1], *sys.argv]),
                 "torch": torch.__version__, "threads": args.threads, "target": args.target,
                 "mode": args.mode}

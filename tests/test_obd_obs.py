@@ -6,7 +6,13 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from nncompress.errors import ConfigError
-from nncompress.prune.obd import diag_fisher, diag_hessian_hutchinson, diag_layerwise, obd_prune, obd_saliency
+from nncompress.prune.obd import (
+    diag_fisher,
+    diag_hessian_hutchinson,
+    diag_layerwise,
+    obd_prune,
+    obd_saliency,
+)
 from nncompress.prune.obs import (
     damped_inverse,
     layer_hessian,

@@ -152,10 +152,13 @@ def test_structured_stage_and_sensitivity_cli(tmp_path, capsys):
     from nncompress.recipes.runner import run_recipe
 
     raw = {"name": "s", "model": {"name": "lenet5"}, "data": {"name": "digits", "train_subset": 64},
-           "stages": [{"structured": {"criterion": "l1", "target": 0.5, "samples": 64}}]}
+           "stages": [{"structured": {"criterion": "l1", "target": 0.5, "samples": 64, "round_to": 4}}]}
     report = run_recipe(parse_recipe(raw), tmp_path / "s.nnc")
     stage = report["stages"][0]
     assert stage["mac_reduction"] >= 2.0
+    for name, shape in stage["shapes"].items():  # every pruned layer keeps a multiple of 4 outputs
+        if name != "fc2.weight":
+            assert shape[0] % 4 == 0 or shape[0] in (20, 50, 500), (name, shape)
     assert report["summary"]["macs"] == stage["pruned"]["macs"]  # the file holds the smaller model
     assert main(["sensitivity", str(tmp_path / "s.nnc"), "--data", "digits", "--samples", "100",
                  "--ratios", "0.5", "--out", str(tmp_path / "sens")]) == 0

@@ -15,6 +15,7 @@ from nncompress.prune.structured.scoring import ScoreData
 from nncompress.prune.structured.selection import (
     check_ratio,
     normalise,
+    rounded_removal,
     select_global,
     select_per_layer,
 )
@@ -131,3 +132,29 @@ def test_structured_prune_accepts_pairs_and_energy_aware(tiny_data):
     assert res.pruned["params"] <= 0.7 * res.dense["params"] * 1.02
     with pytest.raises(ConfigError, match="TensorDataset"):
         structured_prune(build_model("lenet5"), "apoz", 0.3, data=[1, 2, 3], example_inputs=x[:1])
+
+
+def test_round_to_keeps_multiples_per_layer_and_global():
+    groups = [ChannelGroup("a", 20), ChannelGroup("b", 16)]
+    scores = {"a": torch.arange(20.0), "b": torch.arange(16.0).flip(0)}
+    plan = select_per_layer(scores, groups, 0.45, round_to=8)  # a: 9 -> keep 11 -> 16; b: 7 -> keep 9 -> 16
+    assert plan == {"a": [0, 1, 2, 3]}
+    assert rounded_removal(20, 9, 8) == 4 and rounded_removal(20, 0, 8) == 0 and rounded_removal(16, 15, 8) == 8
+    model = build_model("resnet20")
+    rgroups = find_groups(model, X)
+    costs = layer_costs(model, X)
+    dense = total(costs, "macs")
+    rscores = {g.name: torch.rand(g.channels, generator=torch.Generator().manual_seed(1)) for g in rgroups}
+    plan = select_global(rscores, rgroups, costs, 0.5 * dense, "macs", round_to=4)
+    for g in rgroups:
+        kept = g.channels - len(plan.get(g.name, []))
+        assert kept == g.channels or kept % 4 == 0
+        if g.name in plan:  # the removed channels are the lowest scored of the group
+            s = rscores[g.name]
+            assert max(s[i] for i in plan[g.name]) <= min(s[i] for i in range(g.channels) if i not in plan[g.name])
+    assert plan_cost(costs, rgroups, {k: len(v) for k, v in plan.items()}) <= 0.5 * dense
+    # round_to=1 is the plain per-channel ranking
+    assert select_global(rscores, rgroups, costs, 0.5 * dense, "macs", round_to=1) == \
+        select_global(rscores, rgroups, costs, 0.5 * dense, "macs")
+    with pytest.raises(ConfigError, match="round_to"):
+        select_per_layer(scores, groups, 0.5, round_to=0)

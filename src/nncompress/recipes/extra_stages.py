@@ -45,7 +45,8 @@ class StructuredConfig:
     ``target``: fraction of ``target_kind`` (macs, params or channels) to remove;
     ``mode``: global ranking or the same ratio per layer (``ratios`` to set them);
     ``samples``: size of the labelled training sample the data-driven criteria score on;
-    ``finetune``: training after each of ``steps`` steps.
+    ``finetune``: training after each of ``steps`` steps; ``round_to``: keep a multiple of
+    that many channels in every pruned group.
     """
 
     criterion: str = "l1"
@@ -55,6 +56,7 @@ class StructuredConfig:
     ratios: dict[str, float] | None = None
     min_channels: int = 1
     max_ratio: float = 0.9
+    round_to: int = 1
     skip: list[str] = field(default_factory=list)
     steps: int = 1
     samples: int = 512
@@ -73,7 +75,7 @@ def run_structured(ctx: RunContext, cfg: StructuredConfig) -> dict[str, Any]:
     res = structured_prune(ctx.model, cfg.criterion, cfg.target, cfg.target_kind,
                            (torch.stack(xs), torch.tensor(ys)), example_inputs=ctx.example_input,
                            mode=cfg.mode, ratios=cfg.ratios, min_channels=cfg.min_channels,
-                           max_ratio=cfg.max_ratio, skip=cfg.skip, steps=cfg.steps,
+                           max_ratio=cfg.max_ratio, round_to=cfg.round_to, skip=cfg.skip, steps=cfg.steps,
                            finetune=cfg.finetune, train_data=ctx.train_data)
     ctx.model = res.model
     ctx.masks = None  # shapes changed; later stages start from the smaller dense model

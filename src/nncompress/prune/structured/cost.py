@@ -1,7 +1,9 @@
 """What a channel removal saves: per-layer MACs and parameters, before and after.
 
 ``layer_costs`` counts, with forward hooks, the MACs, weights and activations of every
-Conv/Linear/Norm module for one example input. ``plan_cost`` predicts the totals after
+Conv/Linear/Norm module for one example input (Conv/Linear MACs by the H1 rule of
+``analysis.accounting.layer_macs``; norms one multiply-add per element, which the H1 table
+leaves out). ``plan_cost`` predicts the totals after
 removing channels without touching the model: a layer's MACs and weights scale with the
 fraction of its output channels kept times the fraction of its input channels kept (once,
 for depthwise convs whose input and output channels are the same). Selection uses it to hit
@@ -16,6 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from nncompress.analysis.accounting import layer_macs
 from nncompress.prune.structured.groups import NORM_TYPES, ChannelGroup
 
 COUNTED = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear, *NORM_TYPES)
@@ -34,13 +37,9 @@ class LayerCost:
 
 
 def _macs(mod: nn.Module, out: torch.Tensor) -> int:
-    per_sample_out = out[0].numel()
-    if isinstance(mod, nn.Linear):
-        return per_sample_out * mod.in_features
-    if isinstance(mod, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
-        k = mod.weight[0].numel()  # (C_in / groups) * prod(kernel)
-        return per_sample_out * k
-    return per_sample_out  # norms: one multiply-add per element
+    if isinstance(mod, NORM_TYPES):
+        return out[0].numel()  # norms: one multiply-add per element
+    return layer_macs(mod, out)  # the one Conv/Linear MAC rule (H1 accounting)
 
 
 @torch.no_grad()

@@ -9,6 +9,13 @@ Two modes (Torch-Pruning's split of scoring from selection):
 
 Both keep at least ``min_channels`` per group. Targets are *fractions removed*:
 ``target=0.5, kind="macs"`` asks for 2x fewer MACs.
+
+``round_to=k`` keeps a multiple of k channels in every pruned group (dense CPU/GPU
+convolution kernels run best on channel counts that fill their vector registers; a group
+whose size is not a multiple of k keeps its odd size only if it is left whole). Per layer,
+the kept count is rounded *up* to a multiple of k; globally, channels are removed in
+chunks of k consecutive lowest scores (the first chunk of a group brings its size down to
+a multiple of k), each chunk ranked by its highest normalised score.
 """
 
 from __future__ import annotations
@@ -62,11 +69,33 @@ def _lowest(scores: torch.Tensor, n: int) -> list[int]:
     return sorted(order[:n])
 
 
+def check_round_to(round_to: int) -> int:
+    """Validate a channel multiple (an int >= 1)."""
+    if isinstance(round_to, bool) or not isinstance(round_to, int) or round_to < 1:
+        raise ConfigError(f"round_to must be an integer >= 1, got {round_to!r}")
+    return round_to
+
+
+def rounded_removal(channels: int, n: int, round_to: int) -> int:
+    """Channels to remove so that the kept count is ``channels - n`` rounded up to a
+    multiple of ``round_to`` (never more than ``channels``).
+
+    Example:
+        >>> rounded_removal(20, 9, 8)  # keep 11 -> 16
+        4
+    """
+    if n <= 0 or round_to == 1:
+        return max(n, 0)
+    kept = min(channels, -(-(channels - n) // round_to) * round_to)
+    return channels - kept
+
+
 def select_per_layer(
     scores: Mapping[str, torch.Tensor],
     groups: Sequence[ChannelGroup],
     ratios: float | Mapping[str, float],
     min_channels: int = 1,
+    round_to: int = 1,
 ) -> dict[str, list[int]]:
     """Remove ``floor(r * C)`` lowest-scored channels of each group (root indices).
 
@@ -80,6 +109,7 @@ def select_per_layer(
     """
     if min_channels < 1:
         raise ConfigError(f"min_channels must be >= 1, got {min_channels}")
+    check_round_to(round_to)
     names = {g.name for g in groups}
     if isinstance(ratios, Mapping):
         unknown = set(ratios) - names
@@ -89,7 +119,7 @@ def select_per_layer(
     for g in groups:
         r = ratios.get(g.name, 0.0) if isinstance(ratios, Mapping) else ratios
         r = check_ratio(r, f"ratio of {g.name!r}")
-        n = int(math.floor(r * g.channels + 1e-9))
+        n = rounded_removal(g.channels, int(math.floor(r * g.channels + 1e-9)), round_to)
         if g.channels - n < min_channels:
             raise ConfigError(
                 f"ratio {r} of {g.name!r} leaves {g.channels - n} of {g.channels} channels;"
@@ -118,34 +148,48 @@ def select_global(
     kind: str = "macs",
     min_channels: int = 1,
     max_ratio: float = 0.9,
+    round_to: int = 1,
 ) -> dict[str, list[int]]:
     """Global ranking: remove the lowest normalised scores until ``kind`` <= ``budget``.
 
     ``budget`` is the absolute total allowed (MACs, parameters or channels over the groups);
-    at most ``max_ratio`` of a group's channels go. Raises ``ConfigError`` when the budget
-    is out of reach.
+    at most ``max_ratio`` of a group's channels go. With ``round_to=k`` channels go in
+    chunks (see the module docstring). Raises ``ConfigError`` when the budget is out of
+    reach.
     """
     check_kind(kind)
+    check_round_to(round_to)
     if min_channels < 1:
         raise ConfigError(f"min_channels must be >= 1, got {min_channels}")
-    order = []
+    order = []  # (chunk score, group, channel indices of the chunk, position in the group's order)
     for g in groups:
         s = normalise(scores[g.name])
-        order += [(float(s[i]), g.name, i) for i in range(g.channels)]
-    order.sort()
+        ranked = sorted(range(g.channels), key=lambda i: (float(s[i]), i))
+        rest = g.channels % round_to
+        sizes = ([rest] if rest else []) + [round_to] * (g.channels // round_to)
+        bounds = [0]
+        for size in sizes:
+            bounds.append(bounds[-1] + size)
+        for pos, (a, b) in enumerate(zip(bounds[:-1], bounds[1:])):
+            chunk = ranked[a:b]
+            order.append((max(float(s[i]) for i in chunk), g.name, chunk, pos))
+    order.sort(key=lambda t: (t[0], t[1], t[3]))
     by_name = {g.name: g for g in groups}
     removed: dict[str, list[int]] = {g.name: [] for g in groups}
     counts: dict[str, int] = {g.name: 0 for g in groups}
+    next_pos: dict[str, int] = {g.name: 0 for g in groups}
     current = _measure(costs, groups, counts, kind)
-    for _, gname, i in order:
+    for _, gname, chunk, pos in order:
         if current <= budget:
             break
         g = by_name[gname]
         limit = min(g.channels - min_channels, int(math.floor(max_ratio * g.channels)))
-        if counts[gname] >= limit:
+        if pos != next_pos[gname] or counts[gname] + len(chunk) > limit:
+            next_pos[gname] = -1  # a group stops at its first chunk that does not fit
             continue
-        counts[gname] += 1
-        removed[gname].append(i)
+        next_pos[gname] += 1
+        counts[gname] += len(chunk)
+        removed[gname] += chunk
         current = _measure(costs, groups, counts, kind)
     if current > budget:
         raise ConfigError(
@@ -161,8 +205,10 @@ def uniform_ratio_for(
     budget: float,
     kind: str = "macs",
     min_channels: int = 1,
+    round_to: int = 1,
 ) -> float:
-    """Smallest uniform per-layer ratio whose plan meets ``budget`` (bisection).
+    """Smallest uniform per-layer ratio whose plan meets ``budget`` (bisection), kept
+    channel counts rounded up to multiples of ``round_to`` as :func:`select_per_layer` does.
 
     Example:
         >>> uniform_ratio_for(groups, costs, 0.5 * dense_macs)  # doctest: +SKIP
@@ -171,8 +217,8 @@ def uniform_ratio_for(
     check_kind(kind)
 
     def counts(r: float) -> dict[str, int]:
-        return {g.name: min(int(math.floor(r * g.channels + 1e-9)), g.channels - min_channels)
-                for g in groups}
+        return {g.name: min(rounded_removal(g.channels, int(math.floor(r * g.channels + 1e-9)), round_to),
+                            g.channels - min_channels) for g in groups}
 
     if _measure(costs, groups, counts(0.999999), kind) > budget:
         raise ConfigError(f"{kind} budget {budget:.4g} out of reach with uniform per-layer ratios")
