@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import math
 import logging
 import os
 import sys
@@ -59,9 +60,14 @@ TARGET = {
     "lenet5": {"conv1.weight": 0.6, "conv2.weight": 0.9, "fc1.weight": 0.99, "fc2.weight": 0.9},
 }
 ROUNDS = 4  # prune-retrain rounds for iterative / obd / obs
-HYPER = {  # method-specific settings (GSM's optimizer, SSL's lambda, C-SGD's centripetal strength)
+HYPER = {  # method-specific settings (GSM's optimizer, SSL's lambda, C-SGD's centripetal strength, DNS)
     "lenet300": {"gsm_cfg": {"momentum": 0.98, "weight_decay": 4e-3}, "ssl_strength": 1e-3, "csgd_eps": 0.5},
-    "lenet5": {"gsm_cfg": {"momentum": 0.98, "weight_decay": 2e-3}, "ssl_strength": 2e-3, "csgd_eps": 0.5},
+    "lenet5": {"gsm_cfg": {"momentum": 0.98, "weight_decay": 2e-3}, "ssl_strength": 2e-3, "csgd_eps": 0.5,
+               # DNS: a deeper initial cut than TARGET (splicing brings weights back), weight
+               # decay 2e-3 on the dense weights (it decides how many pruned weights grow past
+               # the splice threshold), masks frozen after 2/3 of the budget
+               "dns": {"sparsity": {"conv1.weight": 0.6, "conv2.weight": 0.93, "fc1.weight": 0.995,
+                                    "fc2.weight": 0.92}, "weight_decay": 2e-3, "stop_frac": 2 / 3}},
 }
 
 
@@ -119,6 +125,17 @@ def deep_compression_file(model: torch.nn.Module, test, dense_fp32_bytes: int) -
             "accuracy_after_sharing_and_load": acc, "save_info_bytes": getattr(info, "file_bytes", size)}
 
 
+def run_dns(model, train, budget: float, target: dict[str, float], dns: dict):
+    """P5 with the model's DNS settings: its own initial cut (``sparsity``; the final
+    sparsity drifts from it as weights are spliced back), weight decay, and the share of the
+    budget after which the masks freeze (the rest fine-tunes the fixed masks)."""
+    steps = budget * math.ceil(len(train) / 64)
+    stop = None if dns.get("stop_frac") is None else int(dns["stop_frac"] * steps)
+    cfg = cfg_for(budget, weight_decay=dns.get("weight_decay", 1e-4))
+    return sparse_train(model, "dns", train, cfg, sparsity=dns.get("sparsity", target), gamma=1e-4, power=1.0,
+                        stop_step=stop)
+
+
 def run_model(name: str, methods: list[str], train, test, budget: float | None = None) -> dict:
     budget = BUDGET[name] if budget is None else budget
     dense, dense_acc, dense_info = dense_baseline(name, train, test)
@@ -133,7 +150,7 @@ def run_model(name: str, methods: list[str], train, test, budget: float | None =
     hp = HYPER[name]
     out["hyper"] = hp
     specs = {
-        "dns (P5)": lambda m: sparse_train(m, "dns", train, cfg_for(budget), sparsity=target, gamma=1e-4, power=1.0),
+        "dns (P5)": lambda m: run_dns(m, train, budget, target, hp.get("dns", {})),
         "iterative (P2)": lambda m: iterative_prune(m, train, rounds_of(target, ROUNDS),
                                                     cfg_for(budget / ROUNDS)).masks,
         "gradual (P4)": lambda m: sparse_train(m, "gradual", train, cfg_for(budget), final_sparsity=target,
@@ -212,7 +229,8 @@ def markdown(runs: list[dict], meta: dict) -> str:
              f"Command: `{meta['command']}`; torch {meta['torch']}, {meta['threads']} thread(s).", "",
              "Every method starts from the cached dense baseline and trains for the stated budget "
              "(SGD, batch 64, lr 0.01 cosine, momentum 0.9, wd 1e-4; GSM's momentum/wd, SSL's lambda and "
-             "C-SGD's centripetal eps per model in 'Method settings'). Unstructured methods share the per-layer "
+             "C-SGD's centripetal eps and DNS's initial cut / weight decay / mask freeze per model in 'Method "
+             "settings'). Unstructured methods share the per-layer "
              "sparsity target (GSM: the same total Q, global); DNS's final sparsity drifts from its initial cut "
              "(spliced weights). SSL and C-SGD remove neurons/filters physically ('params now'). "
              "Iterative / OBD / OBS prune-retrain: 4 rounds, budget split evenly. "
