@@ -55,7 +55,7 @@ def interpolate(schedule: list[dict[str, float]], k: int) -> list[dict[str, floa
 
 def recipe_variant(name: str, *, rounds: int | None = None, rt_epochs: float | None = None,
                    fin_epochs: float | None = None, final: dict | None = None,
-                   dense_epochs: float | None = None) -> dict:
+                   dense_epochs: float | None = None, fin_average: int | None = None) -> dict:
     r = copy.deepcopy(BASE)
     r["name"] = name
     p = _prune(r)
@@ -67,6 +67,8 @@ def recipe_variant(name: str, *, rounds: int | None = None, rt_epochs: float | N
         p["retrain"]["epochs"] = rt_epochs
     if fin_epochs is not None:
         p["final_retrain"]["epochs"] = fin_epochs
+    if fin_average is not None:
+        p["final_retrain"]["average_last"] = fin_average
     if dense_epochs is not None:
         next(s["train"] for s in r["stages"] if "train" in s)["epochs"] = dense_epochs
     return r
@@ -79,6 +81,7 @@ RECIPES = {
     "R_J_rounds15_rt5_fin40_f975": dict(final=F975, rounds=15, rt_epochs=5, fin_epochs=40),
     "R_K_rounds10_rt8_fin60_f974": dict(final=F974, rounds=10, rt_epochs=8, fin_epochs=60),
     "R_L_K_dense80": dict(final=F974, rounds=10, rt_epochs=8, fin_epochs=60, dense_epochs=80),
+    "R_M_I_average20": dict(final=F975, rounds=10, rt_epochs=6, fin_epochs=40, fin_average=20),
 }
 DNS = {
     "D3_T2_wd1e-4": dict(t=T2, wd=1e-4),

@@ -23,8 +23,8 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import math
 import logging
+import math
 import os
 import sys
 import tempfile

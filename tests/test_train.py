@@ -84,3 +84,53 @@ def test_augment_shift_and_flip_by_hand():
     assert len({o.flatten().tolist().__str__() for o in out}) > 5  # really random
     g2 = torch.Generator().manual_seed(0)
     assert torch.equal(augment_batch(x, g2, shift=1, hflip=True), out)  # seeded
+
+
+def test_weight_averaging_is_the_mean_of_epoch_end_snapshots(tiny_data, tmp_path):
+    from nncompress.prune.mask import MaskCallback, Masks
+    from nncompress.train.averaging import WeightAveraging
+
+    class Snap(Callback):
+        def __init__(self):
+            self.snaps = []
+
+        def on_fit_begin(self, model, optimizer):
+            self.model = model
+
+        def on_epoch_end(self, epoch, metrics):
+            self.snaps.append({k: v.detach().clone() for k, v in self.model.named_parameters()})
+
+    torch.manual_seed(0)
+    model = build_model("lenet300")
+    masks = Masks({"fc1.weight": torch.rand(300, 784) > 0.8})
+    masks.apply(model)
+    snap = Snap()
+    fit(model, tiny_data, TrainConfig(epochs=4, lr=0.05, batch_size=32, momentum=0.9, weight_decay=1e-3,
+                                      average_last=2), callbacks=[MaskCallback(masks), snap])
+    for k, v in model.named_parameters():
+        assert torch.allclose(v, (snap.snaps[2][k] + snap.snaps[3][k]) / 2, atol=1e-6), k
+    assert torch.all(model.fc1.weight[~masks["fc1.weight"]] == 0)  # pruned stays exactly zero
+    with pytest.raises(Exception, match="average_last"):
+        TrainConfig(average_last=-1)
+    with pytest.raises(Exception, match="first_epoch"):
+        WeightAveraging(-1)
+    # a killed run with averaging resumes to the same weights
+    cfg = TrainConfig(epochs=3, lr=0.05, batch_size=32, seed=3, average_last=2)
+    torch.manual_seed(1)
+    ref = build_model("lenet300")
+    init = {k: v.clone() for k, v in ref.state_dict().items()}
+    fit(ref, tiny_data, cfg)
+    part = build_model("lenet300")
+    part.load_state_dict(init)
+
+    class Kill(Callback):
+        def on_epoch_begin(self, epoch):
+            if epoch == 2:
+                raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        fit(part, tiny_data, cfg, checkpoint=tmp_path / "ck.pt", callbacks=[Kill()])
+    resumed = build_model("lenet300")
+    fit(resumed, tiny_data, cfg, checkpoint=tmp_path / "ck.pt", callbacks=[Callback()])
+    for k, v in ref.state_dict().items():
+        assert torch.equal(v, resumed.state_dict()[k]), k

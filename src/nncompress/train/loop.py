@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from nncompress.errors import ConfigError
 from nncompress.train.augment import augment_batch
+from nncompress.train.averaging import WeightAveraging
 from nncompress.train.callbacks import Callback, CallbackList
 from nncompress.train.checkpoint import load_checkpoint, save_checkpoint
 from nncompress.train.schedules import lr_multiplier
@@ -25,7 +26,9 @@ OPTIMIZERS = ("sgd", "adam", "adamw")
 @dataclass
 class TrainConfig:
     """Hyper-parameters of one ``fit`` call. ``shift``/``hflip``: random translation by up
-    to ``shift`` pixels and left-right flips of training images (seeded per epoch)."""
+    to ``shift`` pixels and left-right flips of training images (seeded per epoch).
+    ``average_last``: end with the mean of the weights at the ends of the last k epochs
+    (``WeightAveraging``; 0 = off)."""
 
     epochs: float = 1.0
     lr: float = 0.01
@@ -39,6 +42,7 @@ class TrainConfig:
     label_smoothing: float = 0.0
     shift: int = 0
     hflip: bool = False
+    average_last: int = 0
 
     def __post_init__(self) -> None:
         if self.optimizer not in OPTIMIZERS:
@@ -53,6 +57,8 @@ class TrainConfig:
             raise ConfigError(f"shift must be >= 0 pixels, got {self.shift}")
         if self.weight_decay < 0:
             raise ConfigError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        if self.average_last < 0:
+            raise ConfigError(f"average_last must be >= 0 epochs, got {self.average_last}")
 
 
 @dataclass
@@ -124,7 +130,7 @@ def fit(
         >>> fit(model, train_set, TrainConfig(epochs=2, lr=0.05))  # doctest: +SKIP
     """
     cfg = cfg or TrainConfig()
-    cbs = CallbackList(callbacks)
+    callbacks = list(callbacks or ())
     opt = optimizer or make_optimizer(model.parameters(), cfg)
     n = len(train_data)
     steps_per_epoch = (n + cfg.batch_size - 1) // cfg.batch_size
@@ -132,6 +138,9 @@ def fit(
     if cfg.max_steps is not None:
         total_steps = min(total_steps, cfg.max_steps)
     n_epochs = (total_steps + steps_per_epoch - 1) // steps_per_epoch
+    if cfg.average_last:
+        callbacks.insert(0, WeightAveraging(max(0, n_epochs - cfg.average_last)))  # stable checkpoint key
+    cbs = CallbackList(callbacks)
     base_lrs = [g["lr"] for g in opt.param_groups]
     sched = lr_multiplier(cfg.lr_schedule, total_steps)
     history, start_epoch = History(), 0
