@@ -58,7 +58,9 @@ def dense_baseline(name: str, train, test) -> nn.Module:
     """Train (or load from the cache) the dense model ``name``."""
     CACHE.mkdir(parents=True, exist_ok=True)
     cfg = BASELINE_CFG[name]
-    tag = hashlib.sha1(json.dumps(cfg.__dict__, sort_keys=True).encode()).hexdigest()[:8]
+    defaults = TrainConfig().__dict__  # only the settings that differ from the defaults name the file
+    tag = hashlib.sha1(json.dumps({k: v for k, v in cfg.__dict__.items() if v != defaults[k]},
+                                  sort_keys=True).encode()).hexdigest()[:8]
     path = CACHE / f"{name}_dense_{tag}.pt"  # keyed by the training config
     model = build_model(name)
     if path.exists():
@@ -75,15 +77,17 @@ def macs_of(model: nn.Module, x: torch.Tensor) -> int:
     return totals(layer_stats(model, x))["macs"]
 
 
-def tp_magnitude(model: nn.Module, x: torch.Tensor, target: float) -> nn.Module:
-    """Torch-Pruning's MagnitudePruner (L1, uniform ratio) bisected to reach the MAC target."""
+def tp_magnitude(model: nn.Module, x: torch.Tensor, target: float, round_to: int = 1) -> nn.Module:
+    """Torch-Pruning's MagnitudePruner (L1, uniform ratio, its own ``round_to`` when > 1)
+    bisected to reach the MAC target."""
     dense = macs_of(model, x)
 
     def pruned(r: float) -> nn.Module:
         m = copy.deepcopy(model)
         output_layer = [mod for mod in m.modules() if isinstance(mod, nn.Linear)][-1]
         pr = tp.pruner.MagnitudePruner(m, x, importance=tp.importance.MagnitudeImportance(p=1),
-                                       pruning_ratio=r, ignored_layers=[output_layer])
+                                       pruning_ratio=r, ignored_layers=[output_layer],
+                                       round_to=round_to if round_to > 1 else None)
         pr.step()
         return m
 
@@ -143,7 +147,7 @@ def run_model(name: str, args, train, test) -> dict:
         m = copy.deepcopy(dense)
         t0 = time.perf_counter()
         if crit == "torch-pruning-magnitude":
-            m = tp_magnitude(m, x1, args.target)
+            m = tp_magnitude(m, x1, args.target, args.round_to)
         elif crit == "l1-sensitivity":  # S1 + H3: per-layer ratios from the sensitivity curves
             xe, ye = xs[perm[-512:]], ys[perm[-512:]]
             sens = sensitivity_analysis(m, (xe, ye), (0.2, 0.4, 0.6, 0.8))
@@ -172,31 +176,40 @@ def run_model(name: str, args, train, test) -> dict:
     # every model goes through the .nnc format (new shapes, no pickle); the measured model is
     # the one loaded back, so the table describes what a user would ship
     for k, m in models.items():
-        nnc_save(m, saved_path(name, k), codecs={n: "raw" for n, _ in m.state_dict().items()})
+        nnc_save(m, saved_path(tag_of(name, args), k), codecs={n: "raw" for n, _ in m.state_dict().items()})
     info = {"rows": rows, "baseline_train": BASELINE_CFG[name].__dict__, "finetune": ft.__dict__,
-            "score_sample": n_score, "held_out_sample": n_held}
-    atomic_write(CACHE / f"{name}.trained.json", json.dumps(info, indent=1))
+            "score_sample": n_score, "held_out_sample": n_held,
+            "trained_by": " ".join([sys.executable.split("/")[-1], *sys.argv])}
+    atomic_write(CACHE / f"{tag_of(name, args)}.trained.json", json.dumps(info, indent=1))
     return measure(name, args, test)
 
 
-def saved_path(name: str, method: str) -> Path:
-    return CACHE / f"{name}.{method}.nnc"
+def tag_of(name: str, args) -> str:
+    """``name`` plus the run's variant suffix (mode, channel rounding, quick): result and
+    cache files of different variants never overwrite each other."""
+    return name + ("" if args.mode == "global" else f".{args.mode}") + \
+        (f".rt{args.round_to}" if args.round_to > 1 else "") + (".quick" if args.quick else "")
+
+
+def saved_path(tag: str, method: str) -> Path:
+    return CACHE / f"{tag}.{method}.nnc"
 
 
 def measure(name: str, args, test) -> dict:
     """Load every model of the last training run back from its ``.nnc`` file and measure
     accuracy, size, MACs, energy and latency (run alone with ``--measure-only`` on a quiet
     machine: latency needs the cores to itself)."""
-    info = json.loads((CACHE / f"{name}.trained.json").read_text())
+    tag = tag_of(name, args)
+    info = json.loads((CACHE / f"{tag}.trained.json").read_text())
     rows = info["rows"]
     x1 = torch.zeros(1, 1, 28, 28)
-    models = {k: nnc_load(saved_path(name, k)) for k in rows}
+    models = {k: nnc_load(saved_path(tag, k)) for k in rows}
     for k, m in models.items():
         rows[k]["accuracy"] = evaluate(m, test)["accuracy"]
         rows[k]["params"] = sum(p.numel() for p in m.parameters())
         rows[k]["macs"] = macs_of(m, x1)
         rows[k]["energy_uj"] = total_pj(model_energy(m, x1)) / 1e6
-        rows[k]["file_bytes"] = saved_path(name, k).stat().st_size
+        rows[k]["file_bytes"] = saved_path(tag, k).stat().st_size
     torch.set_num_threads(args.threads)
     lat1 = latency(models, 1, args.repeats, 10)
     lat64 = latency(models, 64, max(5, args.repeats // 3), 1)
@@ -225,20 +238,25 @@ def measure(name: str, args, test) -> dict:
     return {"model": name, "rows": list(rows.values()),
             "baseline_train": info["baseline_train"], "finetune": info["finetune"],
             "score_sample": info["score_sample"], "held_out_sample": info["held_out_sample"],
-            "accuracy_before_finetune_test_images": BEFORE_FT_N[name]}
+            "accuracy_before_finetune_test_images": BEFORE_FT_N[name],
+            "trained_by": info.get("trained_by", "")}
 
 
 def to_markdown(res: dict, meta: dict) -> str:
     lines = [f"# Structured pruning on Fashion-MNIST: {res['model']}", "",
-             f"Command: `{meta['command']}`  ", f"torch {meta['torch']}, {meta['threads']} threads for"
+             f"Command: `{meta['command']}`  ",
+             *([f"Models trained and pruned by: `{res['trained_by']}`  "] if res.get("trained_by") else []), f"torch {meta['torch']}, {meta['threads']} threads for"
              f" latency (training single-threaded), target {meta['target']} of MACs removed, mode"
-             f" {meta['mode']}.  ",
+             f" {meta['mode']}, kept channels rounded to multiples of {meta.get('round_to', 1)}.  ",
              f"Dense baseline: {res['baseline_train']}; fine-tuning for every method: {res['finetune']}.  ",
              f"Scoring sample {res['score_sample']} training images, held-out sample (oracle, AOFP, random"
              f" search) {res['held_out_sample']}; 'acc before FT' on the first"
              f" {res.get('accuracy_before_finetune_test_images', 10000)} test images, 'acc' on all 10,000.", "",
              "Latency: median (min) of interleaved repeats; speedups vs dense from medians (mins);"
-             " the machine is shared, so the min is the less disturbed figure.", "",
+             " the machine is shared, so the min is the less disturbed figure. Every model is loaded"
+             " back from its `.nnc` file and has run the 10,000 test images before it is timed (warm"
+             " allocator, as in a serving process; a cold process pays page faults that scale with"
+             " activation size and flatter the pruned models).", "",
              "| method | acc | drop (pt) | acc before FT | params | MACs | MAC red. | lat b1 ms | "
              "lat b64 ms | speedup b1 | speedup b64 | speedup b64 / MAC red. | energy (uJ) |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -291,11 +309,10 @@ def main(argv=None) -> int:
         res = measure(name, args, test) if args.measure_only else run_model(name, args, train, test)
         meta = {"command": " ".join([sys.executable.split("/")[-1], *sys.argv]),
                 "torch": torch.__version__, "threads": args.threads, "target": args.target,
-                "mode": args.mode}
+                "mode": args.mode, "round_to": args.round_to}
         res["meta"] = meta
-        suffix = ("" if args.mode == "global" else f".{args.mode}") + (".quick" if args.quick else "")
-        jpath = RESULTS / f"structured.{name}{suffix}.json"
-        mpath = RESULTS / f"structured.{name}{suffix}.md"
+        jpath = RESULTS / f"structured.{tag_of(name, args)}.json"
+        mpath = RESULTS / f"structured.{tag_of(name, args)}.md"
         atomic_write(jpath, json.dumps(res, indent=2))
         atomic_write(mpath, to_markdown(res, meta))
         print(f"wrote {jpath} and {mpath}")
