@@ -22,14 +22,13 @@ def test_fit_learns_and_is_deterministic(tiny_data):
     assert torch.equal(weights[0], weights[1])
 
 
-def test_resume_gives_same_result(tiny_data, tmp_path):
-    cfg = TrainConfig(epochs=3, lr=0.05, batch_size=32, seed=7)
+def assert_killed_run_resumes_exactly(cfg, data, ck, resume_callbacks=()):
+    """A run killed at epoch 2 and resumed from its checkpoint ends with the same weights
+    as an uninterrupted one."""
     torch.manual_seed(1)
     ref = build_model("lenet300")
     init = {k: v.clone() for k, v in ref.state_dict().items()}
-    fit(ref, tiny_data, cfg)
-    # Interrupted run: 2 epochs with a checkpoint, then a fresh process-like resume.
-    ck = tmp_path / "ck.pt"
+    fit(ref, data, cfg)
     part = build_model("lenet300")
     part.load_state_dict(init)
 
@@ -39,11 +38,16 @@ def test_resume_gives_same_result(tiny_data, tmp_path):
                 raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        fit(part, tiny_data, cfg, checkpoint=ck, callbacks=[Kill()])
+        fit(part, data, cfg, checkpoint=ck, callbacks=[Kill()])
     resumed = build_model("lenet300")
-    fit(resumed, tiny_data, cfg, checkpoint=ck)
+    fit(resumed, data, cfg, checkpoint=ck, callbacks=list(resume_callbacks))
     for k, v in ref.state_dict().items():
         assert torch.equal(v, resumed.state_dict()[k]), k
+
+
+def test_resume_gives_same_result(tiny_data, tmp_path):
+    assert_killed_run_resumes_exactly(TrainConfig(epochs=3, lr=0.05, batch_size=32, seed=7), tiny_data,
+                                      tmp_path / "ck.pt")
 
 
 def test_lr_schedules():
@@ -115,22 +119,5 @@ def test_weight_averaging_is_the_mean_of_epoch_end_snapshots(tiny_data, tmp_path
     with pytest.raises(Exception, match="first_epoch"):
         WeightAveraging(-1)
     # a killed run with averaging resumes to the same weights
-    cfg = TrainConfig(epochs=3, lr=0.05, batch_size=32, seed=3, average_last=2)
-    torch.manual_seed(1)
-    ref = build_model("lenet300")
-    init = {k: v.clone() for k, v in ref.state_dict().items()}
-    fit(ref, tiny_data, cfg)
-    part = build_model("lenet300")
-    part.load_state_dict(init)
-
-    class Kill(Callback):
-        def on_epoch_begin(self, epoch):
-            if epoch == 2:
-                raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        fit(part, tiny_data, cfg, checkpoint=tmp_path / "ck.pt", callbacks=[Kill()])
-    resumed = build_model("lenet300")
-    fit(resumed, tiny_data, cfg, checkpoint=tmp_path / "ck.pt", callbacks=[Callback()])
-    for k, v in ref.state_dict().items():
-        assert torch.equal(v, resumed.state_dict()[k]), k
+    assert_killed_run_resumes_exactly(TrainConfig(epochs=3, lr=0.05, batch_size=32, seed=3, average_last=2),
+                                      tiny_data, tmp_path / "ck.pt", resume_callbacks=[Callback()])
