@@ -136,6 +136,7 @@ def bench_huffman(n: int = 1_000_000, seed: int = 0) -> dict:
 
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import write_text_atomic  # noqa: E402
 from kmeans_bench import bench_kmeans  # noqa: E402
 
 BENCHES: list[Callable[..., dict]] = [bench_huffman, bench_kmeans]
@@ -194,12 +195,6 @@ def to_markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
-def write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--n", type=int, default=None, help="input size (default: per bench)")
@@ -221,8 +216,8 @@ def main(argv: list[str] | None = None) -> None:
     }
     args.out_dir.mkdir(parents=True, exist_ok=True)
     json_path, md_path = args.out_dir / "codec.json", args.out_dir / "codec.md"
-    write_atomic(json_path, json.dumps(report, indent=2) + "\n")
-    write_atomic(md_path, to_markdown(report))
+    write_text_atomic(json_path, json.dumps(report, indent=2) + "\n")
+    write_text_atomic(md_path, to_markdown(report))
     print(f"wrote {json_path} and {md_path}")
 
 

@@ -27,6 +27,14 @@ def environment() -> dict[str, Any]:
     }
 
 
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temp file and a rename (never half-written)."""
+    from nncompress.train.checkpoint import atomic_write_bytes
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, text.encode())
+
+
 def write_results(name: str, data: dict[str, Any], markdown: str) -> tuple[Path, Path]:
     """Write ``results/<name>.json`` and ``results/<name>.md`` atomically; print where."""
     from nncompress.train.checkpoint import atomic_write_bytes

@@ -28,6 +28,9 @@ from pathlib import Path
 
 import yaml
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import write_text_atomic  # noqa: E402
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 BASE = yaml.safe_load((ROOT / "src/nncompress/recipes/builtin/deep-compression-lenet300.yaml").read_text())
@@ -191,11 +194,8 @@ def main() -> int:
     rows = [r for r in old["rows"] if r["name"] not in done] + new
     commands = old["commands"] + [" ".join(["recipe_search.py", *args.names])]
     notes = old.get("notes", "")
-    for p, text in ((path, json.dumps({"commands": commands, "rows": rows, "notes": notes}, indent=1)),
-                    (path.with_suffix(".md"), markdown(rows, "; ".join(commands), notes))):
-        tmp = p.with_suffix(p.suffix + ".tmp")
-        tmp.write_text(text)
-        os.replace(tmp, p)
+    write_text_atomic(path, json.dumps({"commands": commands, "rows": rows, "notes": notes}, indent=1))
+    write_text_atomic(path.with_suffix(".md"), markdown(rows, "; ".join(commands), notes))
     print(f"wrote {path} and {path.with_suffix('.md')}")
     return 0
 

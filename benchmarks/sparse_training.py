@@ -45,6 +45,9 @@ from nncompress.prune.sparse_train import sparse_train
 from nncompress.quantize import SharingConfig, share_weights
 from nncompress.train import TrainConfig, evaluate, fit
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import write_text_atomic  # noqa: E402
+
 RESULTS = Path(__file__).resolve().parent / "results"
 CACHE = Path(os.environ.get("NNC_SPARSE_CACHE", "/tmp/nnc_sparse"))
 log = logging.getLogger("sparse_training")
@@ -129,9 +132,9 @@ def run_dns(model, train, budget: float, target: dict[str, float], dns: dict):
     """P5 with the model's DNS settings: its own initial cut (``sparsity``; the final
     sparsity drifts from it as weights are spliced back), weight decay, and the share of the
     budget after which the masks freeze (the rest fine-tunes the fixed masks)."""
-    steps = budget * math.ceil(len(train) / 64)
-    stop = None if dns.get("stop_frac") is None else int(dns["stop_frac"] * steps)
     cfg = cfg_for(budget, weight_decay=dns.get("weight_decay", 1e-4))
+    steps = budget * math.ceil(len(train) / cfg.batch_size)
+    stop = None if dns.get("stop_frac") is None else int(dns["stop_frac"] * steps)
     return sparse_train(model, "dns", train, cfg, sparsity=dns.get("sparsity", target), gamma=1e-4, power=1.0,
                         stop_step=stop)
 
@@ -216,14 +219,6 @@ def oneshot(dense, train, test) -> dict:
     return res
 
 
-def write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
-
-
 def markdown(runs: list[dict], meta: dict) -> str:
     lines = ["# Sparse training benchmark (issue 4)", "",
              f"Command: `{meta['command']}`; torch {meta['torch']}, {meta['threads']} thread(s).", "",
@@ -286,8 +281,8 @@ def main() -> None:
                 metas.append(d["meta"])
         merged_meta = {"command": "; ".join(m["command"] for m in metas) + f"; {meta['command']}",
                        "torch": meta["torch"], "threads": metas[0]["threads"] if metas else meta["threads"]}
-        write_atomic(RESULTS / "sparse_training.json", json.dumps({"meta": merged_meta, "runs": runs}, indent=1))
-        write_atomic(RESULTS / "sparse_training.md", markdown(runs, merged_meta))
+        write_text_atomic(RESULTS / "sparse_training.json", json.dumps({"meta": merged_meta, "runs": runs}, indent=1))
+        write_text_atomic(RESULTS / "sparse_training.md", markdown(runs, merged_meta))
         print(f"wrote {RESULTS / 'sparse_training.json'} and .md")
         return
     train, test = load_dataset("fashion-mnist", "train"), load_dataset("fashion-mnist", "test")
@@ -305,8 +300,8 @@ def main() -> None:
             if "oneshot_90" in prev and "oneshot_90" not in run:
                 run["oneshot_90"] = prev["oneshot_90"]
         meta["command"] = old["meta"]["command"] + "; " + meta["command"]
-    write_atomic(RESULTS / f"sparse_training_{tag}.json", json.dumps({"meta": meta, "runs": runs}, indent=1))
-    write_atomic(RESULTS / f"sparse_training_{tag}.md", markdown(runs, meta))
+    write_text_atomic(RESULTS / f"sparse_training_{tag}.json", json.dumps({"meta": meta, "runs": runs}, indent=1))
+    write_text_atomic(RESULTS / f"sparse_training_{tag}.md", markdown(runs, meta))
     print(f"wrote {RESULTS / f'sparse_training_{tag}.json'} and .md")
 
 

@@ -20,7 +20,6 @@ import copy
 import hashlib
 import json
 import logging
-import os
 import statistics
 import sys
 import time
@@ -38,6 +37,9 @@ from nncompress.format import save as nnc_save
 from nncompress.models import build_model
 from nncompress.prune.structured import CRITERIA, ScoreData, sensitivity_analysis, structured_prune
 from nncompress.train import TrainConfig, evaluate, fit
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import write_text_atomic  # noqa: E402
 
 log = logging.getLogger("bench.structured")
 CACHE = Path("runs/structured_cache")
@@ -152,7 +154,7 @@ def run_model(name: str, args, train, test) -> dict:
             xe, ye = xs[perm[-512:]], ys[perm[-512:]]
             sens = sensitivity_analysis(m, (xe, ye), (0.2, 0.4, 0.6, 0.8))
             sens.plot(RESULTS / f"structured.{name}.sensitivity.png")
-            atomic_write(RESULTS / f"structured.{name}.sensitivity.json", sens.to_json())
+            write_text_atomic(RESULTS / f"structured.{name}.sensitivity.json", sens.to_json())
             ratios = sens.suggest_ratios(args.target)
             structured_prune(m, "l1", args.target, "macs", example_inputs=x1, ratios=ratios)
         elif crit == "energy-aware":
@@ -175,12 +177,13 @@ def run_model(name: str, args, train, test) -> dict:
     rows["dense"]["accuracy_with_same_finetune"] = evaluate(dense_ft, test)["accuracy"]
     # every model goes through the .nnc format (new shapes, no pickle); the measured model is
     # the one loaded back, so the table describes what a user would ship
+    tag = tag_of(name, args)
     for k, m in models.items():
-        nnc_save(m, saved_path(tag_of(name, args), k), codecs={n: "raw" for n, _ in m.state_dict().items()})
+        nnc_save(m, saved_path(tag, k), codecs=dict.fromkeys(m.state_dict(), "raw"))
     info = {"rows": rows, "baseline_train": BASELINE_CFG[name].__dict__, "finetune": ft.__dict__,
             "score_sample": n_score, "held_out_sample": n_held,
             "trained_by": " ".join([sys.executable.split("/")[-1], *sys.argv])}
-    atomic_write(CACHE / f"{tag_of(name, args)}.trained.json", json.dumps(info, indent=1))
+    write_text_atomic(CACHE / f"{tag}.trained.json", json.dumps(info, indent=1))
     return measure(name, args, test)
 
 
@@ -245,7 +248,8 @@ def measure(name: str, args, test) -> dict:
 def to_markdown(res: dict, meta: dict) -> str:
     lines = [f"# Structured pruning on Fashion-MNIST: {res['model']}", "",
              f"Command: `{meta['command']}`  ",
-             *([f"Models trained and pruned by: `{res['trained_by']}`  "] if res.get("trained_by") else []), f"torch {meta['torch']}, {meta['threads']} threads for"
+             *([f"Models trained and pruned by: `{res['trained_by']}`  "] if res.get("trained_by") else []),
+             f"torch {meta['torch']}, {meta['threads']} threads for"
              f" latency (training single-threaded), target {meta['target']} of MACs removed, mode"
              f" {meta['mode']}, kept channels rounded to multiples of {meta.get('round_to', 1)}.  ",
              f"Dense baseline: {res['baseline_train']}; fine-tuning for every method: {res['finetune']}.  ",
@@ -286,12 +290,6 @@ def to_markdown(res: dict, meta: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--models", default="lenet5,resnet20")
@@ -314,10 +312,9 @@ def main(argv=None) -> int:
                 "torch": torch.__version__, "threads": args.threads, "target": args.target,
                 "mode": args.mode, "round_to": args.round_to}
         res["meta"] = meta
-        jpath = RESULTS / f"structured.{tag_of(name, args)}.json"
-        mpath = RESULTS / f"structured.{tag_of(name, args)}.md"
-        atomic_write(jpath, json.dumps(res, indent=2))
-        atomic_write(mpath, to_markdown(res, meta))
+        jpath, mpath = (RESULTS / f"structured.{tag_of(name, args)}.{ext}" for ext in ("json", "md"))
+        write_text_atomic(jpath, json.dumps(res, indent=2))
+        write_text_atomic(mpath, to_markdown(res, meta))
         print(f"wrote {jpath} and {mpath}")
     return 0
 

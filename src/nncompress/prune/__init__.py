@@ -1,4 +1,5 @@
-"""Pruning: masks, magnitude thresholds, iterative retraining, training-time and\nsecond-order sparsity (gradual, DNS, OBD/OBS, SSL, GSM, C-SGD)."""
+"""Pruning: masks, magnitude thresholds, iterative retraining, training-time and
+second-order sparsity (gradual, DNS, OBD/OBS, SSL, GSM, C-SGD)."""
 
 from nncompress.prune.csgd import CSGDCallback, cluster_filters, csgd_merge
 from nncompress.prune.dns import DNSCallback, DNSConfig

@@ -1,10 +1,10 @@
 """P7 sparse execution: CSR Linear/Conv2d modules and a measured dense-or-sparse planner."""
 
 from nncompress.sparse.execution import (
-                                         SparseLayerReport,
-                                         SparseReport,
-                                         load_sparse,
-                                         to_sparse_inference,
+    SparseLayerReport,
+    SparseReport,
+    load_sparse,
+    to_sparse_inference,
 )
 from nncompress.sparse.kernels import csr_conv2d, csr_linear, to_csr
 from nncompress.sparse.modules import SparseConv2d, SparseLinear

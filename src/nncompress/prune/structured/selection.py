@@ -161,7 +161,11 @@ def select_global(
     check_round_to(round_to)
     if min_channels < 1:
         raise ConfigError(f"min_channels must be >= 1, got {min_channels}")
-    order = []  # (chunk score, group, channel indices of the chunk, position in the group's order)
+    # (chunk score, group, channel indices, position): within a group the chunk scores do not
+    # decrease and ties keep the position order, so each group's chunks come in order; the
+    # chunks after the remainder are all round_to long, so once one exceeds the group's limit
+    # every later one does too
+    order = []
     for g in groups:
         s = normalise(scores[g.name])
         ranked = sorted(range(g.channels), key=lambda i: (float(s[i]), i))
@@ -177,17 +181,14 @@ def select_global(
     by_name = {g.name: g for g in groups}
     removed: dict[str, list[int]] = {g.name: [] for g in groups}
     counts: dict[str, int] = {g.name: 0 for g in groups}
-    next_pos: dict[str, int] = {g.name: 0 for g in groups}
     current = _measure(costs, groups, counts, kind)
-    for _, gname, chunk, pos in order:
+    for _, gname, chunk, _pos in order:
         if current <= budget:
             break
         g = by_name[gname]
         limit = min(g.channels - min_channels, int(math.floor(max_ratio * g.channels)))
-        if pos != next_pos[gname] or counts[gname] + len(chunk) > limit:
-            next_pos[gname] = -1  # a group stops at its first chunk that does not fit
+        if counts[gname] + len(chunk) > limit:
             continue
-        next_pos[gname] += 1
         counts[gname] += len(chunk)
         removed[gname] += chunk
         current = _measure(costs, groups, counts, kind)
