@@ -20,6 +20,8 @@ import copy
 import hashlib
 import json
 import logging
+import os
+import resource
 import statistics
 import sys
 import time
@@ -79,7 +81,12 @@ def macs_of(model: nn.Module, x: torch.Tensor) -> int:
     return totals(layer_stats(model, x))["macs"]
 
 
-def tp_magnitude(model: nn.Module, x: torch.Tensor, target: float, round_to: int = 1) -> nn.Module:
+def round_to_arg(value: str) -> int | str:
+    """``--round-to``: an integer or ``latency`` (measured staircases)."""
+    return int(value) if value.isdigit() else value
+
+
+def tp_magnitude(model: nn.Module, x: torch.Tensor, target: float, round_to: int | str = 1) -> nn.Module:
     """Torch-Pruning's MagnitudePruner (L1, uniform ratio, its own ``round_to`` when > 1)
     bisected to reach the MAC target."""
     dense = macs_of(model, x)
@@ -93,6 +100,7 @@ def tp_magnitude(model: nn.Module, x: torch.Tensor, target: float, round_to: int
         pr.step()
         return m
 
+    round_to = int(round_to)
     lo, hi = 0.0, 0.95
     for _ in range(12):
         mid = (lo + hi) / 2
@@ -112,6 +120,7 @@ def latency(models: dict[str, nn.Module], batch: int, repeats: int, inner: int,
     itself consumed, which time slices lost to other processes do not inflate."""
     x = torch.randn(batch, 1, 28, 28)
     times: dict[str, list[float]] = {k: [] for k in models}
+    faults: dict[str, int] = dict.fromkeys(models, 0)
     with torch.inference_mode():
         for m in models.values():
             m.eval()
@@ -119,11 +128,21 @@ def latency(models: dict[str, nn.Module], batch: int, repeats: int, inner: int,
                 m(x)
         for _ in range(repeats):
             for k, m in models.items():
+                f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
                 t0 = clock()
                 for _ in range(inner):
                     m(x)
                 times[k].append((clock() - t0) / inner)
-    return {k: {"median": statistics.median(v), "min": min(v)} for k, v in times.items()}
+                faults[k] += resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0
+    return {k: {"median": statistics.median(v), "min": min(v), "faults": faults[k] / (repeats * inner)}
+            for k, v in times.items()}
+
+
+def frozen(model: nn.Module) -> torch.jit.ScriptModule:
+    """The model as a CPU server would deploy it: TorchScript, frozen, ``optimize_for_inference``
+    (BatchNorm folded into the convs, conv+ReLU fused, oneDNN layout kept between layers)."""
+    with torch.no_grad():
+        return torch.jit.optimize_for_inference(torch.jit.freeze(torch.jit.script(model.eval())))
 
 
 def run_model(name: str, args, train, test) -> dict:
@@ -149,7 +168,7 @@ def run_model(name: str, args, train, test) -> dict:
         m = copy.deepcopy(dense)
         t0 = time.perf_counter()
         if crit == "torch-pruning-magnitude":
-            m = tp_magnitude(m, x1, args.target, args.round_to)
+            m = tp_magnitude(m, x1, args.target, args.round_to if args.round_to.isdigit() else "1")
         elif crit == "l1-sensitivity":  # S1 + H3: per-layer ratios from the sensitivity curves
             xe, ye = xs[perm[-512:]], ys[perm[-512:]]
             sens = sensitivity_analysis(m, (xe, ye), (0.2, 0.4, 0.6, 0.8))
@@ -161,8 +180,8 @@ def run_model(name: str, args, train, test) -> dict:
             from nncompress.prune.structured.energy_aware import energy_aware_prune
             energy_aware_prune(m, args.target, data, example_inputs=x1)
         else:
-            structured_prune(m, crit, args.target, "macs", data, example_inputs=x1, mode=args.mode,
-                             round_to=args.round_to)
+            structured_prune(m, crit, args.target, args.target_kind, data, example_inputs=x1, mode=args.mode,
+                             round_to=round_to_arg(args.round_to))
         t1 = time.perf_counter()
         acc_before_ft = evaluate(m, before_ft_test)["accuracy"]
         fit(m, train, ft)
@@ -190,8 +209,9 @@ def run_model(name: str, args, train, test) -> dict:
 def tag_of(name: str, args) -> str:
     """``name`` plus the run's variant suffix (mode, channel rounding, quick): result and
     cache files of different variants never overwrite each other."""
-    return name + ("" if args.mode == "global" else f".{args.mode}") + \
-        (f".rt{args.round_to}" if args.round_to > 1 else "") + (".quick" if args.quick else "")
+    rt = "" if args.round_to in ("1", 1) else f".rt{args.round_to}"
+    kind = "" if args.target_kind == "macs" else f".{args.target_kind}-target"
+    return name + ("" if args.mode == "global" else f".{args.mode}") + rt + kind + (".quick" if args.quick else "")
 
 
 def saved_path(tag: str, method: str) -> Path:
@@ -216,6 +236,7 @@ def measure(name: str, args, test) -> dict:
     torch.set_num_threads(args.threads)
     lat1 = latency(models, 1, args.repeats, 10)
     lat64 = latency(models, 64, max(5, args.repeats // 3), 1)
+    jit64 = latency({k: frozen(m) for k, m in models.items()}, 64, max(5, args.repeats // 3), 1)
     torch.set_num_threads(1)
     cpu1 = latency(models, 1, args.repeats, 10, clock=time.thread_time)
     cpu64 = latency(models, 64, max(5, args.repeats // 3), 1, clock=time.thread_time)
@@ -236,6 +257,10 @@ def measure(name: str, args, test) -> dict:
         r["speedup_b64_min"] = lat64["dense"]["min"] / lat64[k]["min"]
         r["speedup_share_b64"] = r["speedup_b64"] / r["mac_reduction"]
         r["speedup_share_b64_min"] = r["speedup_b64_min"] / r["mac_reduction"]
+        r["page_faults_per_forward_b64"] = lat64[k]["faults"]
+        r["jit_latency_b64_ms"] = jit64[k]["median"] * 1e3
+        r["jit_speedup_b64"] = jit64["dense"]["median"] / jit64[k]["median"]
+        r["jit_speedup_share_b64"] = r["jit_speedup_b64"] / r["mac_reduction"]
         r["cpu_speedup_share_b64"] = r["cpu_speedup_b64"] / r["mac_reduction"]
         r["accuracy_drop_pt"] = 100 * (d["accuracy"] - r["accuracy"])
     return {"model": name, "rows": list(rows.values()),
@@ -250,7 +275,7 @@ def to_markdown(res: dict, meta: dict) -> str:
              f"Command: `{meta['command']}`  ",
              *([f"Models trained and pruned by: `{res['trained_by']}`  "] if res.get("trained_by") else []),
              f"torch {meta['torch']}, {meta['threads']} threads for"
-             f" latency (training single-threaded), target {meta['target']} of MACs removed, mode"
+             f" latency (training single-threaded), target {meta['target']} of {meta.get('target_kind', 'macs')} removed, mode"
              f" {meta['mode']}, kept channels rounded to multiples of {meta.get('round_to', 1)}.  ",
              f"Dense baseline: {res['baseline_train']}; fine-tuning for every method: {res['finetune']}.  ",
              f"Scoring sample {res['score_sample']} training images, held-out sample (oracle, AOFP, random"
@@ -260,13 +285,15 @@ def to_markdown(res: dict, meta: dict) -> str:
              " the machine is shared, so the min is the less disturbed figure. Every model is loaded"
              " back from its `.nnc` file and has run the 10,000 test images before it is timed (warm"
              " allocator, as in a serving process; a cold process pays page faults that scale with"
-             " activation size and flatter the pruned models).", "",
+             " activation size and flatter the pruned models)."
+             f" Allocator: {meta.get('allocator', 'glibc defaults')}; 'faults' = minor page faults"
+             " per batch-64 forward.", "",
              "| method | acc | drop (pt) | acc before FT | params | MACs | MAC red. | lat b1 ms | "
-             "lat b64 ms | speedup b1 | speedup b64 | speedup b64 / MAC red. | energy (uJ) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "lat b64 ms | speedup b1 | speedup b64 | speedup b64 / MAC red. | faults | energy (uJ) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     wanted = 1 / (1 - meta["target"])
     for r in res["rows"]:
-        if r["method"] != "dense" and r["mac_reduction"] < 0.95 * wanted:  # e.g. a peer that could not prune
+        if r["method"] != "dense" and meta.get("target_kind", "macs") == "macs" and r["mac_reduction"] < 0.95 * wanted:  # e.g. a peer that could not prune
             r = {**r, "method": f"{r['method']} (MAC target not reached)"}
         lines.append(
             f"| {r['method']} | {r['accuracy']:.4f} | {r['accuracy_drop_pt']:.2f} | "
@@ -275,7 +302,8 @@ def to_markdown(res: dict, meta: dict) -> str:
             f"{r['latency_b64_ms']:.2f} ({r['latency_b64_min_ms']:.2f}) | "
             f"{r['speedup_b1']:.2f} ({r['speedup_b1_min']:.2f}) | "
             f"{r['speedup_b64']:.2f} ({r['speedup_b64_min']:.2f}) | "
-            f"{r['speedup_share_b64']:.2f} ({r['speedup_share_b64_min']:.2f}) | {r['energy_uj']:.1f} |")
+            f"{r['speedup_share_b64']:.2f} ({r['speedup_share_b64_min']:.2f}) | "
+            f"{r.get('page_faults_per_forward_b64', float('nan')):.0f} | {r['energy_uj']:.1f} |")
     lines += ["", "CPU time per forward (1 thread, `time.thread_time`, median of interleaved repeats):"
               " insensitive to time slices lost to other processes on the shared machine.", "",
               "| method | MAC red. | CPU ms b1 | CPU ms b64 | CPU speedup b1 | CPU speedup b64 |"
@@ -284,6 +312,14 @@ def to_markdown(res: dict, meta: dict) -> str:
         lines.append(f"| {r['method']} | {r['mac_reduction']:.2f} | {r['cpu_time_b1_ms']:.3f} | "
                      f"{r['cpu_time_b64_ms']:.2f} | {r['cpu_speedup_b1']:.2f} | {r['cpu_speedup_b64']:.2f} | "
                      f"{r['cpu_speedup_share_b64']:.2f} |")
+    lines += ["", "Deployed as a CPU server would run it (TorchScript, frozen, `optimize_for_inference`:"
+              f" BatchNorm folded, conv+ReLU fused, oneDNN layout between layers), batch 64,"
+              f" {meta['threads']} threads, median of interleaved repeats:", "",
+              "| method | MAC red. | lat b64 ms | speedup b64 | speedup b64 / MAC red. |", "|---|---|---|---|---|"]
+    for r in res["rows"]:
+        if "jit_latency_b64_ms" in r:
+            lines.append(f"| {r['method']} | {r['mac_reduction']:.2f} | {r['jit_latency_b64_ms']:.2f} | "
+                         f"{r['jit_speedup_b64']:.2f} | {r['jit_speedup_share_b64']:.2f} |")
     dense = res["rows"][0]
     lines += ["", f"Dense model with the same fine-tuning budget: accuracy "
               f"{dense['accuracy_with_same_finetune']:.4f}."]
@@ -301,8 +337,19 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="5 fine-tuning steps (smoke test)")
     ap.add_argument("--measure-only", action="store_true",
                     help="re-measure the models saved by the last run (accuracy, size, latency)")
-    ap.add_argument("--round-to", type=int, default=1, help="keep channel counts multiples of this")
+    ap.add_argument("--round-to", default="1",
+                    help="keep channel counts multiples of this, or 'latency' (measured staircases)")
+    ap.add_argument("--target-kind", default="macs", choices=["macs", "latency"],
+                    help="what --target removes a share of (latency: the measured conv/linear time)")
+    ap.add_argument("--default-allocator", action="store_true",
+                    help="time with glibc malloc's defaults (page faults on every large activation)")
     args = ap.parse_args(argv)
+    if not args.default_allocator and os.environ.get("MALLOC_MMAP_THRESHOLD_") is None:
+        # glibc returns freed activations over its mmap threshold to the kernel, so every forward
+        # faults them back in (~17k page faults per batch-64 dense ResNet forward, measured): a
+        # serving process keeps them, as jemalloc/tcmalloc or these settings do. Re-run with them.
+        env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(32 << 20), "MALLOC_TRIM_THRESHOLD_": str(1 << 30)}
+        os.execve(sys.executable, [sys.executable, *sys.argv], env)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     train, test = load_dataset("fashion-mnist", "train"), load_dataset("fashion-mnist", "test")
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -310,7 +357,9 @@ def main(argv=None) -> int:
         res = measure(name, args, test) if args.measure_only else run_model(name, args, train, test)
         meta = {"command": " ".join([sys.executable.split("/")[-1], *sys.argv]),
                 "torch": torch.__version__, "threads": args.threads, "target": args.target,
-                "mode": args.mode, "round_to": args.round_to}
+                "mode": args.mode, "round_to": args.round_to, "target_kind": args.target_kind,
+                "allocator": "glibc defaults" if args.default_allocator else
+                "glibc with MALLOC_MMAP_THRESHOLD_=32 MiB, MALLOC_TRIM_THRESHOLD_=1 GiB (freed memory kept)"}
         res["meta"] = meta
         jpath, mpath = (RESULTS / f"structured.{tag_of(name, args)}.{ext}" for ext in ("json", "md"))
         write_text_atomic(jpath, json.dumps(res, indent=2))

@@ -166,6 +166,19 @@ def test_structured_stage_and_sensitivity_cli(tmp_path, capsys):
     assert set(data["suggested_ratios"]) and (tmp_path / "sens" / "sensitivity.png").exists()
 
 
+def test_structured_stage_rounds_to_measured_latency_steps(tmp_path):
+    from nncompress.recipes.runner import run_recipe
+
+    raw = {"name": "s", "model": {"name": "lenet5"}, "data": {"name": "digits", "train_subset": 64},
+           "stages": [{"structured": {"criterion": "l1", "target": 0.3, "samples": 64,
+                                      "round_to": "latency", "latency_batch": 4}}]}
+    report = run_recipe(parse_recipe(raw), tmp_path / "s.nnc")
+    assert report["stages"][0]["mac_reduction"] >= 1.0 / 0.7
+    raw["stages"][0]["structured"]["round_to"] = "fastest"
+    with pytest.raises(ConfigError, match="'fastest'"):
+        run_recipe(parse_recipe(raw), tmp_path / "t.nnc")
+
+
 def test_lowbit_quantize_stage_after_pruning(tmp_path):
     import nncompress
     from nncompress.recipes.runner import run_recipe

@@ -46,7 +46,9 @@ class StructuredConfig:
     ``mode``: global ranking or the same ratio per layer (``ratios`` to set them);
     ``samples``: size of the labelled training sample the data-driven criteria score on;
     ``finetune``: training after each of ``steps`` steps; ``round_to``: keep a multiple of
-    that many channels in every pruned group.
+    that many channels in every pruned group, or ``latency``: only the counts where the
+    group's layers, timed on this machine at batch ``latency_batch``, get faster
+    (``target_kind: latency`` sets the target as a share of that measured time).
     """
 
     criterion: str = "l1"
@@ -56,7 +58,8 @@ class StructuredConfig:
     ratios: dict[str, float] | None = None
     min_channels: int = 1
     max_ratio: float = 0.9
-    round_to: int = 1
+    round_to: int | str = 1
+    latency_batch: int = 64
     skip: list[str] = field(default_factory=list)
     steps: int = 1
     samples: int = 512
@@ -75,7 +78,8 @@ def run_structured(ctx: RunContext, cfg: StructuredConfig) -> dict[str, Any]:
     res = structured_prune(ctx.model, cfg.criterion, cfg.target, cfg.target_kind,
                            (torch.stack(xs), torch.tensor(ys)), example_inputs=ctx.example_input,
                            mode=cfg.mode, ratios=cfg.ratios, min_channels=cfg.min_channels,
-                           max_ratio=cfg.max_ratio, round_to=cfg.round_to, skip=cfg.skip, steps=cfg.steps,
+                           max_ratio=cfg.max_ratio, round_to=cfg.round_to,
+                           latency_batch=cfg.latency_batch, skip=cfg.skip, steps=cfg.steps,
                            finetune=cfg.finetune, train_data=ctx.train_data)
     ctx.model = res.model
     ctx.masks = None  # shapes changed; later stages start from the smaller dense model

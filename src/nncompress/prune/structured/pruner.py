@@ -22,6 +22,7 @@ from torch.utils.data import Dataset
 from nncompress.errors import ConfigError
 from nncompress.prune.structured.cost import layer_costs, total
 from nncompress.prune.structured.groups import build_graph, groups_from_graph
+from nncompress.prune.structured.latency import measure_latency
 from nncompress.prune.structured.removal import remove_channels
 from nncompress.prune.structured.scoring import ScoreData, as_score_data, get_criterion, score
 from nncompress.prune.structured.selection import (
@@ -86,7 +87,8 @@ def structured_prune(
     ratios: Mapping[str, float] | None = None,
     min_channels: int = 1,
     max_ratio: float = 0.9,
-    round_to: int = 1,
+    round_to: int | str = 1,
+    latency_batch: int = 64,
     skip: Sequence[str] = (),
     steps: int = 1,
     finetune: TrainConfig | None = None,
@@ -101,7 +103,11 @@ def structured_prune(
     ``mode="layer"`` removes the same share of every group (the uniform ratio that meets
     the target), or exactly ``ratios`` (group name -> fraction) when given. ``skip``: glob
     patterns of modules whose groups stay whole. ``round_to``: keep a multiple of that many
-    channels in every pruned group (faster dense kernels; see ``selection``). ``finetune`` + ``train_data``: train after
+    channels in every pruned group (faster dense kernels; see ``selection``), or
+    ``"latency"``: keep only counts where the group's layers, timed on this machine at batch
+    ``latency_batch`` and torch's thread count, get faster (see ``latency``).
+    ``target_kind="latency"``: the target is a share of the layers' measured time
+    (``latency.LatencyModel``), e.g. ``0.5`` for a predicted 2x faster model. ``finetune`` + ``train_data``: train after
     each step. The criterion's ``data`` is re-used at every step.
 
     Example:
@@ -127,33 +133,42 @@ def structured_prune(
         raise ConfigError(f"steps must be >= 1, got {steps}")
     if finetune is not None and train_data is None:
         raise ConfigError("finetune was given without train_data")
+    by_latency = round_to == "latency"
+    if isinstance(round_to, str) and not by_latency:
+        raise ConfigError(f"round_to must be an integer >= 1 or 'latency', got {round_to!r}")
+    rt = 1 if by_latency else round_to
     example = _example(data, example_inputs)
     dense = _summary(model, example)
     dg = build_graph(model, example)
     groups = groups_from_graph(model, dg, skip)
-    dense_total, _ = budget_for(layer_costs(model, example), groups, 0.0, target_kind)
+    timed = by_latency or target_kind == "latency"
+    lat = measure_latency(model, groups, example, latency_batch) if timed else None
+    dense_total, _ = budget_for(layer_costs(model, example), groups, 0.0, target_kind, lat)
     result = StructuredResult(model, criterion, target, target_kind, dense, dense)
     for step in range(1, steps + 1):
         if step > 1:
             groups = groups_from_graph(model, build_graph(model, example), skip)
+            lat = measure_latency(model, groups, example, latency_batch) if timed else None
         costs = layer_costs(model, example)
+        kept = lat.steps if by_latency and lat is not None else None
         budget = dense_total * (1.0 - target) ** (step / steps)
         if ratios is not None:
             step_ratios: float | Mapping[str, float] = {
                 k: 1 - (1 - check_ratio(v, f"ratio of {k!r}")) ** (1 / steps) for k, v in ratios.items()
             }
         elif mode == "layer":
-            step_ratios = uniform_ratio_for(groups, costs, budget, target_kind, min_channels, round_to)
+            step_ratios = uniform_ratio_for(groups, costs, budget, target_kind, min_channels, rt, kept, lat)
         step_data = data
         if data is not None and criterion == "random":  # S6 draws its masks at the step's ratio
             probe = step_ratios if (ratios is not None or mode == "layer") else \
-                uniform_ratio_for(groups, costs, budget, target_kind, min_channels, round_to)
+                uniform_ratio_for(groups, costs, budget, target_kind, min_channels, rt, kept, lat)
             step_data = replace(data, ratio=probe)
         scores = score(model, groups, criterion, step_data)
         if ratios is not None or mode == "layer":
-            plan = select_per_layer(scores, groups, step_ratios, min_channels, round_to)
+            plan = select_per_layer(scores, groups, step_ratios, min_channels, rt, kept)
         else:
-            plan = select_global(scores, groups, costs, budget, target_kind, min_channels, max_ratio, round_to)
+            plan = select_global(scores, groups, costs, budget, target_kind, min_channels, max_ratio,
+                                 rt, kept, lat)
         module_plan = {g: idx for g, idx in plan.items()}  # root names are module names
         remove_channels(model, module_plan, example, optimizer=optimizer)
         info = {"step": step, **_summary(model, example),
