@@ -34,6 +34,7 @@ from torch import nn
 from nncompress.analysis.accounting import layer_stats, totals
 from nncompress.analysis.energy import model_energy, total_pj
 from nncompress.data import load_dataset
+from nncompress.distill import distillation_loss_fn
 from nncompress.format import load as nnc_load
 from nncompress.format import save as nnc_save
 from nncompress.models import build_model
@@ -159,6 +160,8 @@ def run_model(name: str, args, train, test) -> dict:
                      batch_size=128, candidates=8, trials=1)
     ft = FINETUNE_CFG[name]
     before_ft_test = torch.utils.data.Subset(test, range(BEFORE_FT_N[name]))
+    if args.finetune_epochs:
+        ft = TrainConfig(**{**ft.__dict__, "epochs": args.finetune_epochs})
     if args.quick:
         ft = TrainConfig(**{**ft.__dict__, "max_steps": 5})
     models: dict[str, nn.Module] = {"dense": dense}
@@ -184,7 +187,7 @@ def run_model(name: str, args, train, test) -> dict:
                              round_to=round_to_arg(args.round_to))
         t1 = time.perf_counter()
         acc_before_ft = evaluate(m, before_ft_test)["accuracy"]
-        fit(m, train, ft)
+        fit(m, train, ft, loss_fn=teacher_loss(dense, args))
         t2 = time.perf_counter()
         models[crit] = m
         rows[crit] = {"method": crit, "prune_seconds": t1 - t0, "finetune_seconds": t2 - t1,
@@ -192,18 +195,26 @@ def run_model(name: str, args, train, test) -> dict:
         log.info("%s %s: pruned in %.0fs, fine-tuned in %.0fs", name, crit, t1 - t0, t2 - t1)
     # the dense model gets the same fine-tuning budget, so gains from it are not credited to pruning
     dense_ft = copy.deepcopy(dense)
-    fit(dense_ft, train, ft)
+    fit(dense_ft, train, ft, loss_fn=teacher_loss(dense, args))
     rows["dense"]["accuracy_with_same_finetune"] = evaluate(dense_ft, test)["accuracy"]
     # every model goes through the .nnc format (new shapes, no pickle); the measured model is
     # the one loaded back, so the table describes what a user would ship
     tag = tag_of(name, args)
     for k, m in models.items():
         nnc_save(m, saved_path(tag, k), codecs=dict.fromkeys(m.state_dict(), "raw"))
-    info = {"rows": rows, "baseline_train": BASELINE_CFG[name].__dict__, "finetune": ft.__dict__,
+    info = {"rows": rows, "baseline_train": BASELINE_CFG[name].__dict__,
+            "finetune": {**ft.__dict__, "distill_alpha": args.distill, "distill_temperature": 4.0 if args.distill else None},
             "score_sample": n_score, "held_out_sample": n_held,
             "trained_by": " ".join([sys.executable.split("/")[-1], *sys.argv])}
     write_text_atomic(CACHE / f"{tag}.trained.json", json.dumps(info, indent=1))
     return measure(name, args, test)
+
+
+def teacher_loss(dense: nn.Module, args):
+    """With ``--distill ALPHA``: fine-tuning distils (K1) from a frozen copy of the dense model."""
+    if not args.distill:
+        return None
+    return distillation_loss_fn(copy.deepcopy(dense), alpha=args.distill, temperature=4.0)
 
 
 def tag_of(name: str, args) -> str:
@@ -211,7 +222,8 @@ def tag_of(name: str, args) -> str:
     cache files of different variants never overwrite each other."""
     rt = "" if args.round_to in ("1", 1) else f".rt{args.round_to}"
     kind = "" if args.target_kind == "macs" else f".{args.target_kind}-target"
-    return name + ("" if args.mode == "global" else f".{args.mode}") + rt + kind + (".quick" if args.quick else "")
+    kd = (f".kd{args.distill:g}" if args.distill else "") + (f".ft{args.finetune_epochs}" if args.finetune_epochs else "")
+    return name + ("" if args.mode == "global" else f".{args.mode}") + rt + kind + kd + (".quick" if args.quick else "")
 
 
 def saved_path(tag: str, method: str) -> Path:
@@ -341,6 +353,10 @@ def main(argv=None) -> int:
                     help="keep channel counts multiples of this, or 'latency' (measured staircases)")
     ap.add_argument("--target-kind", default="macs", choices=["macs", "latency"],
                     help="what --target removes a share of (latency: the measured conv/linear time)")
+    ap.add_argument("--finetune-epochs", type=int, default=0,
+                    help="fine-tuning epochs for every method (default: the model's FINETUNE_CFG)")
+    ap.add_argument("--distill", type=float, default=0.0,
+                    help="fine-tune every model with knowledge distillation from the dense one (alpha)")
     ap.add_argument("--default-allocator", action="store_true",
                     help="time with glibc malloc's defaults (page faults on every large activation)")
     args = ap.parse_args(argv)
