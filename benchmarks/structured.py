@@ -167,7 +167,7 @@ def run_model(name: str, args, train, test) -> dict:
     models: dict[str, nn.Module] = {"dense": dense}
     rows: dict[str, dict] = {"dense": {"method": "dense", "prune_seconds": 0.0, "finetune_seconds": 0.0}}
     methods = [c for c in args.criteria.split(",") if c] or list(CRITERIA)
-    for crit in methods + ["torch-pruning-magnitude"]:
+    for crit in methods + ([] if args.no_peer else ["torch-pruning-magnitude"]):
         m = copy.deepcopy(dense)
         t0 = time.perf_counter()
         if crit == "torch-pruning-magnitude":
@@ -353,6 +353,8 @@ def main(argv=None) -> int:
                     help="keep channel counts multiples of this, or 'latency' (measured staircases)")
     ap.add_argument("--target-kind", default="macs", choices=["macs", "latency"],
                     help="what --target removes a share of (latency: the measured conv/linear time)")
+    ap.add_argument("--no-peer", action="store_true",
+                    help="leave out Torch-Pruning (for variants it cannot reach, e.g. --round-to 16)")
     ap.add_argument("--finetune-epochs", type=int, default=0,
                     help="fine-tuning epochs for every method (default: the model's FINETUNE_CFG)")
     ap.add_argument("--distill", type=float, default=0.0,
