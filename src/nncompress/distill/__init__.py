@@ -1,5 +1,5 @@
 """Knowledge distillation losses."""
 
-from nncompress.distill.kd import distillation_loss_fn, kd_loss
+from nncompress.distill.kd import DistillConfig, distillation_loss_fn, frozen_teacher, kd_loss
 
-__all__ = ["distillation_loss_fn", "kd_loss"]
+__all__ = ["DistillConfig", "distillation_loss_fn", "frozen_teacher", "kd_loss"]

@@ -38,6 +38,8 @@ class RunContext:
     records: list[StageRecord] = field(default_factory=list)
     snapshots: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
     extras: dict[str, Any] = field(default_factory=dict)
+    keep_teacher: bool = False  # a later stage distils: the first train stage keeps a copy
+    teacher: nn.Module | None = None  # frozen copy of the trained dense model (distillation)
 
     def snapshot(self, label: str) -> None:
         """Keep a copy of every Linear/Conv weight for the histograms of the report."""

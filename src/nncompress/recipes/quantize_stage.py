@@ -7,17 +7,21 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from nncompress.distill.kd import DistillConfig
 from nncompress.errors import ConfigError
 from nncompress.quantize.sharing import CentroidFineTuner, SharingConfig, share_weights
 from nncompress.recipes.context import RunContext
 from nncompress.recipes.stages import register_stage
+from nncompress.recipes.teacher import distill_loss, distill_summary
 from nncompress.train.loop import TrainConfig, fit
 
 
 @dataclass
 class QuantizeConfig:
     """``method``: kmeans (bits_fc / bits_conv / init; ``finetune`` trains the centroids
-    with ``centroid_lr``, default the finetune lr) or a low-bit method with ``params``."""
+    with ``centroid_lr``, default the finetune lr) or a low-bit method with ``params``.
+    ``distill``: the k-means centroid fine-tuning also learns from the trained dense model
+    (K1, see ``nncompress.recipes.teacher``)."""
 
     method: str = "kmeans"
     bits_fc: int = 5
@@ -28,6 +32,7 @@ class QuantizeConfig:
     include: list[str] | None = None
     exclude: list[str] = field(default_factory=list)
     params: dict[str, Any] = field(default_factory=dict)
+    distill: DistillConfig | None = None
 
 
 def lowbit_methods() -> dict[str, Any]:
@@ -50,10 +55,13 @@ def run_quantize(ctx: RunContext, cfg: QuantizeConfig) -> dict[str, Any]:
         ctx.snapshot("after_sharing")
         if cfg.finetune is not None:
             lr = cfg.centroid_lr if cfg.centroid_lr is not None else cfg.finetune.lr
-            fit(ctx.model, ctx.train_data, cfg.finetune, callbacks=[CentroidFineTuner(shared, lr)])
+            fit(ctx.model, ctx.train_data, cfg.finetune, callbacks=[CentroidFineTuner(shared, lr)],
+                loss_fn=distill_loss(ctx, cfg.distill, cfg.finetune))
             ctx.snapshot("after_finetune")
         ctx.extras["shared"] = shared
-        return {"method": "kmeans", "layers": shared.summary()}
+        return {"method": "kmeans", "layers": shared.summary(), "distill": distill_summary(cfg.distill)}
+    if cfg.distill is not None:
+        raise ConfigError(f"quantize: 'distill' works with method kmeans only (got method {cfg.method!r})")
     methods = lowbit_methods()
     if cfg.method not in methods:
         raise ConfigError(f"quantize: unknown method {cfg.method!r}; allowed: {['kmeans', *sorted(methods)]}")

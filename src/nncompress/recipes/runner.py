@@ -41,6 +41,7 @@ def build_context(recipe: Recipe, progress: bool = False) -> RunContext:
     example = test[0][0].unsqueeze(0)
     ctx = RunContext(model, train, test, example, seed=recipe.seed)
     ctx.extras["progress"] = progress
+    ctx.keep_teacher = any(getattr(s.config, "distill", None) is not None for s in recipe.stages)
     return ctx
 
 

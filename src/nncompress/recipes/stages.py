@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from nncompress.distill.kd import DistillConfig
 from nncompress.errors import ConfigError
 from nncompress.prune.iterative import iterative_prune
 from nncompress.prune.magnitude import magnitude_prune
@@ -19,6 +20,12 @@ from nncompress.prune.mask import MaskCallback, Masks
 from nncompress.prune.retrain import adjust_dropouts, dropout_consumers
 from nncompress.prune.targets import prunable_weights
 from nncompress.recipes.context import RunContext
+from nncompress.recipes.teacher import (
+    distill_loss,
+    distill_summary,
+    keep_trained_teacher,
+    teacher_of,
+)
 from nncompress.train.loop import TrainConfig, evaluate, fit
 
 log = logging.getLogger(__name__)
@@ -83,6 +90,7 @@ class EvaluateConfig:
 def run_train(ctx: RunContext, cfg: TrainConfig) -> dict[str, Any]:
     callbacks = [MaskCallback(ctx.masks)] if ctx.masks is not None else []
     hist = fit(ctx.model, ctx.train_data, cfg, callbacks=callbacks, progress=ctx.extras.get("progress", False))
+    keep_trained_teacher(ctx)
     ctx.snapshot("trained")
     return {"epochs": len(hist.epochs), "final_train_loss": hist.epochs[-1]["train_loss"] if hist.epochs else None}
 
@@ -93,7 +101,9 @@ class PruneConfig:
 
     ``sparsity``: one number or {layer: s, default: s}; ``quality``: threshold =
     quality * std(W) per layer instead; ``schedule``: sparsities reached in successive
-    rounds (iterative), each followed by ``retrain``.
+    rounds (iterative), each followed by ``retrain``. ``distill``: every retraining of the
+    stage (rounds and ``final_retrain``) learns from the trained dense model too (K1, see
+    ``nncompress.recipes.teacher``).
     """
 
     sparsity: float | dict[str, float] | None = None
@@ -109,12 +119,15 @@ class PruneConfig:
     remove_dead_neurons: bool = False
     include: list[str] | None = None
     exclude: list[str] = field(default_factory=list)
+    distill: DistillConfig | None = None
 
 
 @register_stage("prune", PruneConfig, "magnitude pruning, one-shot or iterative with retraining")
 def run_prune(ctx: RunContext, cfg: PruneConfig) -> dict[str, Any]:
     if cfg.schedule is None and cfg.sparsity is None and cfg.quality is None:
         raise ConfigError("prune: give sparsity, quality or schedule")
+    if cfg.distill is not None:
+        teacher_of(ctx)  # before the first cut: without a train stage, the unpruned model teaches
     ctx.snapshot("before_pruning")
     drop_p = {n: m.p for n, m in ctx.model.named_modules() if m.__class__.__name__ == "Dropout"}
     counts = {n.rsplit(".", 1)[0]: p.numel() for n, p in prunable_weights(ctx.model).items()}
@@ -129,7 +142,8 @@ def run_prune(ctx: RunContext, cfg: PruneConfig) -> dict[str, Any]:
         schedule = [normalise_layer_map(ctx, s, "prune.schedule") for s in cfg.schedule]
         res = iterative_prune(ctx.model, ctx.train_data, schedule, cfg.retrain, val_data=ctx.test_data,
                               scope=cfg.scope, regularizer=cfg.regularizer, reg_strength=cfg.reg_strength,
-                              freeze=cfg.freeze, masks=ctx.masks, on_prune=adjust)
+                              freeze=cfg.freeze, masks=ctx.masks, on_prune=adjust,
+                              loss_fn=distill_loss(ctx, cfg.distill, cfg.retrain))
         ctx.masks = res.masks
         rounds = [{"sparsity": r.sparsity, "accuracy_pruned": r.accuracy_pruned,
                    "accuracy_retrained": r.accuracy_retrained} for r in res.rounds]
@@ -141,9 +155,11 @@ def run_prune(ctx: RunContext, cfg: PruneConfig) -> dict[str, Any]:
         adjust(ctx.masks)
         rounds = []
         if cfg.retrain is not None:
-            fit(ctx.model, ctx.train_data, cfg.retrain, callbacks=[MaskCallback(ctx.masks)])
+            fit(ctx.model, ctx.train_data, cfg.retrain, callbacks=[MaskCallback(ctx.masks)],
+                loss_fn=distill_loss(ctx, cfg.distill, cfg.retrain))
     if cfg.final_retrain is not None:
-        fit(ctx.model, ctx.train_data, cfg.final_retrain, callbacks=[MaskCallback(ctx.masks)])
+        fit(ctx.model, ctx.train_data, cfg.final_retrain, callbacks=[MaskCallback(ctx.masks)],
+            loss_fn=distill_loss(ctx, cfg.distill, cfg.final_retrain))
     removed: dict[str, int] = {}
     if cfg.remove_dead_neurons:
         from nncompress.prune.neurons import prune_dead_neurons
@@ -154,7 +170,7 @@ def run_prune(ctx: RunContext, cfg: PruneConfig) -> dict[str, Any]:
     return {"removed_neurons": removed,
             "shapes": {n: list(p.shape) for n, p in prunable_weights(ctx.model).items()},
             "sparsity": ctx.masks.sparsity(), "total_sparsity": ctx.masks.total_sparsity(),
-            "rounds": rounds, "dropout": new_p,
+            "rounds": rounds, "dropout": new_p, "distill": distill_summary(cfg.distill),
             "dropout_consumers": dropout_consumers(ctx.model, ctx.example_input) if new_p else {}}
 
 

@@ -29,6 +29,8 @@ def _check_value(value: Any, tp: Any, where: str) -> Any:
                 return _check_value(value, arg, where)
             except ConfigError as exc:
                 errors.append(str(exc))
+        if len(errors) == 1:  # one real candidate (X | None): its own message names the key
+            raise ConfigError(errors[0])
         raise ConfigError(f"{where}: {value!r} does not fit {tp}")
     if dataclasses.is_dataclass(tp):
         return from_dict(tp, value, where)
