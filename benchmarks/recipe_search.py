@@ -2,11 +2,17 @@
 thread each, and tabulate accuracy and size.
 
 * ``R*``: variants of ``deep-compression-lenet300`` (schedule rounds, retraining epochs,
-  final sparsity, dense epochs), each a full ``nncompress run`` in its own process;
+  final sparsity, dense epochs, distillation from the dense model during pruning and
+  centroid fine-tuning), each a full ``nncompress run`` in its own process;
 * ``D*``: DNS (P5) on LeNet-5 from the cached dense baseline of
   ``benchmarks/sparse_training.py`` (initial cut, weight decay, mask freeze).
 
-    python benchmarks/recipe_search.py [NAME ...]     # default: all variants
+    python benchmarks/recipe_search.py [NAME ...] [--seeds 0 1] [--jobs 1]   # default: all variants
+
+``--seeds``: run each recipe variant with these recipe seeds (rows of seed s != 0 are
+named ``NAME_s<s>``); ``--jobs``: how many jobs run at once (one torch thread each);
+``--branch``: variants that share the dense training stage train it once per seed and
+branch from it (``recipe_branch.py``; same result as full runs at one thread, less time).
 
 Writes ``benchmarks/results/recipe_search.json`` and ``.md`` (rows of earlier runs are kept
 and replaced by name), and prints the paths.
@@ -33,15 +39,29 @@ from common import write_text_atomic  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
-BASE = yaml.safe_load((ROOT / "src/nncompress/recipes/builtin/deep-compression-lenet300.yaml").read_text())
 T2 = {"conv1.weight": .6, "conv2.weight": .93, "fc1.weight": .995, "fc2.weight": .92}
 T3 = {"conv1.weight": .6, "conv2.weight": .95, "fc1.weight": .997, "fc2.weight": .93}
 F974 = {"fc1": 0.974, "fc2": 0.948, "fc3": 0.72}
 F975 = {"fc1": 0.975, "fc2": 0.95, "fc3": 0.72}
+REALLOC = {"fc1": 0.975, "fc2": 0.93, "fc3": 0.65}  # final sparsities: weights moved from fc1 to fc2/fc3
 
 
 def _prune(r: dict) -> dict:
     return next(s["prune"] for s in r["stages"] if "prune" in s)
+
+
+def search_base() -> dict:
+    """The recipe every R/K/G/A variant changes: the built-in ``deep-compression-lenet300``
+    as it was before it adopted ``A_adjdrop_fin40_lr02_avg10`` (no dropout adjustment, final
+    retraining 20 epochs at lr 0.01 without averaging), so rows stay comparable."""
+    r = yaml.safe_load((ROOT / "src/nncompress/recipes/builtin/deep-compression-lenet300.yaml").read_text())
+    p = _prune(r)
+    p.pop("adjust_dropout", None)
+    p["final_retrain"] = {"epochs": 20, "lr": 0.01, "batch_size": 128, "weight_decay": 5.0e-5}
+    return r
+
+
+BASE = search_base()
 
 
 def interpolate(schedule: list[dict[str, float]], k: int) -> list[dict[str, float]]:
@@ -58,9 +78,21 @@ def interpolate(schedule: list[dict[str, float]], k: int) -> list[dict[str, floa
 
 def recipe_variant(name: str, *, rounds: int | None = None, rt_epochs: float | None = None,
                    fin_epochs: float | None = None, final: dict | None = None,
-                   dense_epochs: float | None = None, fin_average: int | None = None) -> dict:
+                   dense_epochs: float | None = None, fin_average: int | None = None,
+                   distill: dict | None = None, seed: int | None = None,
+                   adjust_dropout: bool | None = None, fin_lr: float | None = None,
+                   retrain_extra: dict | None = None, finetune_extra: dict | None = None) -> dict:
     r = copy.deepcopy(BASE)
     r["name"] = name
+    if seed is not None:
+        r["seed"] = seed
+    quant = next(st["quantize"] for st in r["stages"] if "quantize" in st)
+    quant["finetune"].update(finetune_extra or {})
+    if distill is not None:  # K1 from the dense model in every retraining and the centroid fine-tuning
+        for st in r["stages"]:
+            for key in ("prune", "quantize"):
+                if key in st:
+                    st[key]["distill"] = dict(distill)
     p = _prune(r)
     if final is not None:
         p["schedule"][-1] = dict(final)
@@ -72,12 +104,19 @@ def recipe_variant(name: str, *, rounds: int | None = None, rt_epochs: float | N
         p["final_retrain"]["epochs"] = fin_epochs
     if fin_average is not None:
         p["final_retrain"]["average_last"] = fin_average
+    if fin_lr is not None:
+        p["final_retrain"]["lr"] = fin_lr
+    if adjust_dropout is not None:
+        p["adjust_dropout"] = adjust_dropout
+    for key in ("retrain", "final_retrain"):
+        p[key].update(retrain_extra or {})
     if dense_epochs is not None:
         next(s["train"] for s in r["stages"] if "train" in s)["epochs"] = dense_epochs
     return r
 
 
 RECIPES = {
+    "R_0_base": {},  # the built-in recipe before this search's adoption (see search_base)
     "R_B_rt8_fin40": dict(rt_epochs=8, fin_epochs=40),
     "R_H_rounds10_rt6_fin40": dict(rounds=10, rt_epochs=6, fin_epochs=40),
     "R_I_rounds10_rt6_fin40_f975": dict(final=F975, rounds=10, rt_epochs=6, fin_epochs=40),
@@ -85,6 +124,31 @@ RECIPES = {
     "R_K_rounds10_rt8_fin60_f974": dict(final=F974, rounds=10, rt_epochs=8, fin_epochs=60),
     "R_L_K_dense80": dict(final=F974, rounds=10, rt_epochs=8, fin_epochs=60, dense_epochs=80),
     "R_M_I_average20": dict(final=F975, rounds=10, rt_epochs=6, fin_epochs=40, fin_average=20),
+    # Distillation (K1) from the dense model in every retraining and the centroid fine-tuning.
+    "K_a07_T3": dict(distill={"alpha": 0.7, "temperature": 3.0}),
+    "K_a05_T4": dict(distill={"alpha": 0.5, "temperature": 4.0}),
+    "K_a09_T2": dict(distill={"alpha": 0.9, "temperature": 2.0}),
+    "K_a09_T4": dict(distill={"alpha": 0.9, "temperature": 4.0}),
+    "K_a03_T2": dict(distill={"alpha": 0.3, "temperature": 2.0}),
+    "K_a05_T1": dict(distill={"alpha": 0.5, "temperature": 1.0}),
+    "K_a05_T05": dict(distill={"alpha": 0.5, "temperature": 0.5}),
+    "K_a09_T05": dict(distill={"alpha": 0.9, "temperature": 0.5}),
+    # Regularisation of the retraining: flips, label smoothing, dropout (P2's adjustment), weight decay.
+    "G_hflip": dict(retrain_extra={"hflip": True}, finetune_extra={"hflip": True}),
+    "G_hflip_K_a05_T1": dict(retrain_extra={"hflip": True}, finetune_extra={"hflip": True},
+                             distill={"alpha": 0.5, "temperature": 1.0}),
+    "G_ls01": dict(retrain_extra={"label_smoothing": 0.1}),
+    "A_adjdrop": dict(adjust_dropout=True),
+    "A_adjdrop_wd0": dict(adjust_dropout=True, retrain_extra={"weight_decay": 0.0}),
+    "A_adjdrop_rounds8": dict(adjust_dropout=True, rounds=8),
+    "A_adjdrop_realloc": dict(adjust_dropout=True, final=REALLOC),
+    "A_adjdrop_fin40": dict(adjust_dropout=True, fin_epochs=40),
+    "A_adjdrop_fin40_realloc": dict(adjust_dropout=True, fin_epochs=40, final=REALLOC),
+    "A_adjdrop_fin40_lr02": dict(adjust_dropout=True, fin_epochs=40, fin_lr=0.02),
+    "A_adjdrop_fin40_rt6": dict(adjust_dropout=True, fin_epochs=40, rt_epochs=6),
+    "A_adjdrop_fin40_lr02_dense80": dict(adjust_dropout=True, fin_epochs=40, fin_lr=0.02, dense_epochs=80),
+    "A_adjdrop_fin40_lr02_avg10": dict(adjust_dropout=True, fin_epochs=40, fin_lr=0.02, fin_average=10),
+    "A_adjdrop_fin60_lr02": dict(adjust_dropout=True, fin_epochs=60, fin_lr=0.02),
 }
 DNS = {
     "D3_T2_wd1e-4": dict(t=T2, wd=1e-4),
@@ -116,8 +180,14 @@ print(json.dumps({"dense_accuracy": dense, "accuracy": acc, "delta_pt": 100 * (a
 '''
 
 
-def run_recipe_job(name: str) -> dict:
-    r = recipe_variant(name, **RECIPES[name])
+def row_name(name: str, seed: int | None) -> str:
+    return f"{name}_s{seed}" if seed else name
+
+
+def run_recipe_job(name: str, seed: int | None = None) -> dict:
+    settings = RECIPES[name]
+    r = recipe_variant(name, **settings, seed=seed)
+    name = row_name(name, seed)
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "r.yaml").write_text(yaml.safe_dump(r))
@@ -125,7 +195,8 @@ def run_recipe_job(name: str) -> dict:
         p = subprocess.run([sys.executable, "-m", "nncompress.cli", "run", str(Path(tmp) / "r.yaml"),
                             "--out", str(Path(tmp) / "m.nnc"), "--report", str(Path(tmp) / "report"), "-q"],
                            env=env, capture_output=True, text=True, cwd=ROOT)
-        row = {"name": name, "kind": "lenet300 recipe", "settings": RECIPES[name], "rc": p.returncode,
+        row = {"name": name, "variant": r["name"], "kind": "lenet300 recipe", "settings": settings,
+               "seed": r["seed"], "threads": 1, "via": "full run", "rc": p.returncode,
                "seconds": time.time() - t}
         rep = Path(tmp) / "report" / "report.json"
         if rep.exists():
@@ -137,7 +208,32 @@ def run_recipe_job(name: str) -> dict:
     return row
 
 
-def run_dns_job(name: str) -> dict:
+def run_branch_job(names: list[str], seed: int | None = None) -> list[dict]:
+    """Variants sharing their train stage, trained once and branched (recipe_branch.py)."""
+    variants = [{"name": n, "recipe": recipe_variant(n, **RECIPES[n], seed=seed)} for n in names]
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "v.json").write_text(json.dumps(variants))
+        p = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "recipe_branch.py"), str(Path(tmp) / "v.json")],
+                           env=env, capture_output=True, text=True, cwd=ROOT)
+    done = {}
+    for line in p.stdout.splitlines():
+        if line.startswith("{"):
+            j = json.loads(line)
+            done[j["name"]] = j
+    rows = []
+    for v in variants:
+        n = v["name"]
+        row = {"name": row_name(n, seed), "variant": n, "kind": "lenet300 recipe", "settings": RECIPES[n],
+               "seed": v["recipe"]["seed"], "threads": 1, "via": "branch", "rc": p.returncode}
+        row.update({k: val for k, val in done.get(n, {}).items() if k != "name"})
+        if n not in done:
+            row["error"] = p.stderr[-1500:]
+        rows.append(row)
+    return rows
+
+
+def run_dns_job(name: str, seed: int | None = None) -> dict:
     spec = {**DNS[name], "epochs": DNS_EPOCHS, "stop": DNS_STOP_EPOCH}
     env = dict(os.environ, OMP_NUM_THREADS="1")
     t = time.time()
@@ -151,15 +247,41 @@ def run_dns_job(name: str) -> dict:
     return row
 
 
+def seed_summary(rows: list[dict]) -> list[str]:
+    """Mean, min and max over seeds of the variants run with more than one seed."""
+    groups: dict[str, list[dict]] = {}
+    for r in rows:
+        groups.setdefault(r.get("variant", r["name"]), []).append(r)
+    groups = {k: v for k, v in groups.items() if len({r.get("seed", 0) for r in v}) > 1}
+    if not groups:
+        return []
+    out = ["", "Over seeds (1 thread):", "", "| variant | seeds | mean % | min % | max % | min ratio |",
+           "|---|---|---|---|---|---|"]
+    def mean(rs: list[dict]) -> float:
+        return sum(r["compressed_accuracy"] for r in rs) / len(rs)
+    for name, rs in sorted(groups.items(), key=lambda kv: -mean(kv[1])):
+        acc = [100 * r["compressed_accuracy"] for r in rs]
+        seeds = ",".join(str(r.get("seed", 0)) for r in sorted(rs, key=lambda r: r.get("seed", 0)))
+        out.append(f"| {name} | {seeds} | {sum(acc) / len(acc):.2f} | {min(acc):.2f} | {max(acc):.2f} | "
+                   f"{min(r['ratio'] for r in rs):.1f}x |")
+    return out
+
+
 def markdown(rows: list[dict], command: str, notes: str = "") -> str:
     lines = ["# Recipe search (issues 2 and 4)", "", f"Command(s): `{command}`; one torch thread per job, "
-             "jobs side by side on the 2-core machine.", "",
+             "jobs side by side on the 2-core machine (`--jobs 1`: one after the other).", "",
              "## LeNet-300-100 Deep Compression variants (target: >= 80x at >= 89.7%)", "",
-             "| variant | dense % | after pruning % | compressed % | bytes | ratio |", "|---|---|---|---|---|---|"]
-    for r in rows:
-        if r["kind"] == "lenet300 recipe" and "ratio" in r:
-            lines.append(f"| {r['name']} | {100 * r['dense_accuracy']:.2f} | {100 * r['after_prune']:.2f} | "
-                         f"{100 * r['compressed_accuracy']:.2f} | {r['file_bytes']:,} | {r['ratio']:.1f}x |")
+             "Rows without a seed ran before seeds were recorded (seed 0, jobs side by side); `branch`: the "
+             "dense model trained once per seed and shared by the variants (`--branch`); `no metadata`: "
+             "the file lacked the runner's metadata entries (see the notes).", "",
+             "| variant | seed | how | dense % | after pruning % | compressed % | bytes | ratio |",
+             "|---|---|---|---|---|---|---|---|"]
+    recipe_rows = [r for r in rows if r["kind"] == "lenet300 recipe" and "ratio" in r]
+    for r in recipe_rows:
+        lines.append(f"| {r['name']} | {r.get('seed', '')} | {r.get('via', '')} | {100 * r['dense_accuracy']:.2f} | "
+                     f"{100 * r['after_prune']:.2f} | {100 * r['compressed_accuracy']:.2f} | "
+                     f"{r['file_bytes']:,} | {r['ratio']:.1f}x |")
+    lines += seed_summary(recipe_rows)
     lines += ["", f"## DNS on LeNet-5, {DNS_EPOCHS} epochs, masks frozen after epoch {DNS_STOP_EPOCH} "
               "(target: >= 50x at <= 0.5 pt)", "",
               "| variant | initial cut (conv1/conv2/fc1/fc2) | weight decay | accuracy % | delta pt | nonzeros "
@@ -177,25 +299,41 @@ def markdown(rows: list[dict], command: str, notes: str = "") -> str:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("names", nargs="*", help=f"variants (default all): {[*RECIPES, *DNS]}")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0], help="recipe seeds of the R* variants")
+    ap.add_argument("--jobs", type=int, default=1, help="jobs run at once (one thread each)")
+    ap.add_argument("--branch", action="store_true", help="train each seed's dense model once, branch variants")
     args = ap.parse_args()
     unknown = set(args.names) - set(RECIPES) - set(DNS)
     if unknown:
         ap.error(f"unknown variants {sorted(unknown)}; allowed: {[*RECIPES, *DNS]}")
-    jobs = [(run_dns_job, n) for n in DNS if not args.names or n in args.names] + \
-           [(run_recipe_job, n) for n in RECIPES if not args.names or n in args.names]
+    jobs = [(run_dns_job, n, None) for n in DNS if not args.names or n in args.names]
+    names = [n for n in RECIPES if not args.names or n in args.names]
+    if args.branch:  # one job per seed and dense-training config
+        for s in args.seeds:
+            groups: dict[str, list[str]] = {}
+            for n in names:
+                train = json.dumps(recipe_variant(n, **RECIPES[n])["stages"][0], sort_keys=True)
+                groups.setdefault(train, []).append(n)
+            jobs += [(run_branch_job, g, s) for g in groups.values()]
+    else:
+        jobs += [(run_recipe_job, n, s) for n in names for s in args.seeds]
     path = RESULTS / "recipe_search.json"
     old = json.loads(path.read_text()) if path.exists() else {"commands": [], "rows": []}
-    new = []
-    with ThreadPoolExecutor(len(jobs)) as ex:
-        for fut in as_completed([ex.submit(f, n) for f, n in jobs]):
-            new.append(fut.result())
-            print(json.dumps(new[-1])[:400], flush=True)
-    done = {r["name"] for r in new}
-    rows = [r for r in old["rows"] if r["name"] not in done] + new
-    commands = old["commands"] + [" ".join(["recipe_search.py", *args.names])]
+    extra = ([f"--seeds {' '.join(map(str, args.seeds))}"] if args.seeds != [0] else []) + \
+        ([f"--jobs {args.jobs}"] if args.jobs != 1 else []) + (["--branch"] if args.branch else [])
+    commands = old["commands"] + [" ".join(["recipe_search.py", *args.names, *extra])]
     notes = old.get("notes", "")
-    write_text_atomic(path, json.dumps({"commands": commands, "rows": rows, "notes": notes}, indent=1))
-    write_text_atomic(path.with_suffix(".md"), markdown(rows, "; ".join(commands), notes))
+    new: list[dict] = []
+    with ThreadPoolExecutor(max(1, min(args.jobs, len(jobs)))) as ex:
+        for fut in as_completed([ex.submit(f, n, s) for f, n, s in jobs]):
+            res = fut.result()
+            for row in res if isinstance(res, list) else [res]:
+                new.append(row)
+                print(json.dumps(row)[:400], flush=True)
+            done = {r["name"] for r in new}  # written after every job: a long search keeps what it has
+            rows = [r for r in old["rows"] if r["name"] not in done] + new
+            write_text_atomic(path, json.dumps({"commands": commands, "rows": rows, "notes": notes}, indent=1))
+            write_text_atomic(path.with_suffix(".md"), markdown(rows, "; ".join(commands), notes))
     print(f"wrote {path} and {path.with_suffix('.md')}")
     return 0
 
