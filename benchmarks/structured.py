@@ -34,7 +34,7 @@ from torch import nn
 from nncompress.analysis.accounting import layer_stats, totals
 from nncompress.analysis.energy import model_energy, total_pj
 from nncompress.data import load_dataset
-from nncompress.distill import distillation_loss_fn
+from nncompress.distill import distillation_loss_fn, frozen_teacher
 from nncompress.format import load as nnc_load
 from nncompress.format import save as nnc_save
 from nncompress.models import build_model
@@ -167,6 +167,7 @@ def run_model(name: str, args, train, test) -> dict:
     models: dict[str, nn.Module] = {"dense": dense}
     rows: dict[str, dict] = {"dense": {"method": "dense", "prune_seconds": 0.0, "finetune_seconds": 0.0}}
     methods = [c for c in args.criteria.split(",") if c] or list(CRITERIA)
+    loss_fn = teacher_loss(dense, args)  # one frozen teacher for every fine-tuning of the run
     for crit in methods + ([] if args.no_peer else ["torch-pruning-magnitude"]):
         m = copy.deepcopy(dense)
         t0 = time.perf_counter()
@@ -187,7 +188,7 @@ def run_model(name: str, args, train, test) -> dict:
                              round_to=round_to_arg(args.round_to))
         t1 = time.perf_counter()
         acc_before_ft = evaluate(m, before_ft_test)["accuracy"]
-        fit(m, train, ft, loss_fn=teacher_loss(dense, args))
+        fit(m, train, ft, loss_fn=loss_fn)
         t2 = time.perf_counter()
         models[crit] = m
         rows[crit] = {"method": crit, "prune_seconds": t1 - t0, "finetune_seconds": t2 - t1,
@@ -195,7 +196,7 @@ def run_model(name: str, args, train, test) -> dict:
         log.info("%s %s: pruned in %.0fs, fine-tuned in %.0fs", name, crit, t1 - t0, t2 - t1)
     # the dense model gets the same fine-tuning budget, so gains from it are not credited to pruning
     dense_ft = copy.deepcopy(dense)
-    fit(dense_ft, train, ft, loss_fn=teacher_loss(dense, args))
+    fit(dense_ft, train, ft, loss_fn=loss_fn)
     rows["dense"]["accuracy_with_same_finetune"] = evaluate(dense_ft, test)["accuracy"]
     # every model goes through the .nnc format (new shapes, no pickle); the measured model is
     # the one loaded back, so the table describes what a user would ship
@@ -214,7 +215,7 @@ def teacher_loss(dense: nn.Module, args):
     """With ``--distill ALPHA``: fine-tuning distils (K1) from a frozen copy of the dense model."""
     if not args.distill:
         return None
-    return distillation_loss_fn(copy.deepcopy(dense), alpha=args.distill, temperature=4.0)
+    return distillation_loss_fn(frozen_teacher(dense), alpha=args.distill, temperature=4.0)
 
 
 def tag_of(name: str, args) -> str:

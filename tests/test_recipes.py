@@ -194,3 +194,26 @@ def test_lowbit_quantize_stage_after_pruning(tmp_path):
         assert levels[0] == 0 and len(levels) <= 1 + w.shape[0]  # {0} plus per-row alpha at most
     assert (model.fc1.weight == 0).float().mean() >= 0.8  # pruned zeros kept by the ternary levels
     assert report["summary"]["ratio"] > 10
+
+
+def test_trained_state_replaces_the_train_stage_with_the_same_result(tmp_path):
+    import copy
+
+    from nncompress.recipes.runner import run_recipe
+
+    recipe = load_recipe("smoke-digits")
+    trained = {}
+
+    def keep(stage, ctx):
+        if stage == "train":
+            trained.update(copy.deepcopy(ctx.model.state_dict()))
+
+    full = run_recipe(recipe, tmp_path / "a.nnc", stage_hook=keep)
+    reused = run_recipe(recipe, tmp_path / "b.nnc", trained_state=trained)
+    assert reused["summary"] == full["summary"]
+    assert (tmp_path / "a.nnc").read_bytes() == (tmp_path / "b.nnc").read_bytes()
+    assert reused["stages"][0]["reused_trained_state"] is True
+    raw = {"name": "p", "model": {"name": "lenet300"}, "data": {"name": "digits", "train_subset": 64},
+           "stages": [{"prune": {"sparsity": 0.5}}]}
+    with pytest.raises(ConfigError, match="first 'train' stage"):
+        run_recipe(parse_recipe(raw), tmp_path / "c.nnc", trained_state=trained)

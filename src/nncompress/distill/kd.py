@@ -64,7 +64,10 @@ def frozen_teacher(model: nn.Module) -> nn.Module:
     Example:
         >>> teacher = frozen_teacher(model)  # doctest: +SKIP
     """
-    teacher = copy.deepcopy(model)
+    return _freeze(copy.deepcopy(model))
+
+
+def _freeze(teacher: nn.Module) -> nn.Module:
     teacher.eval()
     for p in teacher.parameters():
         p.requires_grad_(False)
@@ -81,9 +84,7 @@ def distillation_loss_fn(teacher: nn.Module, alpha: float = 0.5, temperature: fl
         >>> fit(student, data, cfg, loss_fn=distillation_loss_fn(teacher))  # doctest: +SKIP
     """
     _check(alpha, temperature)
-    teacher.eval()
-    for p in teacher.parameters():
-        p.requires_grad_(False)
+    _freeze(teacher)
 
     def loss_fn(logits: torch.Tensor, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():

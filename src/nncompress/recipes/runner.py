@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -16,11 +16,12 @@ import nncompress
 from nncompress.analysis.accounting import count_parameters, layer_stats, totals
 from nncompress.analysis.file_table import compression_table
 from nncompress.data import load_dataset
-from nncompress.errors import NNCompressError
+from nncompress.errors import ConfigError, NNCompressError
 from nncompress.models import build_model
 from nncompress.recipes.context import RunContext, StageRecord
 from nncompress.recipes.schema import Recipe
 from nncompress.recipes.stages import STAGES
+from nncompress.recipes.teacher import keep_trained_teacher
 from nncompress.report.plots import accuracy_per_stage, weight_histograms
 from nncompress.report.writer import report_markdown, write_json
 from nncompress.train.checkpoint import atomic_write_bytes
@@ -47,11 +48,14 @@ def build_context(recipe: Recipe, progress: bool = False) -> RunContext:
 
 def run_recipe(recipe: Recipe, out: str | Path, report_dir: str | Path | None = None,
                *, progress: bool = False, command: str = "",
-               stage_hook: Callable[[str, RunContext], None] | None = None) -> dict[str, Any]:
+               stage_hook: Callable[[str, RunContext], None] | None = None,
+               trained_state: Mapping[str, torch.Tensor] | None = None) -> dict[str, Any]:
     """Run every stage, save to ``out``, reload, evaluate, and write the report.
 
     ``stage_hook(stage_name, ctx)`` is called after each stage (benchmarks branch a peer
-    pipeline off the trained model there).
+    pipeline off the trained model there). ``trained_state``: the model's state after the
+    recipe's first stage, a ``train`` stage, which then loads it instead of training again
+    (benchmarks run several recipes from one dense training).
 
     Example:
         >>> report = run_recipe(load_recipe("deep-compression-lenet300"), "m.nnc", "report")  # doctest: +SKIP
@@ -64,7 +68,15 @@ def run_recipe(recipe: Recipe, out: str | Path, report_dir: str | Path | None = 
         spec = STAGES.get(stage.name)
         log.info("stage %d/%d: %s", i + 1, len(recipe.stages), stage.name)
         t0 = time.perf_counter()
-        extra = spec.run(ctx, stage.config) or {}
+        if i == 0 and trained_state is not None:
+            if stage.name != "train":
+                raise ConfigError(f"trained_state replaces a first 'train' stage, not {stage.name!r}")
+            ctx.model.load_state_dict(trained_state)
+            keep_trained_teacher(ctx)
+            ctx.snapshot("trained")
+            extra = {"reused_trained_state": True}
+        else:
+            extra = spec.run(ctx, stage.config) or {}
         acc = evaluate(ctx.model, ctx.test_data)["accuracy"]
         ctx.records.append(StageRecord(stage.name, time.perf_counter() - t0, acc, extra))
         if stage.name == "train" and dense_accuracy is None:

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from nncompress.analysis.accounting import layer_macs
-from nncompress.prune.structured.groups import NORM_TYPES, ChannelGroup
+from nncompress.prune.structured.groups import NORM_TYPES, ChannelGroup, is_depthwise
 
 COUNTED = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear, *NORM_TYPES)
 
@@ -59,8 +59,7 @@ def layer_costs(model: nn.Module, example_input: torch.Tensor) -> list[LayerCost
         def hook(m, inputs, out, name=name):
             params = sum(p.numel() for p in m.parameters(recurse=False))
             acts = inputs[0][0].numel() + out[0].numel()
-            dw = isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d)) and m.groups == m.in_channels == m.out_channels and m.groups > 1
-            rows.append(LayerCost(name, type(m).__name__, _macs(m, out), params, acts, dw))
+            rows.append(LayerCost(name, type(m).__name__, _macs(m, out), params, acts, is_depthwise(m)))
 
         hooks.append(mod.register_forward_hook(hook))
     was_training = model.training

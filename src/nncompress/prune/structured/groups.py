@@ -62,6 +62,17 @@ class ChannelGroup:
         return len(self.layers) > 1
 
 
+def is_depthwise(mod: nn.Module) -> bool:
+    """A conv whose every channel is its own group (input and output channels coupled).
+
+    Example:
+        >>> is_depthwise(nn.Conv2d(8, 8, 3, groups=8)), is_depthwise(nn.Conv2d(8, 8, 3))
+        (True, False)
+    """
+    return (isinstance(mod, (nn.Conv1d, nn.Conv2d, nn.Conv3d))
+            and mod.groups > 1 and mod.groups == mod.in_channels == mod.out_channels)
+
+
 def _module_names(model: nn.Module) -> dict[nn.Module, str]:
     return {m: n for n, m in model.named_modules()}
 

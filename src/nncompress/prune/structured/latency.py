@@ -34,7 +34,7 @@ from torch import nn
 
 from nncompress.analysis.capture import capture_io
 from nncompress.errors import ConfigError
-from nncompress.prune.structured.groups import ChannelGroup
+from nncompress.prune.structured.groups import ChannelGroup, is_depthwise
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ def _resized(mod: nn.Module, out_removed: int, in_removed: int) -> nn.Module:
     """A fresh module like ``mod`` with fewer output / input features (random weights)."""
     if isinstance(mod, nn.Linear):
         return nn.Linear(mod.in_features - in_removed, mod.out_features - out_removed, mod.bias is not None)
-    depthwise = mod.groups == mod.in_channels == mod.out_channels and mod.groups > 1
+    depthwise = is_depthwise(mod)
     cin, cout = mod.in_channels - in_removed, mod.out_channels - out_removed
     if depthwise:
         cin = cout = mod.in_channels - max(in_removed, out_removed)
@@ -122,10 +122,13 @@ def group_layer_curves(
     return {n: {k: statistics.median(v) for k, v in per_k.items()} for n, per_k in times.items()}
 
 
-def group_latency_curve(model: nn.Module, group: ChannelGroup, shapes: dict[str, tuple[int, ...]],
-                        kept: Iterable[int] | None = None, repeats: int = 5) -> dict[int, float]:
-    """Summed seconds of the group's layers per kept count (see :func:`group_layer_curves`)."""
-    curves = group_layer_curves(model, group, shapes, kept, repeats)
+def summed(curves: dict[str, dict[int, float]]) -> dict[int, float]:
+    """A group's time per kept count: its layers' curves (:func:`group_layer_curves`) added.
+
+    Example:
+        >>> summed({"a": {2: 1.0, 1: 0.5}, "b": {2: 2.0, 1: 1.0}})
+        {2: 3.0, 1: 1.5}
+    """
     counts = next(iter(curves.values()))
     return {k: sum(c[k] for c in curves.values()) for k in counts}
 
@@ -185,10 +188,10 @@ class LatencyModel:
             n = removed.get(g.name, 0)
             if not n:
                 continue
+            kept = g.channels - n
             for layer, curve in self.curves[g.name].items():
-                k = g.channels - n
-                if k not in curve:  # between measured counts: the next larger one (a step's top)
-                    k = min((c for c in curve if c >= k), default=g.channels)
+                # between measured counts: the next larger one (a step's top)
+                k = kept if kept in curve else min((c for c in curve if c >= kept), default=g.channels)
                 factor[layer] *= curve[k] / curve[g.channels]
         return sum(self.full[name] * factor[name] for name in self.full)
 
@@ -219,8 +222,7 @@ def measure_latency(
         for layer, curve in curves[g.name].items():
             whole.setdefault(layer, []).append(curve[g.channels])
     full = {layer: statistics.median(v) for layer, v in whole.items()}
-    steps = {g.name: staircase(median3({k: sum(c[k] for c in curves[g.name].values())
-                                        for k in range(1, g.channels + 1)}), tol) for g in groups}
+    steps = {g.name: staircase(median3(summed(curves[g.name])), tol) for g in groups}
     log.info("latency of %d groups measured in %.1fs (batch %d, %d threads); staircases: %s",
              len(groups), time.perf_counter() - t0, batch, torch.get_num_threads(), steps)
     return LatencyModel(full, curves, steps)

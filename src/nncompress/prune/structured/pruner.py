@@ -150,7 +150,7 @@ def structured_prune(
             groups = groups_from_graph(model, build_graph(model, example), skip)
             lat = measure_latency(model, groups, example, latency_batch) if timed else None
         costs = layer_costs(model, example)
-        kept = lat.steps if by_latency and lat is not None else None
+        kept = lat.steps if lat is not None and by_latency else None
         budget = dense_total * (1.0 - target) ** (step / steps)
         if ratios is not None:
             step_ratios: float | Mapping[str, float] = {
