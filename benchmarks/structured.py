@@ -380,7 +380,8 @@ def main(argv=None) -> int:
                 "allocator": "glibc defaults" if args.default_allocator else
                 "glibc with MALLOC_MMAP_THRESHOLD_=32 MiB, MALLOC_TRIM_THRESHOLD_=1 GiB (freed memory kept)"}
         res["meta"] = meta
-        jpath, mpath = (RESULTS / f"structured.{tag_of(name, args)}.{ext}" for ext in ("json", "md"))
+        alloc = ".default-allocator" if args.default_allocator else ""  # same models, other timing
+        jpath, mpath = (RESULTS / f"structured.{tag_of(name, args)}{alloc}.{ext}" for ext in ("json", "md"))
         write_text_atomic(jpath, json.dumps(res, indent=2))
         write_text_atomic(mpath, to_markdown(res, meta))
         print(f"wrote {jpath} and {mpath}")
