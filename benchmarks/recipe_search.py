@@ -81,13 +81,15 @@ def recipe_variant(name: str, *, rounds: int | None = None, rt_epochs: float | N
                    dense_epochs: float | None = None, fin_average: int | None = None,
                    distill: dict | None = None, seed: int | None = None,
                    adjust_dropout: bool | None = None, fin_lr: float | None = None,
-                   retrain_extra: dict | None = None, finetune_extra: dict | None = None) -> dict:
+                   retrain_extra: dict | None = None, finetune_extra: dict | None = None,
+                   quant_extra: dict | None = None) -> dict:
     r = copy.deepcopy(BASE)
     r["name"] = name
     if seed is not None:
         r["seed"] = seed
     quant = next(st["quantize"] for st in r["stages"] if "quantize" in st)
     quant["finetune"].update(finetune_extra or {})
+    quant.update(quant_extra or {})
     if distill is not None:  # K1 from the dense model in every retraining and the centroid fine-tuning
         for st in r["stages"]:
             for key in ("prune", "quantize"):
@@ -115,6 +117,8 @@ def recipe_variant(name: str, *, rounds: int | None = None, rt_epochs: float | N
     return r
 
 
+CURRENT = dict(adjust_dropout=True, fin_epochs=40, fin_lr=0.02, fin_average=10)  # the built-in recipe
+CB16 = {"codebook_dtype": "float16"}
 RECIPES = {
     "R_0_base": {},  # the built-in recipe before this search's adoption (see search_base)
     "R_B_rt8_fin40": dict(rt_epochs=8, fin_epochs=40),
@@ -149,6 +153,13 @@ RECIPES = {
     "A_adjdrop_fin40_lr02_dense80": dict(adjust_dropout=True, fin_epochs=40, fin_lr=0.02, dense_epochs=80),
     "A_adjdrop_fin40_lr02_avg10": dict(adjust_dropout=True, fin_epochs=40, fin_lr=0.02, fin_average=10),
     "A_adjdrop_fin60_lr02": dict(adjust_dropout=True, fin_epochs=60, fin_lr=0.02),
+    # Bytes saved by half-precision codebooks and 4-bit sharing spent on fewer pruned weights.
+    "C_cb16": dict(**CURRENT, quant_extra=CB16),
+    "C_cb16_f971": dict(**CURRENT, quant_extra=CB16, final={"fc1": 0.971, "fc2": 0.945, "fc3": 0.72}),
+    "C_cb16_b4_f968": dict(**CURRENT, quant_extra={**CB16, "bits": {"fc1": 4}},
+                           final={"fc1": 0.968, "fc2": 0.945, "fc3": 0.72}),
+    "C_cb16_b4x2_f966": dict(**CURRENT, quant_extra={**CB16, "bits": {"fc1": 4, "fc2": 4}},
+                             final={"fc1": 0.966, "fc2": 0.935, "fc3": 0.72}),
 }
 DNS = {
     "D3_T2_wd1e-4": dict(t=T2, wd=1e-4),

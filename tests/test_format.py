@@ -173,3 +173,21 @@ def test_saved_file_has_normal_permissions(tmp_path, lenet300):
     finally:
         os.umask(umask)
     assert (tmp_path / "p.nnc").stat().st_mode & 0o777 == 0o644
+
+
+def test_deep_codebook_in_half_precision_only_when_lossless():
+    deep = get_codec("deep")
+    exact = torch.tensor([[0.0, 0.5, -1.25, 0.0, 0.5, 3.0]])  # all fp16-representable
+    enc = deep.encode(exact, index_bits=2)
+    assert enc.meta["codebook_dtype"] == "float16" and len(enc.sections["codebook"]) == 2 * 3
+    assert torch.equal(deep.decode(enc), exact)
+    inexact = torch.tensor([[0.0, 0.1, -1.25, 1e-9]])  # 0.1 and 1e-9 are not
+    enc = deep.encode(inexact, index_bits=2)
+    assert enc.meta["codebook_dtype"] == "float32" and len(enc.sections["codebook"]) == 4 * 3
+    assert torch.equal(deep.decode(enc), inexact)
+    bad = dict(enc.meta, codebook_dtype="float64")
+    with pytest.raises(FormatError, match="codebook dtype 'float64'"):
+        deep.decode(type(enc)(enc.codec, enc.shape, enc.dtype, bad, enc.sections))
+    odd = dict(enc.sections, codebook=enc.sections["codebook"][:-1])
+    with pytest.raises(FormatError, match="whole number"):
+        deep.decode(type(enc)(enc.codec, enc.shape, enc.dtype, enc.meta, odd))

@@ -38,6 +38,8 @@ def test_builtin_recipes_parse():
     ({"stages": [{"shrink": {}}]}, "unknown recipe stage 'shrink'"),
     ({"stages": [{"encode": {"index_bits_fc": 40}}]}, "index_bits_fc=40 out of range"),
     ({"stages": [{"quantize": {"bits_fc": 0}}]}, None),
+    ({"stages": [{"quantize": {"codebook_dtype": "float8"}}]}, "codebook_dtype 'float8' not allowed"),
+    ({"stages": [{"quantize": {"bits": {"fc1": "four"}}}]}, "bits"),
     ({"stages": []}, "non-empty list"),
 ])
 def test_bad_recipes_rejected_with_names(patch, match):
@@ -217,3 +219,20 @@ def test_trained_state_replaces_the_train_stage_with_the_same_result(tmp_path):
            "stages": [{"prune": {"sparsity": 0.5}}]}
     with pytest.raises(ConfigError, match="first 'train' stage"):
         run_recipe(parse_recipe(raw), tmp_path / "c.nnc", trained_state=trained)
+
+
+def test_half_codebooks_and_layer_bits_in_a_recipe(tmp_path):
+    import nncompress
+    from nncompress.format import read_info
+    from nncompress.recipes.runner import run_recipe
+
+    raw = {**TINY, "stages": [*TINY["stages"][:2],
+                              {"quantize": {"bits_fc": 4, "bits": {"fc1": 3}, "codebook_dtype": "float16"}},
+                              *TINY["stages"][3:]]}
+    report = run_recipe(parse_recipe(raw), tmp_path / "h.nnc")
+    info = read_info(tmp_path / "h.nnc")
+    fc1 = next(t for t in info.tensors if t.name == "fc1.weight")
+    assert fc1.meta["codebook_dtype"] == "float16" and fc1.meta["codebook_size"] <= 2**3
+    model = nncompress.load(tmp_path / "h.nnc")
+    assert torch.equal(model.fc1.weight, model.fc1.weight.half().float())
+    assert report["summary"]["compressed_accuracy"] >= 0.0

@@ -181,3 +181,31 @@ def test_tuner_rejects_bad_arguments():
     for kw in (dict(lr=0.0), dict(lr=-1.0), dict(lr=0.1, momentum=1.0)):
         with pytest.raises(ConfigError):
             CentroidFineTuner(shared, **kw)
+
+
+def test_per_layer_bits_and_unknown_layer(lenet300):
+    magnitude_prune(lenet300, sparsity=0.5)
+    shared = share_weights(lenet300, SharingConfig(bits_fc=5, bits={"fc1": 3}))
+    assert shared["fc1.weight"].bits == 3 and shared["fc2.weight"].bits == 5
+    assert len(torch.unique(lenet300.fc1.weight)) <= 2**3 + 1
+    with pytest.raises(ConfigError, match="conv9"):
+        share_weights(lenet300, SharingConfig(bits={"conv9": 4}))
+    with pytest.raises(ConfigError, match="bits"):
+        SharingConfig(bits={"fc1": 0})
+
+
+def test_round_codebooks_to_half_saves_exactly(tmp_path, lenet300):
+    import nncompress
+
+    magnitude_prune(lenet300, sparsity=0.9)
+    shared = share_weights(lenet300, SharingConfig(bits_fc=5))
+    shared.round_codebooks(lenet300, torch.float16)
+    for name, p in lenet300.named_parameters():
+        if name in shared:
+            assert torch.equal(p, p.half().float()), name
+            assert torch.equal(p == 0, ~shared[name].mask) or bool((shared[name].codebook == 0).any())
+    path = tmp_path / "m.nnc"
+    nncompress.save(lenet300, path, codecs={n: "deep" for n in shared})
+    loaded = nncompress.load(path)
+    for name, t in lenet300.state_dict().items():
+        assert torch.equal(loaded.state_dict()[name], t), name

@@ -157,9 +157,11 @@ class SparseCodec(TensorCodec):
             alphabet = codebook.size + int(rel.is_filler.any())
             value_width = max(1, math.ceil(math.log2(max(alphabet, 2))))
             val_bytes, val_kind, val_bits = _stream_section(symbols, alphabet, value_width, huffman)
-            sections["codebook"] = codebook.tobytes()
+            half = codebook.astype(np.float16)  # half the bytes when that is lossless
+            exact = bool(np.array_equal(half.astype(np.float32), codebook))
+            sections["codebook"] = (half if exact else codebook).tobytes()
             meta.update(values=val_kind, value_bits=value_width, codebook_size=int(codebook.size),
-                        alphabet=alphabet)
+                        alphabet=alphabet, codebook_dtype="float16" if exact else "float32")
             pq_weight_bits = entries * value_width
         else:
             full = np.zeros(entries, dtype=np.float32)
@@ -189,7 +191,13 @@ class SparseCodec(TensorCodec):
             raise FormatError(f"sparse index {int(positions[-1])} is outside a tensor of {n} values")
         out = np.zeros(n, dtype=np.float32)
         if self.shared:
-            codebook = np.frombuffer(s["codebook"], dtype=np.float32)
+            cb_dtype = m.get("codebook_dtype", "float32")
+            if cb_dtype not in ("float32", "float16"):
+                raise FormatError(f"codebook dtype {cb_dtype!r} is not float32 or float16")
+            raw = s["codebook"]
+            if len(raw) % np.dtype(cb_dtype).itemsize:
+                raise FormatError(f"codebook section of {len(raw)} bytes is not a whole number of {cb_dtype}")
+            codebook = np.frombuffer(raw, dtype=cb_dtype).astype(np.float32)
             if codebook.size != int(m["codebook_size"]):
                 raise FormatError("codebook size does not match its metadata")
             symbols = unpack_stream(s["values"], m["values"], int(m["value_bits"]), entries)

@@ -54,6 +54,7 @@ class SharingConfig:
     """Weight-sharing settings: bits per conv / fc index, k-means init and layer filter.
 
     ``include``/``exclude`` are glob patterns over module names, as in ``prunable_weights``.
+    ``bits`` overrides the bits of single layers by module name (``{"fc1": 4}``).
     ``max_iter``/``tol``/``seed`` go to ``kmeans_1d``.
 
     Example:
@@ -69,10 +70,12 @@ class SharingConfig:
     max_iter: int = 300
     tol: float = 1e-4
     seed: int = 0
+    bits: Mapping[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.bits_conv = _check_bits(self.bits_conv, "bits_conv")
         self.bits_fc = _check_bits(self.bits_fc, "bits_fc")
+        self.bits = {str(k): _check_bits(v, f"bits[{k!r}]") for k, v in dict(self.bits).items()}
         if self.init not in INITS:
             raise ConfigError(f"unknown k-means init {self.init!r}; allowed: {', '.join(INITS)}")
         if self.max_iter < 1:
@@ -162,6 +165,14 @@ class SharedWeights(Mapping[str, LayerSharing]):
             w.zero_()
             w.masked_scatter_(layer.mask.to(w.device), vals)
 
+    @torch.no_grad()
+    def round_codebooks(self, model: nn.Module, dtype: torch.dtype = torch.float16) -> None:
+        """Round every centroid to ``dtype`` (kept as float32 values) and rewrite the weights,
+        so the ``deep`` codec can store the codebooks at that width losslessly."""
+        for layer in self._layers.values():
+            layer.codebook.copy_(layer.codebook.to(dtype).to(layer.codebook.dtype))
+        self.apply(model)
+
     def layer_codebook(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
         """(codebook (K,) float32, index int64 of the weight's shape): index in [0, K) at
         shared (nonzero) positions, -1 at zeros. What the ``deep`` codec stores.
@@ -234,8 +245,14 @@ def share_weights(model: nn.Module, cfg: SharingConfig | None = None) -> SharedW
     """
     cfg = cfg or SharingConfig()
     layers: dict[str, LayerSharing] = {}
-    for name, w in prunable_weights(model, cfg.include, cfg.exclude).items():
-        bits = cfg.bits_conv if is_conv(module_of(model, name)) else cfg.bits_fc
+    weights = prunable_weights(model, cfg.include, cfg.exclude)
+    modules = {n.rsplit(".", 1)[0] for n in weights}
+    unknown = sorted(set(cfg.bits) - modules)
+    if unknown:
+        raise ConfigError(f"bits names {unknown}, not shared layers of this model; allowed: {sorted(modules)}")
+    for name, w in weights.items():
+        module = name.rsplit(".", 1)[0]
+        bits = cfg.bits.get(module, cfg.bits_conv if is_conv(module_of(model, name)) else cfg.bits_fc)
         layers[name] = share_layer(w, bits, cfg)
         log.info("shared %s: %d nonzeros -> %d centroids (%d bits)", name,
                  layers[name].labels.numel(), layers[name].codebook.numel(), bits)

@@ -7,6 +7,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
+
 from nncompress.distill.kd import DistillConfig
 from nncompress.errors import ConfigError
 from nncompress.quantize.sharing import CentroidFineTuner, SharingConfig, share_weights
@@ -15,13 +17,17 @@ from nncompress.recipes.stages import register_stage
 from nncompress.recipes.teacher import distill_loss, distill_summary
 from nncompress.train.loop import TrainConfig, fit
 
+CODEBOOK_DTYPES = {"float32": torch.float32, "float16": torch.float16}
+
 
 @dataclass
 class QuantizeConfig:
     """``method``: kmeans (bits_fc / bits_conv / init; ``finetune`` trains the centroids
     with ``centroid_lr``, default the finetune lr) or a low-bit method with ``params``.
     ``distill``: the k-means centroid fine-tuning also learns from the trained dense model
-    (K1, see ``nncompress.recipes.teacher``)."""
+    (K1, see ``nncompress.recipes.teacher``). ``bits``: per-layer overrides by module name.
+    ``codebook_dtype: float16`` rounds the final centroids to half precision, so the file
+    stores each codebook in 2 bytes per centroid (the model evaluated is the rounded one)."""
 
     method: str = "kmeans"
     bits_fc: int = 5
@@ -33,6 +39,13 @@ class QuantizeConfig:
     exclude: list[str] = field(default_factory=list)
     params: dict[str, Any] = field(default_factory=dict)
     distill: DistillConfig | None = None
+    bits: dict[str, int] = field(default_factory=dict)
+    codebook_dtype: str = "float32"
+
+    def __post_init__(self) -> None:
+        if self.codebook_dtype not in CODEBOOK_DTYPES:
+            raise ConfigError(f"quantize: codebook_dtype {self.codebook_dtype!r} not allowed; "
+                              f"allowed: {sorted(CODEBOOK_DTYPES)}")
 
 
 def lowbit_methods() -> dict[str, Any]:
@@ -51,15 +64,19 @@ def run_quantize(ctx: RunContext, cfg: QuantizeConfig) -> dict[str, Any]:
             raise ConfigError(f"quantize: method kmeans takes no 'params' (got {sorted(cfg.params)})")
         shared = share_weights(ctx.model, SharingConfig(
             bits_conv=cfg.bits_conv, bits_fc=cfg.bits_fc, init=cfg.init, include=cfg.include,
-            exclude=cfg.exclude, seed=ctx.seed))
+            exclude=cfg.exclude, seed=ctx.seed, bits=cfg.bits))
         ctx.snapshot("after_sharing")
         if cfg.finetune is not None:
             lr = cfg.centroid_lr if cfg.centroid_lr is not None else cfg.finetune.lr
             fit(ctx.model, ctx.train_data, cfg.finetune, callbacks=[CentroidFineTuner(shared, lr)],
                 loss_fn=distill_loss(ctx, cfg.distill, cfg.finetune))
             ctx.snapshot("after_finetune")
+        if cfg.codebook_dtype != "float32":
+            shared.round_codebooks(ctx.model, CODEBOOK_DTYPES[cfg.codebook_dtype])
         ctx.extras["shared"] = shared
         return {"method": "kmeans", "layers": shared.summary(), "distill": distill_summary(cfg.distill)}
+    if cfg.bits or cfg.codebook_dtype != "float32":
+        raise ConfigError(f"quantize: 'bits' and 'codebook_dtype' work with method kmeans only (got method {cfg.method!r})")
     if cfg.distill is not None:
         raise ConfigError(f"quantize: 'distill' works with method kmeans only (got method {cfg.method!r})")
     methods = lowbit_methods()
