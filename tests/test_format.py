@@ -191,3 +191,25 @@ def test_deep_codebook_in_half_precision_only_when_lossless():
     odd = dict(enc.sections, codebook=enc.sections["codebook"][:-1])
     with pytest.raises(FormatError, match="whole number"):
         deep.decode(type(enc)(enc.codec, enc.shape, enc.dtype, enc.meta, odd))
+
+
+def test_int8_codec_is_idempotent_and_bounded():
+    codec = get_codec("int8")
+    g = torch.Generator().manual_seed(0)
+    for t in [torch.randn(250, generator=g) * 0.3, torch.tensor([0.0, 0.0]), torch.tensor([1e-30, -2e-30]),
+              torch.tensor([127.0, -3.0]), torch.zeros(0)]:
+        enc = codec.encode(t)
+        assert len(enc.sections["data"]) == t.numel()  # one byte per value
+        once = codec.decode(enc)
+        if t.numel():
+            step = 2.0 ** enc.meta["exponent"]
+            assert float((once - t).abs().max()) <= step / 2 + 1e-12
+            assert float(t.abs().max()) / step <= 127
+        again = codec.encode(once)  # what save does with a model the encode stage rounded
+        assert again.meta["exponent"] == enc.meta["exponent"] or not t.abs().max() > 0
+        assert torch.equal(codec.decode(again), once)
+    bad = codec.encode(torch.ones(3))
+    with pytest.raises(FormatError, match="exponent 999"):
+        codec.decode(type(bad)(bad.codec, bad.shape, bad.dtype, {"exponent": 999}, bad.sections))
+    with pytest.raises(ConfigError, match="NaN"):
+        codec.encode(torch.tensor([float("nan")]))

@@ -1,4 +1,5 @@
 """Built-in tensor codecs: ``raw`` (any dtype, exact), ``fp16``/``bf16`` (lossy casts),
+``int8`` (lossy: int8 codes times a power-of-two scale),
 ``sparse`` (relative indices + fp32 values), ``deep`` (Deep Compression: relative indices
 + shared-weight codebook indices, each stream Huffman-coded when that is smaller) and
 ``auto`` (the smallest exact one)."""
@@ -87,6 +88,40 @@ class CastCodec(TensorCodec):
     def decode(self, enc):
         t = tensor_from_bytes(enc.sections["data"], self.storage, enc.shape)
         return t.to(dtype_from_name(enc.dtype))
+
+
+class Int8Codec(TensorCodec):
+    """Stores a float tensor as int8 codes times a power-of-two scale ``2^exponent``, the
+    smallest with every ``|t| / scale <= 127`` (biases, BatchNorm: 1 byte per value). Lossy,
+    but idempotent: a decoded tensor encodes to the same codes and exponent, so a model
+    rounded through it (the encode stage's ``other: int8``) is stored exactly."""
+
+    name = "int8"
+    lossless = False
+
+    def encode(self, tensor, **params):
+        _no_params(self.name, params)
+        if not tensor.is_floating_point():
+            raise ConfigError(f"codec {self.name!r} needs a float tensor, got {tensor.dtype}")
+        t = tensor.detach().cpu().to(torch.float64)
+        if not torch.isfinite(t).all():
+            raise ConfigError(f"codec {self.name!r} cannot store NaN/inf values")
+        peak = float(t.abs().max()) if t.numel() else 0.0
+        exponent = math.ceil(math.log2(peak / 127)) if peak > 0 else 0
+        codes = torch.round(t * 2.0**-exponent).clamp(-127, 127).to(torch.int8)
+        data = tensor_to_bytes(codes)
+        return EncodedTensor(self.name, list(tensor.shape), dtype_name(tensor.dtype),
+                             {"exponent": exponent, "bits": {"weights": 8 * len(data)}}, {"data": data})
+
+    def decode(self, enc):
+        try:
+            exponent = int(enc.meta["exponent"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise FormatError(f"codec 'int8': bad metadata {enc.meta!r}") from exc
+        if not -160 <= exponent <= 130:
+            raise FormatError(f"codec 'int8': exponent {exponent} is outside -160..130")
+        codes = tensor_from_bytes(enc.sections["data"], torch.int8, enc.shape)
+        return (codes.to(torch.float64) * 2.0**exponent).to(dtype_from_name(enc.dtype))
 
 
 def _no_params(name: str, params: dict[str, Any]) -> None:
@@ -239,4 +274,5 @@ SPARSE = register_codec(SparseCodec("sparse", shared=False))
 DEEP = register_codec(SparseCodec("deep", shared=True))
 register_codec(CastCodec("fp16", torch.float16))
 register_codec(CastCodec("bf16", torch.bfloat16))
+register_codec(Int8Codec())
 register_codec(AutoCodec())

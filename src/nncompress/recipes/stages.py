@@ -14,6 +14,7 @@ import torch
 
 from nncompress.distill.kd import DistillConfig
 from nncompress.errors import ConfigError
+from nncompress.format import get_codec
 from nncompress.prune.iterative import iterative_prune
 from nncompress.prune.magnitude import magnitude_prune
 from nncompress.prune.mask import MaskCallback, Masks
@@ -184,8 +185,8 @@ class EncodeConfig:
     """How the final file stores tensors: relative-index widths (paper: 5 FC, 8 conv;
     ``auto`` picks the smallest per layer),
     Huffman ('auto' = when smaller), and the codec of non-weight tensors (biases, BN):
-    ``fp16``/``bf16`` round them in the model first, so the file still reproduces exactly
-    the model that is evaluated."""
+    ``fp16``/``bf16``/``int8`` (int8 codes times a power-of-two scale per tensor) round them
+    in the model first, so the file still reproduces exactly the model that is evaluated."""
 
     index_bits_fc: int | str = 5
     index_bits_conv: int | str = 8
@@ -199,8 +200,8 @@ class EncodeConfig:
                 raise ConfigError(f"{k}={v!r} out of range; allowed: 1..16 or 'auto'")
         if self.huffman not in ("auto", "yes", "no"):
             raise ConfigError(f"huffman={self.huffman!r} not allowed; use auto, yes or no")
-        if self.other not in ("raw", "fp16", "bf16", "auto"):
-            raise ConfigError(f"other={self.other!r} not allowed; use raw, fp16, bf16 or auto")
+        if self.other not in ("raw", "fp16", "bf16", "int8", "auto"):
+            raise ConfigError(f"other={self.other!r} not allowed; use raw, fp16, bf16, int8 or auto")
 
 
 @register_stage("encode", EncodeConfig, "choose the codecs of the saved file")
@@ -211,13 +212,13 @@ def run_encode(ctx: RunContext, cfg: EncodeConfig) -> dict[str, Any]:
             continue
         bits = cfg.index_bits_conv if w.dim() > 2 else cfg.index_bits_fc
         ctx.codecs[name] = ("auto", {"index_bits": bits, "huffman": cfg.huffman})
-    casts = {"fp16": torch.float16, "bf16": torch.bfloat16}
+    codec = get_codec(cfg.other) if cfg.other != "auto" else None
     for name, t in ctx.model.state_dict().items():
         if name not in ctx.codecs and name not in weights and t.is_floating_point():
             ctx.codecs[name] = cfg.other
-            if cfg.other in casts:  # round now, so the evaluated model is what the file holds
+            if codec is not None and not codec.lossless:  # round now: the evaluated model is what the file holds
                 with torch.no_grad():
-                    t.copy_(t.to(casts[cfg.other]).to(t.dtype))
+                    t.copy_(codec.decode(codec.encode(t)))
     return {"codecs": {k: v if isinstance(v, str) else v[0] for k, v in ctx.codecs.items()}}
 
 
