@@ -87,7 +87,7 @@ def round_to_arg(value: str) -> int | str:
     return int(value) if value.isdigit() else value
 
 
-def tp_magnitude(model: nn.Module, x: torch.Tensor, target: float, round_to: int | str = 1) -> nn.Module:
+def tp_magnitude(model: nn.Module, x: torch.Tensor, target: float, round_to: int = 1) -> nn.Module:
     """Torch-Pruning's MagnitudePruner (L1, uniform ratio, its own ``round_to`` when > 1)
     bisected to reach the MAC target."""
     dense = macs_of(model, x)
@@ -101,7 +101,6 @@ def tp_magnitude(model: nn.Module, x: torch.Tensor, target: float, round_to: int
         pr.step()
         return m
 
-    round_to = int(round_to)
     lo, hi = 0.0, 0.95
     for _ in range(12):
         mid = (lo + hi) / 2
@@ -168,11 +167,19 @@ def run_model(name: str, args, train, test) -> dict:
     rows: dict[str, dict] = {"dense": {"method": "dense", "prune_seconds": 0.0, "finetune_seconds": 0.0}}
     methods = [c for c in args.criteria.split(",") if c] or list(CRITERIA)
     loss_fn = teacher_loss(dense, args)  # one frozen teacher for every fine-tuning of the run
+    tag = tag_of(name, args)
+    ft_info = {**ft.__dict__, "distill_alpha": args.distill, "distill_temperature": 4.0 if args.distill else None}
+    command = " ".join([sys.executable.split("/")[-1], *sys.argv])
+    done = resumable(tag, ft_info) if args.resume else {}
     for crit in methods + ([] if args.no_peer else ["torch-pruning-magnitude"]):
+        if crit in done:  # --resume: trained by an earlier run of this variant with the same budget
+            models[crit], rows[crit] = nnc_load(saved_path(tag, crit)), done[crit]
+            log.info("%s %s: reused from %s", name, crit, saved_path(tag, crit))
+            continue
         m = copy.deepcopy(dense)
         t0 = time.perf_counter()
         if crit == "torch-pruning-magnitude":
-            m = tp_magnitude(m, x1, args.target, args.round_to if args.round_to.isdigit() else "1")
+            m = tp_magnitude(m, x1, args.target, peer_round_to(args))
         elif crit == "l1-sensitivity":  # S1 + H3: per-layer ratios from the sensitivity curves
             xe, ye = xs[perm[-512:]], ys[perm[-512:]]
             sens = sensitivity_analysis(m, (xe, ye), (0.2, 0.4, 0.6, 0.8))
@@ -192,23 +199,39 @@ def run_model(name: str, args, train, test) -> dict:
         t2 = time.perf_counter()
         models[crit] = m
         rows[crit] = {"method": crit, "prune_seconds": t1 - t0, "finetune_seconds": t2 - t1,
-                      "accuracy_before_finetune": acc_before_ft}
+                      "accuracy_before_finetune": acc_before_ft, "trained_by": command}
+        if crit == "torch-pruning-magnitude":
+            rows[crit]["round_to"] = peer_round_to(args)
         log.info("%s %s: pruned in %.0fs, fine-tuned in %.0fs", name, crit, t1 - t0, t2 - t1)
-    # the dense model gets the same fine-tuning budget, so gains from it are not credited to pruning
-    dense_ft = copy.deepcopy(dense)
-    fit(dense_ft, train, ft, loss_fn=loss_fn)
-    rows["dense"]["accuracy_with_same_finetune"] = evaluate(dense_ft, test)["accuracy"]
+    if "dense" in done:
+        rows["dense"] = done["dense"]
+    else:  # the dense model gets the same fine-tuning budget, so gains from it are not credited to pruning
+        rows["dense"]["accuracy_with_same_finetune"] = dense_finetuned_accuracy(name, dense, train, test, ft, ft_info,
+                                                                                loss_fn)
     # every model goes through the .nnc format (new shapes, no pickle); the measured model is
     # the one loaded back, so the table describes what a user would ship
-    tag = tag_of(name, args)
     for k, m in models.items():
-        nnc_save(m, saved_path(tag, k), codecs=dict.fromkeys(m.state_dict(), "raw"))
-    info = {"rows": rows, "baseline_train": BASELINE_CFG[name].__dict__,
-            "finetune": {**ft.__dict__, "distill_alpha": args.distill, "distill_temperature": 4.0 if args.distill else None},
-            "score_sample": n_score, "held_out_sample": n_held,
-            "trained_by": " ".join([sys.executable.split("/")[-1], *sys.argv])}
+        if k not in done:
+            nnc_save(m, saved_path(tag, k), codecs=dict.fromkeys(m.state_dict(), "raw"))
+    info = {"rows": rows, "baseline_train": BASELINE_CFG[name].__dict__, "finetune": ft_info,
+            "score_sample": n_score, "held_out_sample": n_held, "trained_by": command}
     write_text_atomic(CACHE / f"{tag}.trained.json", json.dumps(info, indent=1))
     return measure(name, args, test)
+
+
+def dense_finetuned_accuracy(name: str, dense: nn.Module, train, test, ft: TrainConfig, ft_info: dict,
+                             loss_fn) -> float:
+    """Test accuracy of the dense model after the methods' fine-tuning budget; cached by that
+    budget, which alone decides it (variants differing only in channel rounding share it)."""
+    key = hashlib.sha1(json.dumps(ft_info, sort_keys=True).encode()).hexdigest()[:8]
+    path = CACHE / f"{name}_dense_finetuned_{key}.json"
+    if path.exists():
+        return json.loads(path.read_text())["accuracy"]
+    dense_ft = copy.deepcopy(dense)
+    fit(dense_ft, train, ft, loss_fn=loss_fn)
+    acc = evaluate(dense_ft, test)["accuracy"]
+    write_text_atomic(path, json.dumps({"finetune": ft_info, "accuracy": acc}))
+    return acc
 
 
 def teacher_loss(dense: nn.Module, args):
@@ -216,6 +239,27 @@ def teacher_loss(dense: nn.Module, args):
     if not args.distill:
         return None
     return distillation_loss_fn(frozen_teacher(dense), alpha=args.distill, temperature=4.0)
+
+
+def peer_round_to(args) -> int:
+    """Torch-Pruning's channel rounding: ``--peer-round-to``, else ``--round-to`` when it is a
+    number, else 1 (Torch-Pruning has no measured staircase)."""
+    if args.peer_round_to:
+        return args.peer_round_to
+    return int(args.round_to) if args.round_to.isdigit() else 1
+
+
+def resumable(tag: str, finetune: dict) -> dict[str, dict]:
+    """Rows of an earlier run of variant ``tag`` whose model file exists, when that run had the
+    same fine-tuning budget (``--resume``: add methods to a table without retraining the others)."""
+    path = CACHE / f"{tag}.trained.json"
+    if not path.exists():
+        return {}
+    info = json.loads(path.read_text())
+    if info["finetune"] != json.loads(json.dumps(finetune)):
+        raise SystemExit(f"--resume: {path} was fine-tuned with {info['finetune']}, this run asks {finetune}")
+    rows = {k: {"trained_by": info.get("trained_by", ""), **r} for k, r in info["rows"].items()}
+    return {k: r for k, r in rows.items() if saved_path(tag, k).exists()}
 
 
 def tag_of(name: str, args) -> str:
@@ -283,13 +327,30 @@ def measure(name: str, args, test) -> dict:
             "trained_by": info.get("trained_by", "")}
 
 
+def trained_by_lines(res: dict) -> list[str]:
+    """Which command trained which rows (``--resume`` adds rows trained by a later command)."""
+    by: dict[str, list[str]] = {}
+    for r in res["rows"]:
+        by.setdefault(r.get("trained_by") or res.get("trained_by", ""), []).append(r["method"])
+    by.pop("", None)
+    if len(by) == 1:
+        return [f"Models trained and pruned by: `{next(iter(by))}`  "]
+    return [f"Models {', '.join(ms)} trained and pruned by: `{cmd}`  " for cmd, ms in by.items()]
+
+
+def peer_rounding(res: dict) -> str:
+    peer = [r for r in res["rows"] if r["method"] == "torch-pruning-magnitude" and "round_to" in r]
+    return f" (Torch-Pruning: round_to={peer[0]['round_to']})" if peer else ""
+
+
 def to_markdown(res: dict, meta: dict) -> str:
     lines = [f"# Structured pruning on Fashion-MNIST: {res['model']}", "",
              f"Command: `{meta['command']}`  ",
-             *([f"Models trained and pruned by: `{res['trained_by']}`  "] if res.get("trained_by") else []),
+             *trained_by_lines(res),
              f"torch {meta['torch']}, {meta['threads']} threads for"
              f" latency (training single-threaded), target {meta['target']} of {meta.get('target_kind', 'macs')} removed, mode"
-             f" {meta['mode']}, kept channels rounded to multiples of {meta.get('round_to', 1)}.  ",
+             f" {meta['mode']}, kept channels rounded to multiples of {meta.get('round_to', 1)}"
+             f"{peer_rounding(res)}.  ",
              f"Dense baseline: {res['baseline_train']}; fine-tuning for every method: {res['finetune']}.  ",
              f"Scoring sample {res['score_sample']} training images, held-out sample (oracle, AOFP, random"
              f" search) {res['held_out_sample']}; 'acc before FT' on the first"
@@ -356,6 +417,11 @@ def main(argv=None) -> int:
                     help="what --target removes a share of (latency: the measured conv/linear time)")
     ap.add_argument("--no-peer", action="store_true",
                     help="leave out Torch-Pruning (for variants it cannot reach, e.g. --round-to 16)")
+    ap.add_argument("--peer-round-to", type=int, default=0,
+                    help="Torch-Pruning's round_to (default: --round-to when a number, else 1)")
+    ap.add_argument("--resume", action="store_true",
+                    help="reuse the models an earlier run of this variant saved (same fine-tuning budget);"
+                         " train only the methods it lacks")
     ap.add_argument("--finetune-epochs", type=int, default=0,
                     help="fine-tuning epochs for every method (default: the model's FINETUNE_CFG)")
     ap.add_argument("--distill", type=float, default=0.0,
