@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import fcntl
 import json
 import math
 import os
@@ -82,7 +83,9 @@ def recipe_variant(name: str, *, rounds: int | None = None, rt_epochs: float | N
                    distill: dict | None = None, seed: int | None = None,
                    adjust_dropout: bool | None = None, fin_lr: float | None = None,
                    retrain_extra: dict | None = None, finetune_extra: dict | None = None,
-                   quant_extra: dict | None = None) -> dict:
+                   quant_extra: dict | None = None, encode_extra: dict | None = None,
+                   dense_extra: dict | None = None, final_extra: dict | None = None,
+                   dns: dict | None = None) -> dict:
     r = copy.deepcopy(BASE)
     r["name"] = name
     if seed is not None:
@@ -90,6 +93,7 @@ def recipe_variant(name: str, *, rounds: int | None = None, rt_epochs: float | N
     quant = next(st["quantize"] for st in r["stages"] if "quantize" in st)
     quant["finetune"].update(finetune_extra or {})
     quant.update(quant_extra or {})
+    next(st["encode"] for st in r["stages"] if "encode" in st).update(encode_extra or {})
     if distill is not None:  # K1 from the dense model in every retraining and the centroid fine-tuning
         for st in r["stages"]:
             for key in ("prune", "quantize"):
@@ -112,13 +116,27 @@ def recipe_variant(name: str, *, rounds: int | None = None, rt_epochs: float | N
         p["adjust_dropout"] = adjust_dropout
     for key in ("retrain", "final_retrain"):
         p[key].update(retrain_extra or {})
+    p["final_retrain"].update(final_extra or {})
+    if dns is not None:  # P5 replaces the cut-and-retrain rounds; the prune stage trims its drift to the final cut
+        epochs, frac = dns["epochs"], dns.get("stop_frac", 0.6)
+        steps = math.ceil(epochs * 60000 / 128)
+        stage = {"sparse_train": {"method": "dns", "params": {
+            "sparsity": {f"{k}.weight": v for k, v in dns.get("cut", p["schedule"][-1]).items()},
+            "gamma": 1e-4, "power": 1.0, "stop_step": int(frac * steps)},
+            "train": {"epochs": epochs, "lr": dns.get("lr", 0.02), "batch_size": 128,
+                      "weight_decay": dns.get("weight_decay", 1e-4)}}}
+        r["stages"].insert(next(i for i, st in enumerate(r["stages"]) if "prune" in st), stage)
+        p["schedule"] = [p["schedule"][-1]]
     if dense_epochs is not None:
         next(s["train"] for s in r["stages"] if "train" in s)["epochs"] = dense_epochs
+    next(s["train"] for s in r["stages"] if "train" in s).update(dense_extra or {})
     return r
 
 
 CURRENT = dict(adjust_dropout=True, fin_epochs=40, fin_lr=0.02, fin_average=10)  # the built-in recipe
 CB16 = {"codebook_dtype": "float16"}
+NO_LS = {"label_smoothing": 0.0}
+I8 = {"other": "int8"}  # biases as int8 codes times a power-of-two scale
 RECIPES = {
     "R_0_base": {},  # the built-in recipe before this search's adoption (see search_base)
     "R_B_rt8_fin40": dict(rt_epochs=8, fin_epochs=40),
@@ -160,6 +178,27 @@ RECIPES = {
                            final={"fc1": 0.968, "fc2": 0.945, "fc3": 0.72}),
     "C_cb16_b4x2_f966": dict(**CURRENT, quant_extra={**CB16, "bits": {"fc1": 4, "fc2": 4}},
                              final={"fc1": 0.966, "fc2": 0.935, "fc3": 0.72}),
+    # Distillation from a teacher trained without label smoothing (a smoothed teacher's soft
+    # targets carry little information; Mueller et al. 2019), against the same dense run without it.
+    "N_nols": dict(**CURRENT, dense_extra=NO_LS),
+    "N_nols_K_a05_T4": dict(**CURRENT, dense_extra=NO_LS, distill={"alpha": 0.5, "temperature": 4.0}),
+    "N_nols_K_a07_T2": dict(**CURRENT, dense_extra=NO_LS, distill={"alpha": 0.7, "temperature": 2.0}),
+    # Stochastic weight averaging (Izmailov et al. 2018): the final retraining at a constant lr,
+    # averaging the weights at the ends of the last epochs (instead of cosine to 0 + last 10).
+    "W_const005_avg20": dict(**{**CURRENT, "fin_lr": 0.005, "fin_average": 20}, final_extra={"lr_schedule": "constant"}),
+    "W_const01_avg20": dict(**{**CURRENT, "fin_lr": 0.01, "fin_average": 20}, final_extra={"lr_schedule": "constant"}),
+    "W_const002_avg30": dict(**{**CURRENT, "fin_lr": 0.002, "fin_average": 30}, final_extra={"lr_schedule": "constant"}),
+    # Dynamic network surgery (P5) instead of the cut-and-retrain rounds, then the same trim,
+    # final retraining, sharing and coding.
+    "D_dns30": dict(**CURRENT, dns={"epochs": 30}),
+    "D_dns30_deep": dict(**CURRENT, dns={"epochs": 30, "cut": {"fc1": 0.98, "fc2": 0.955, "fc3": 0.72}}),
+    # Smaller retraining batches (more, noisier steps for the same epochs).
+    "B_bs64": dict(**CURRENT, retrain_extra={"batch_size": 64}),
+    "B_bs64_lr01": dict(**{**CURRENT, "fin_lr": 0.01}, retrain_extra={"batch_size": 64, "lr": 0.01}),
+    "C_i8_cb16_f970": dict(**CURRENT, quant_extra=CB16, encode_extra=I8,
+                           final={"fc1": 0.970, "fc2": 0.945, "fc3": 0.72}),
+    "C_i8_cb16_b4_f966": dict(**CURRENT, quant_extra={**CB16, "bits": {"fc1": 4}}, encode_extra=I8,
+                              final={"fc1": 0.966, "fc2": 0.94, "fc3": 0.72}),
 }
 DNS = {
     "D3_T2_wd1e-4": dict(t=T2, wd=1e-4),
@@ -329,24 +368,33 @@ def main() -> int:
     else:
         jobs += [(run_recipe_job, n, s) for n in names for s in args.seeds]
     path = RESULTS / "recipe_search.json"
-    old = json.loads(path.read_text()) if path.exists() else {"commands": [], "rows": []}
     extra = ([f"--seeds {' '.join(map(str, args.seeds))}"] if args.seeds != [0] else []) + \
         ([f"--jobs {args.jobs}"] if args.jobs != 1 else []) + (["--branch"] if args.branch else [])
-    commands = old["commands"] + [" ".join(["recipe_search.py", *args.names, *extra])]
-    notes = old.get("notes", "")
+    command = " ".join(["recipe_search.py", *args.names, *extra])
     new: list[dict] = []
     with ThreadPoolExecutor(max(1, min(args.jobs, len(jobs)))) as ex:
         for fut in as_completed([ex.submit(f, n, s) for f, n, s in jobs]):
             res = fut.result()
             for row in res if isinstance(res, list) else [res]:
                 new.append(row)
-                print(json.dumps(row)[:400], flush=True)
-            done = {r["name"] for r in new}  # written after every job: a long search keeps what it has
-            rows = [r for r in old["rows"] if r["name"] not in done] + new
-            write_text_atomic(path, json.dumps({"commands": commands, "rows": rows, "notes": notes}, indent=1))
-            write_text_atomic(path.with_suffix(".md"), markdown(rows, "; ".join(commands), notes))
+                print(json.dumps(row), flush=True)
+            merge_results(path, command, new)  # after every job: a long search keeps what it has
     print(f"wrote {path} and {path.with_suffix('.md')}")
     return 0
+
+
+def merge_results(path: Path, command: str, new: list[dict]) -> None:
+    """Merge ``new`` rows (replacing rows of the same name) into the results file as it is
+    now, under a lock: searches running side by side each keep the others' rows."""
+    with open(path.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        old = json.loads(path.read_text()) if path.exists() else {"commands": [], "rows": []}
+        commands = old["commands"] + ([command] if command not in old["commands"] else [])
+        done = {r["name"] for r in new}
+        rows = [r for r in old["rows"] if r["name"] not in done] + new
+        notes = old.get("notes", "")
+        write_text_atomic(path, json.dumps({"commands": commands, "rows": rows, "notes": notes}, indent=1))
+        write_text_atomic(path.with_suffix(".md"), markdown(rows, "; ".join(commands), notes))
 
 
 if __name__ == "__main__":
