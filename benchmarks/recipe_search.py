@@ -54,11 +54,14 @@ def _prune(r: dict) -> dict:
 def search_base() -> dict:
     """The recipe every R/K/G/A variant changes: the built-in ``deep-compression-lenet300``
     as it was before it adopted ``A_adjdrop_fin40_lr02_avg10`` (no dropout adjustment, final
-    retraining 20 epochs at lr 0.01 without averaging), so rows stay comparable."""
+    retraining 20 epochs at lr 0.01 without averaging) and ``C_i8_cb16`` (fp32 centroids, fp16
+    biases), so rows stay comparable."""
     r = yaml.safe_load((ROOT / "src/nncompress/recipes/builtin/deep-compression-lenet300.yaml").read_text())
     p = _prune(r)
     p.pop("adjust_dropout", None)
     p["final_retrain"] = {"epochs": 20, "lr": 0.01, "batch_size": 128, "weight_decay": 5.0e-5}
+    next(s["quantize"] for s in r["stages"] if "quantize" in s).pop("codebook_dtype", None)  # fp32 centroids
+    next(s["encode"] for s in r["stages"] if "encode" in s)["other"] = "fp16"  # and fp16 biases, as then
     return r
 
 
@@ -195,6 +198,7 @@ RECIPES = {
     # Smaller retraining batches (more, noisier steps for the same epochs).
     "B_bs64": dict(**CURRENT, retrain_extra={"batch_size": 64}),
     "B_bs64_lr01": dict(**{**CURRENT, "fin_lr": 0.01}, retrain_extra={"batch_size": 64, "lr": 0.01}),
+    "C_i8_cb16": dict(**CURRENT, quant_extra=CB16, encode_extra=I8),
     "C_i8_cb16_f970": dict(**CURRENT, quant_extra=CB16, encode_extra=I8,
                            final={"fc1": 0.970, "fc2": 0.945, "fc3": 0.72}),
     "C_i8_cb16_b4_f966": dict(**CURRENT, quant_extra={**CB16, "bits": {"fc1": 4}}, encode_extra=I8,
