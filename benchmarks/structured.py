@@ -171,6 +171,9 @@ def run_model(name: str, args, train, test) -> dict:
     ft_info = {**ft.__dict__, "distill_alpha": args.distill, "distill_temperature": 4.0 if args.distill else None}
     command = " ".join([sys.executable.split("/")[-1], *sys.argv])
     done = resumable(tag, ft_info) if args.resume else {}
+    peer_done = done.get("torch-pruning-magnitude", {})
+    if peer_done.get("round_to", peer_round_to(args)) != peer_round_to(args):  # another peer variant: retrain
+        done.pop("torch-pruning-magnitude")
     for crit in methods + ([] if args.no_peer else ["torch-pruning-magnitude"]):
         if crit in done:  # --resume: trained by an earlier run of this variant with the same budget
             models[crit], rows[crit] = nnc_load(saved_path(tag, crit)), done[crit]
@@ -203,6 +206,8 @@ def run_model(name: str, args, train, test) -> dict:
         if crit == "torch-pruning-magnitude":
             rows[crit]["round_to"] = peer_round_to(args)
         log.info("%s %s: pruned in %.0fs, fine-tuned in %.0fs", name, crit, t1 - t0, t2 - t1)
+    for k in done.keys() - rows.keys() - {"dense"}:  # methods of the earlier run not asked for now stay
+        models[k], rows[k] = nnc_load(saved_path(tag, k)), done[k]
     if "dense" in done:
         rows["dense"] = done["dense"]
     else:  # the dense model gets the same fine-tuning budget, so gains from it are not credited to pruning
