@@ -47,8 +47,13 @@ F975 = {"fc1": 0.975, "fc2": 0.95, "fc3": 0.72}
 REALLOC = {"fc1": 0.975, "fc2": 0.93, "fc3": 0.65}  # final sparsities: weights moved from fc1 to fc2/fc3
 
 
+def _stage(r: dict, name: str) -> dict:
+    """The settings of the recipe's first ``name`` stage (edited in place by the variants)."""
+    return next(s[name] for s in r["stages"] if name in s)
+
+
 def _prune(r: dict) -> dict:
-    return next(s["prune"] for s in r["stages"] if "prune" in s)
+    return _stage(r, "prune")
 
 
 def search_base() -> dict:
@@ -60,8 +65,8 @@ def search_base() -> dict:
     p = _prune(r)
     p.pop("adjust_dropout", None)
     p["final_retrain"] = {"epochs": 20, "lr": 0.01, "batch_size": 128, "weight_decay": 5.0e-5}
-    next(s["quantize"] for s in r["stages"] if "quantize" in s).pop("codebook_dtype", None)  # fp32 centroids
-    next(s["encode"] for s in r["stages"] if "encode" in s)["other"] = "fp16"  # and fp16 biases, as then
+    _stage(r, "quantize").pop("codebook_dtype", None)  # fp32 centroids
+    _stage(r, "encode")["other"] = "fp16"  # and fp16 biases, as then
     return r
 
 
@@ -93,10 +98,10 @@ def recipe_variant(name: str, *, rounds: int | None = None, rt_epochs: float | N
     r["name"] = name
     if seed is not None:
         r["seed"] = seed
-    quant = next(st["quantize"] for st in r["stages"] if "quantize" in st)
+    quant = _stage(r, "quantize")
     quant["finetune"].update(finetune_extra or {})
     quant.update(quant_extra or {})
-    next(st["encode"] for st in r["stages"] if "encode" in st).update(encode_extra or {})
+    _stage(r, "encode").update(encode_extra or {})
     if distill is not None:  # K1 from the dense model in every retraining and the centroid fine-tuning
         for st in r["stages"]:
             for key in ("prune", "quantize"):
@@ -131,8 +136,8 @@ def recipe_variant(name: str, *, rounds: int | None = None, rt_epochs: float | N
         r["stages"].insert(next(i for i, st in enumerate(r["stages"]) if "prune" in st), stage)
         p["schedule"] = [p["schedule"][-1]]
     if dense_epochs is not None:
-        next(s["train"] for s in r["stages"] if "train" in s)["epochs"] = dense_epochs
-    next(s["train"] for s in r["stages"] if "train" in s).update(dense_extra or {})
+        _stage(r, "train")["epochs"] = dense_epochs
+    _stage(r, "train").update(dense_extra or {})
     return r
 
 
