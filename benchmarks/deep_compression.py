@@ -10,13 +10,14 @@ peer pipeline assembled from maintained libraries, in the same run:
   indices (int16/int32) for positions, biases fp32; stored with ``numpy.savez`` (no
   pickle) and measured on disk. Peers have no centroid fine-tuning.
 
-Usage: python benchmarks/deep_compression.py [--models lenet300 lenet5] [--threads 2]
+Usage: python benchmarks/deep_compression.py [--models lenet300 lenet5] [--threads 2] [--seeds 0 1 2]
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import io
 import sys
 import time
@@ -103,8 +104,14 @@ def peer_share_and_store(model: nn.Module, bits: dict[str, int], path: Path) -> 
     return {"file_bytes": path.stat().st_size, "kmeans_seconds": t_kmeans, "huffman_seconds": t_huff}
 
 
-def bench_model(model_name: str, outdir: Path) -> dict:
+def bench_model(model_name: str, outdir: Path, seed: int | None = None) -> dict:
+    """Ours and the peer on one model; ``seed`` replaces the recipe's seed (the dense
+    model's initialisation and everything drawn from the recipe seed), and the peer
+    branches from that seed's dense model."""
     recipe = load_recipe(RECIPES[model_name])
+    if seed is not None:
+        recipe = dataclasses.replace(recipe, seed=seed)
+    stem = model_name if seed is None else f"{model_name}-seed{seed}"
     prune_cfg = next(s.config for s in recipe.stages if s.name == "prune")
     quant_cfg = next(s.config for s in recipe.stages if s.name == "quantize")
     branch: dict = {}
@@ -115,7 +122,7 @@ def bench_model(model_name: str, outdir: Path) -> dict:
             branch["ctx"] = ctx
 
     t0 = time.perf_counter()
-    ours = run_recipe(recipe, outdir / f"{model_name}.nnc", outdir / f"report-{model_name}",
+    ours = run_recipe(recipe, outdir / f"{stem}.nnc", outdir / f"report-{stem}",
                       command=f"benchmarks/deep_compression.py ({recipe.name})", stage_hook=hook)
     ours_seconds = time.perf_counter() - t0
     ctx, peer = branch["ctx"], branch["model"]
@@ -124,7 +131,7 @@ def bench_model(model_name: str, outdir: Path) -> dict:
     acc_pruned = evaluate(peer, ctx.test_data)["accuracy"]
     bits = {n: (quant_cfg.bits_conv if w.dim() > 2 else quant_cfg.bits_fc)
             for n, w in prunable_weights(peer).items()}
-    stored = peer_share_and_store(peer, bits, outdir / f"{model_name}-peer.npz")
+    stored = peer_share_and_store(peer, bits, outdir / f"{stem}-peer.npz")
     peer_acc = evaluate(peer, ctx.test_data)["accuracy"]
     peer_seconds = time.perf_counter() - t0
     s = ours["summary"]
@@ -133,6 +140,7 @@ def bench_model(model_name: str, outdir: Path) -> dict:
     return {
         "model": model_name,
         "recipe": recipe.name,
+        "seed": recipe.seed,
         "dense_accuracy": s["dense_accuracy"],
         "dense_fp32_bytes": dense_bytes,
         "ours": {"accuracy": s["compressed_accuracy"], "file_bytes": s["file_bytes"],
@@ -145,6 +153,27 @@ def bench_model(model_name: str, outdir: Path) -> dict:
     }
 
 
+def seed_summary(rows: list[dict]) -> list[str]:
+    """Mean (min..max) over seeds of each model's accuracies and ratios, and in how many
+    seeds ours is at least as accurate as the peer."""
+    out = ["", "Over seeds (mean, min..max):", "",
+           "| model | seeds | dense acc | ours acc | ours ratio | peer acc | peer ratio | seeds ours >= peer acc |",
+           "|---|---|---:|---:|---:|---:|---:|---:|"]
+
+    def stat(vals: list[float], pct: bool = True) -> str:
+        f = (lambda v: f"{100 * v:.2f}%") if pct else (lambda v: f"{v:.1f}x")
+        return f"{f(sum(vals) / len(vals))} ({f(min(vals))}..{f(max(vals))})"
+
+    for model in dict.fromkeys(r["model"] for r in rows):
+        rs = [r for r in rows if r["model"] == model]
+        wins = sum(r["ours"]["accuracy"] >= r["peer"]["accuracy"] for r in rs)
+        out.append(f"| {model} | {', '.join(str(r['seed']) for r in rs)} | "
+                   f"{stat([r['dense_accuracy'] for r in rs])} | {stat([r['ours']['accuracy'] for r in rs])} | "
+                   f"{stat([r['ours']['ratio'] for r in rs], False)} | {stat([r['peer']['accuracy'] for r in rs])} | "
+                   f"{stat([r['peer']['ratio'] for r in rs], False)} | {wins} of {len(rs)} |")
+    return out
+
+
 def markdown(rows: list[dict]) -> str:
     out = ["# Deep Compression on Fashion-MNIST: nncompress vs a peer pipeline (same run)", "",
            "Peer = torch.nn.utils.prune (same schedule and retraining) + scikit-learn KMeans + "
@@ -152,12 +181,20 @@ def markdown(rows: list[dict]) -> str:
            "weights+biases.", "",
            "| model | dense acc | ours acc | ours bytes | ours ratio | peer acc | peer bytes | peer ratio |",
            "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    many = len({r.get("seed") for r in rows}) > 1
     for r in rows:
         o, p = r["ours"], r["peer"]
-        out.append(f"| {r['model']} | {100 * r['dense_accuracy']:.2f}% | {100 * o['accuracy']:.2f}% | "
+        label = f"{r['model']} (seed {r['seed']})" if many else r["model"]
+        out.append(f"| {label} | {100 * r['dense_accuracy']:.2f}% | {100 * o['accuracy']:.2f}% | "
                    f"{o['file_bytes']:,} | **{o['ratio']:.1f}x** | {100 * p['accuracy']:.2f}% | "
                    f"{p['file_bytes']:,} | {p['ratio']:.1f}x |")
+    if many:
+        out += seed_summary(rows)
+    shown = set()
     for r in rows:
+        if r["model"] in shown:  # the per-layer table of each model's first seed
+            continue
+        shown.add(r["model"])
         out += ["", f"## {r['model']}: per-layer table (nncompress, from the file's bytes)", "",
                 table_markdown(r["ours"]["table"])]
         out += ["| stage | seconds | test accuracy after |", "|---|---:|---:|"]
@@ -171,6 +208,9 @@ def main() -> None:
     ap.add_argument("--models", nargs="+", default=list(RECIPES), choices=list(RECIPES))
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--outdir", default=str(RESULTS / "deep_compression"))
+    ap.add_argument("--seeds", nargs="+", type=int, metavar="SEED",
+                    help="run each model with these recipe seeds (default: the recipe's own) and"
+                         " report the mean over them beside every seed's row")
     ap.add_argument("--render", nargs="+", metavar="JSON",
                     help="only re-render the Markdown of earlier result files (no training)")
     args = ap.parse_args()
@@ -189,10 +229,14 @@ def main() -> None:
     outdir.mkdir(parents=True, exist_ok=True)
     rows = []
     for m in args.models:
-        rows.append(bench_model(m, outdir))
-        print(f"{m}: ours {rows[-1]['ours']['ratio']:.1f}x at {100 * rows[-1]['ours']['accuracy']:.2f}%, "
-              f"peer {rows[-1]['peer']['ratio']:.1f}x at {100 * rows[-1]['peer']['accuracy']:.2f}%", flush=True)
+        for seed in args.seeds or [None]:
+            rows.append(bench_model(m, outdir, seed))
+            print(f"{m} (seed {rows[-1]['seed']}): ours {rows[-1]['ours']['ratio']:.1f}x at "
+                  f"{100 * rows[-1]['ours']['accuracy']:.2f}%, peer {rows[-1]['peer']['ratio']:.1f}x at "
+                  f"{100 * rows[-1]['peer']['accuracy']:.2f}%", flush=True)
     name = "deep_compression" if len(args.models) == len(RECIPES) else "deep_compression_" + "_".join(args.models)
+    if args.seeds:
+        name += "_seeds" + "-".join(map(str, args.seeds))
     write_results(name, {"models": rows}, markdown(rows))
 
 

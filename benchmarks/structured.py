@@ -163,12 +163,18 @@ def run_model(name: str, args, train, test) -> dict:
         ft = TrainConfig(**{**ft.__dict__, "epochs": args.finetune_epochs})
     if args.quick:
         ft = TrainConfig(**{**ft.__dict__, "max_steps": 5})
+    steps = args.steps
+    if ft.epochs % steps:
+        raise SystemExit(f"--steps {steps} must divide the {ft.epochs} fine-tuning epochs (same budget per step)")
+    ft_step = TrainConfig(**{**ft.__dict__, "epochs": ft.epochs // steps})
     models: dict[str, nn.Module] = {"dense": dense}
     rows: dict[str, dict] = {"dense": {"method": "dense", "prune_seconds": 0.0, "finetune_seconds": 0.0}}
     methods = [c for c in args.criteria.split(",") if c] or list(CRITERIA)
     loss_fn = teacher_loss(dense, args)  # one frozen teacher for every fine-tuning of the run
     tag = tag_of(name, args)
     ft_info = {**ft.__dict__, "distill_alpha": args.distill, "distill_temperature": 4.0 if args.distill else None}
+    if steps > 1:  # the same epochs, split over the pruning steps
+        ft_info["steps"] = steps
     command = " ".join([sys.executable.split("/")[-1], *sys.argv])
     done = resumable(tag, ft_info) if args.resume else {}
     peer_done = done.get("torch-pruning-magnitude", {})
@@ -181,8 +187,27 @@ def run_model(name: str, args, train, test) -> dict:
             continue
         m = copy.deepcopy(dense)
         t0 = time.perf_counter()
+        acc_before_ft = None
         if crit == "torch-pruning-magnitude":
-            m = tp_magnitude(m, x1, args.target, peer_round_to(args))
+            for step in range(1, steps + 1):  # one shot, or the same schedule as ours
+                budget = (1 - args.target) ** (step / steps) * macs_of(dense, x1)
+                m = tp_magnitude(m, x1, 1 - budget / macs_of(m, x1), peer_round_to(args))
+                if steps > 1:
+                    acc_before_ft = evaluate(m, before_ft_test)["accuracy"] if step == 1 else acc_before_ft
+                    fit(m, train, ft_step, loss_fn=loss_fn)
+        elif steps > 1 and crit in ("l1-sensitivity", "energy-aware"):
+            raise SystemExit(f"--steps > 1 is not supported for {crit}")
+        elif steps > 1:  # iterative: prune a step, fine-tune ft/steps epochs, ...
+            first = {}
+
+            def probe(step: int, model: nn.Module) -> None:
+                if step == 1:
+                    first["acc"] = evaluate(model, before_ft_test)["accuracy"]
+
+            structured_prune(m, crit, args.target, args.target_kind, data, example_inputs=x1, mode=args.mode,
+                             round_to=round_to_arg(args.round_to), steps=steps, finetune=ft_step,
+                             train_data=train, loss_fn=loss_fn, on_removed=probe)
+            acc_before_ft = first["acc"]
         elif crit == "l1-sensitivity":  # S1 + H3: per-layer ratios from the sensitivity curves
             xe, ye = xs[perm[-512:]], ys[perm[-512:]]
             sens = sensitivity_analysis(m, (xe, ye), (0.2, 0.4, 0.6, 0.8))
@@ -197,8 +222,9 @@ def run_model(name: str, args, train, test) -> dict:
             structured_prune(m, crit, args.target, args.target_kind, data, example_inputs=x1, mode=args.mode,
                              round_to=round_to_arg(args.round_to))
         t1 = time.perf_counter()
-        acc_before_ft = evaluate(m, before_ft_test)["accuracy"]
-        fit(m, train, ft, loss_fn=loss_fn)
+        if steps == 1:
+            acc_before_ft = evaluate(m, before_ft_test)["accuracy"]
+            fit(m, train, ft, loss_fn=loss_fn)
         t2 = time.perf_counter()
         models[crit] = m
         rows[crit] = {"method": crit, "prune_seconds": t1 - t0, "finetune_seconds": t2 - t1,
@@ -228,6 +254,7 @@ def dense_finetuned_accuracy(name: str, dense: nn.Module, train, test, ft: Train
                              loss_fn) -> float:
     """Test accuracy of the dense model after the methods' fine-tuning budget; cached by that
     budget, which alone decides it (variants differing only in channel rounding share it)."""
+    ft_info = {k: v for k, v in ft_info.items() if k != "steps"}  # the dense model is not pruned in steps
     key = hashlib.sha1(json.dumps(ft_info, sort_keys=True).encode()).hexdigest()[:8]
     path = CACHE / f"{name}_dense_finetuned_{key}.json"
     if path.exists():
@@ -273,6 +300,7 @@ def tag_of(name: str, args) -> str:
     rt = "" if args.round_to in ("1", 1) else f".rt{args.round_to}"
     kind = "" if args.target_kind == "macs" else f".{args.target_kind}-target"
     kd = (f".kd{args.distill:g}" if args.distill else "") + (f".ft{args.finetune_epochs}" if args.finetune_epochs else "")
+    kd += f".s{args.steps}" if args.steps > 1 else ""
     return name + ("" if args.mode == "global" else f".{args.mode}") + rt + kind + kd + (".quick" if args.quick else "")
 
 
@@ -429,6 +457,9 @@ def main(argv=None) -> int:
                          " train only the methods it lacks")
     ap.add_argument("--finetune-epochs", type=int, default=0,
                     help="fine-tuning epochs for every method (default: the model's FINETUNE_CFG)")
+    ap.add_argument("--steps", type=int, default=1,
+                    help="iterative pruning: reach the target in N steps, each followed by 1/N of the"
+                         " fine-tuning epochs (Torch-Pruning gets the same schedule)")
     ap.add_argument("--distill", type=float, default=0.0,
                     help="fine-tune every model with knowledge distillation from the dense one (alpha)")
     ap.add_argument("--default-allocator", action="store_true",

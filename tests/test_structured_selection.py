@@ -106,6 +106,25 @@ def test_iterative_schedule_with_finetuning(tiny_data):
     assert "train_accuracy" in res.steps[0]
 
 
+def test_iterative_schedule_uses_loss_fn_and_reports_each_removal(tiny_data):
+    model = build_model("lenet5")
+    x, y = tiny_data.tensors
+    calls, seen = [], []
+
+    def loss_fn(logits, target, inputs):
+        calls.append(inputs.shape[0])
+        return torch.nn.functional.cross_entropy(logits, target)
+
+    def on_removed(step, m):
+        seen.append((step, m.conv1.out_channels))
+
+    structured_prune(model, "l1", 0.5, "macs", ScoreData(x[:64], y[:64]), steps=2,
+                     finetune=TrainConfig(epochs=1, max_steps=2, lr=0.01), train_data=tiny_data,
+                     loss_fn=loss_fn, on_removed=on_removed)
+    assert len(calls) == 4  # 2 steps x 2 optimizer steps, every one through loss_fn
+    assert [s for s, _ in seen] == [1, 2] and seen[0][1] >= seen[1][1] == model.conv1.out_channels
+
+
 def test_skip_keeps_a_layer_whole():
     model = build_model("lenet5")
     structured_prune(model, "l1", 0.3, "macs", example_inputs=X, skip=["conv1"])

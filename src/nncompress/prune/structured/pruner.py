@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
@@ -94,6 +94,8 @@ def structured_prune(
     finetune: TrainConfig | None = None,
     train_data: Dataset | None = None,
     optimizer: torch.optim.Optimizer | None = None,
+    loss_fn=None,
+    on_removed: Callable[[int, nn.Module], None] | None = None,
 ) -> StructuredResult:
     """Prune ``model`` in place until ``target`` of ``target_kind`` is removed.
 
@@ -108,7 +110,9 @@ def structured_prune(
     ``latency_batch`` and torch's thread count, get faster (see ``latency``).
     ``target_kind="latency"``: the target is a share of the layers' measured time
     (``latency.LatencyModel``), e.g. ``0.5`` for a predicted 2x faster model. ``finetune`` + ``train_data``: train after
-    each step. The criterion's ``data`` is re-used at every step.
+    each step (with ``loss_fn(logits, y, x)`` when given, e.g. a distillation loss). The
+    criterion's ``data`` is re-used at every step. ``on_removed(step, model)`` is called after
+    each step's removal, before its fine-tuning (e.g. to record the accuracy before FT).
 
     Example:
         >>> res = structured_prune(model, "l1", 0.5, "macs", example_inputs=x[:1])  # doctest: +SKIP
@@ -171,10 +175,12 @@ def structured_prune(
                                  rt, kept, lat)
         module_plan = {g: idx for g, idx in plan.items()}  # root names are module names
         remove_channels(model, module_plan, example, optimizer=optimizer)
+        if on_removed is not None:
+            on_removed(step, model)
         info = {"step": step, **_summary(model, example),
                 "removed": {g: len(v) for g, v in plan.items()}}
         if finetune is not None:
-            hist = fit(model, train_data, finetune, optimizer=optimizer)
+            hist = fit(model, train_data, finetune, optimizer=optimizer, loss_fn=loss_fn)
             if hist.epochs:
                 info["train_accuracy"] = hist.epochs[-1]["train_accuracy"]
         result.steps.append(info)
