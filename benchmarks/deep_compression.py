@@ -153,12 +153,17 @@ def bench_model(model_name: str, outdir: Path, seed: int | None = None) -> dict:
     }
 
 
+def _after_pruning(row: dict) -> float:
+    return next(st["accuracy"] for st in row["ours"]["stages"] if st["stage"] == "prune")
+
+
 def seed_summary(rows: list[dict]) -> list[str]:
     """Mean (min..max) over seeds of each model's accuracies and ratios, and in how many
     seeds ours is at least as accurate as the peer."""
     out = ["", "Over seeds (mean, min..max):", "",
-           "| model | seeds | dense acc | ours acc | ours ratio | peer acc | peer ratio | seeds ours >= peer acc |",
-           "|---|---|---:|---:|---:|---:|---:|---:|"]
+           "| model | seeds | dense acc | ours after pruning | ours acc | ours ratio | peer after pruning | peer acc |"
+           " peer ratio | seeds ours >= peer acc |",
+           "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
 
     def stat(vals: list[float], pct: bool = True) -> str:
         f = (lambda v: f"{100 * v:.2f}%") if pct else (lambda v: f"{v:.1f}x")
@@ -168,8 +173,9 @@ def seed_summary(rows: list[dict]) -> list[str]:
         rs = [r for r in rows if r["model"] == model]
         wins = sum(r["ours"]["accuracy"] >= r["peer"]["accuracy"] for r in rs)
         out.append(f"| {model} | {', '.join(str(r['seed']) for r in rs)} | "
-                   f"{stat([r['dense_accuracy'] for r in rs])} | {stat([r['ours']['accuracy'] for r in rs])} | "
-                   f"{stat([r['ours']['ratio'] for r in rs], False)} | {stat([r['peer']['accuracy'] for r in rs])} | "
+                   f"{stat([r['dense_accuracy'] for r in rs])} | {stat([_after_pruning(r) for r in rs])} | "
+                   f"{stat([r['ours']['accuracy'] for r in rs])} | {stat([r['ours']['ratio'] for r in rs], False)} | "
+                   f"{stat([r['peer']['accuracy_after_pruning'] for r in rs])} | {stat([r['peer']['accuracy'] for r in rs])} | "
                    f"{stat([r['peer']['ratio'] for r in rs], False)} | {wins} of {len(rs)} |")
     return out
 
