@@ -64,6 +64,7 @@ class FileInfo:
     tensors: list[TensorEntry] = field(default_factory=list)
     version: str = ""
     activations: dict[str, Any] = field(default_factory=dict)
+    lowrank: dict[str, Any] = field(default_factory=dict)
 
 
 def _weight_names(model: nn.Module) -> set[str]:
@@ -136,6 +137,9 @@ def save(model: nn.Module, path: str | Path, *, codecs: Mapping[str, CodecChoice
     acts = _activation_spec(model)
     if acts:
         meta["activations"] = acts
+    lowrank = _lowrank_spec(model)
+    if lowrank:
+        meta["lowrank"] = lowrank
     blob = pack_container(meta, sections)
     atomic_write_bytes(path, blob)
     log.info("saved %s (%d bytes, %d tensors)", path, len(blob), len(tensors))
@@ -149,6 +153,13 @@ def _activation_spec(model: nn.Module) -> dict[str, Any]:
     return activation_spec(model)
 
 
+def _lowrank_spec(model: nn.Module) -> dict[str, Any]:
+    """Layers replaced by ``nncompress.decompose`` (JSON record), if any."""
+    from nncompress.decompose.api import lowrank_spec
+
+    return lowrank_spec(model)
+
+
 def _file_info(path: str, size: int, meta: dict[str, Any], sections: Mapping[str, bytes]) -> FileInfo:
     entries = []
     try:
@@ -157,7 +168,8 @@ def _file_info(path: str, size: int, meta: dict[str, Any], sections: Mapping[str
             entries.append(TensorEntry(t["name"], t["codec"], [int(d) for d in t["shape"]],
                                        t["dtype"], nbytes, t["meta"]))
         return FileInfo(path, size, meta.get("arch"), meta.get("metadata", {}), entries,
-                        meta.get("nncompress", ""), meta.get("activations") or {})
+                        meta.get("nncompress", ""), meta.get("activations") or {},
+                        meta.get("lowrank") or {})
     except (KeyError, TypeError, ValueError) as exc:
         raise FormatError(f"{path}: tensor table is damaged ({exc!r})") from exc
 
@@ -201,7 +213,8 @@ def load(path: str | Path, model: nn.Module | None = None) -> nn.Module:
     Built-in architectures are rebuilt from the file; for any other model pass a skeleton
     (``model=MyNet()``), whose tensors are replaced (and Linear/Conv/BatchNorm resized to
     the stored shapes, so structurally pruned models load), and activation quantizers
-    stored by a low-bit method are re-attached. Never unpickles anything.
+    stored by a low-bit method are re-attached; layers replaced by ``decompose`` are
+    rebuilt from the file's low-rank record. Never unpickles anything.
 
     Example:
         >>> model = load("lenet.nnc")  # doctest: +SKIP
@@ -211,6 +224,14 @@ def load(path: str | Path, model: nn.Module | None = None) -> nn.Module:
         if not info.arch:
             raise ConfigError(f"{path} holds a user-defined model; pass a skeleton: load(path, model=MyNet())")
         model = build_model(info.arch["name"], **info.arch.get("kwargs", {}))
+    if info.lowrank:
+        from nncompress.decompose.api import apply_lowrank_spec
+
+        max_dim = max((max(v.shape, default=1) for v in state.values()), default=1)
+        try:  # decomposed layers: rebuild their module tree
+            apply_lowrank_spec(model, info.lowrank, max_dim)
+        except ConfigError as exc:
+            raise FormatError(f"{path}: {exc}") from exc
     resize_to_state(model, {k: v.shape for k, v in state.items()})
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:

@@ -1,0 +1,106 @@
+"""Shared pieces of the low-rank methods: layer geometry (what is needed to rebuild a
+replacement without the original weights), rank selection rules and cost counting."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from nncompress.errors import ConfigError
+
+
+def layer_geometry(layer: nn.Module, name: str = "layer") -> dict[str, Any]:
+    """JSON-able description of a Linear or ungrouped Conv2d layer.
+
+    Raises ``ConfigError`` for any other module (or a grouped / string-padded conv).
+
+    Example:
+        >>> layer_geometry(nn.Linear(4, 3))
+        {'type': 'linear', 'in': 4, 'out': 3, 'bias': True}
+    """
+    if isinstance(layer, nn.Linear):
+        return {"type": "linear", "in": layer.in_features, "out": layer.out_features,
+                "bias": layer.bias is not None}
+    if isinstance(layer, nn.Conv2d):
+        if layer.groups != 1:
+            raise ConfigError(f"{name}: grouped conv (groups={layer.groups}) cannot be decomposed; "
+                              "only groups=1 is allowed")
+        if isinstance(layer.padding, str) or layer.padding_mode != "zeros":
+            raise ConfigError(f"{name}: padding {layer.padding!r}/{layer.padding_mode!r} not supported; "
+                              "use integer zero padding")
+        return {"type": "conv2d", "in": layer.in_channels, "out": layer.out_channels,
+                "kernel": list(layer.kernel_size), "stride": list(layer.stride),
+                "padding": list(layer.padding), "dilation": list(layer.dilation),
+                "bias": layer.bias is not None}
+    raise ConfigError(f"{name}: {type(layer).__name__} cannot be decomposed; allowed: Linear, Conv2d")
+
+
+def require_conv(geom: dict[str, Any], method: str, name: str = "layer") -> None:
+    """Raise ``ConfigError`` unless ``geom`` describes a Conv2d (``method`` needs one)."""
+    if geom["type"] != "conv2d":
+        raise ConfigError(f"{name}: method {method!r} needs a Conv2d, got {geom['type']}")
+
+
+def check_rank(rank: int, full: int, what: str = "rank") -> int:
+    """``rank`` as an int in [1, full], else ``ConfigError`` naming it.
+
+    Example:
+        >>> check_rank(3, 5)
+        3
+    """
+    if isinstance(rank, bool) or int(rank) != rank or not 1 <= int(rank) <= full:
+        raise ConfigError(f"{what} must be an integer in [1, {full}], got {rank!r}")
+    return int(rank)
+
+
+def check_fraction(value: float, what: str) -> float:
+    """``value`` in (0, 1], else ``ConfigError`` naming it."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < value <= 1.0:
+        raise ConfigError(f"{what} must be in (0, 1], got {value!r}")
+    return float(value)
+
+
+def rank_for_energy(values: torch.Tensor, energy: float) -> int:
+    """Smallest k with ``sum(s_1..s_k ^2) >= energy * sum(s^2)`` (``values`` = singular
+    values in any order).
+
+    Example:
+        >>> rank_for_energy(torch.tensor([3.0, 2.0, 1.0]), 0.9)   # 9/14, 13/14, 14/14
+        2
+    """
+    check_fraction(energy, "energy")
+    sq = torch.sort(values.detach().double().abs(), descending=True).values ** 2
+    cum = torch.cumsum(sq, 0)  # (K,)
+    target = energy * float(cum[-1]) * (1 - 1e-12)
+    k = int(torch.searchsorted(cum, torch.tensor([target], dtype=cum.dtype))[0]) + 1
+    return max(1, min(k, len(sq)))
+
+
+def count_params(module: nn.Module) -> int:
+    """Number of parameter elements of ``module``."""
+    return sum(p.numel() for p in module.parameters())
+
+
+def count_macs(module: nn.Module, input_shape: tuple[int, ...] | torch.Size) -> int:
+    """Multiply-accumulates of one forward pass on a zero input of ``input_shape``
+    (PyTorch's FLOP counter, FLOPs / 2).
+
+    Example:
+        >>> count_macs(nn.Linear(4, 3), (1, 4))
+        12
+    """
+    p = next(module.parameters())
+    x = torch.zeros(tuple(input_shape), dtype=p.dtype, device=p.device)
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        module(x)
+    return counter.get_total_flops() // 2
+
+
+def conv_weight_count(geom: dict[str, Any]) -> int:
+    """Weights of the original layer (``m*n`` or ``O*C*kh*kw``)."""
+    return geom["out"] * geom["in"] * math.prod(geom.get("kernel", [1]))
