@@ -232,6 +232,11 @@ def load(path: str | Path, model: nn.Module | None = None) -> nn.Module:
             apply_lowrank_spec(model, info.lowrank, max_dim)
         except ConfigError as exc:
             raise FormatError(f"{path}: {exc}") from exc
+    expected = set(model.state_dict())
+    if expected != set(state):  # checked before resizing, which assumes the same tensors
+        raise FormatError(f"{path} does not match the model: missing {sorted(expected - set(state))},"
+                          f" unexpected {sorted(set(state) - expected)} (a model whose layers were replaced,"
+                          " e.g. by hash_model, loads into a skeleton of the same kind: load(path, model=...))")
     resize_to_state(model, {k: v.shape for k, v in state.items()})
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:

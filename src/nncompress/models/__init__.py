@@ -1,5 +1,15 @@
-"""Model zoo: the papers' LeNets and small ResNet/VGG nets for 28x28 inputs."""
+"""Model zoo: the papers' LeNets and small ResNet/VGG nets for 28x28 inputs, plus
+efficient blocks (depthwise separable, ShuffleNet unit, fire, bottleneck) and small nets
+built from them."""
 
+from nncompress.models.blocks import (
+    Bottleneck,
+    DepthwiseSeparable,
+    Fire,
+    ShuffleUnit,
+    channel_shuffle,
+)
+from nncompress.models.efficient import MobileNetSmall, ShuffleNetSmall, SqueezeNetSmall
 from nncompress.models.lenet import LeNet5, LeNet300100
 from nncompress.models.registry import MODELS, arch_of, build_model, register_model
 from nncompress.models.resnet import ResNet20
@@ -8,4 +18,6 @@ from nncompress.models.vgg import SmallVGG
 __all__ = [
     "MODELS", "LeNet5", "LeNet300100", "ResNet20", "SmallVGG",
     "arch_of", "build_model", "register_model",
+    "Bottleneck", "DepthwiseSeparable", "Fire", "MobileNetSmall", "ShuffleNetSmall", "ShuffleUnit",
+    "SqueezeNetSmall", "channel_shuffle",
 ]

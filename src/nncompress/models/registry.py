@@ -8,6 +8,7 @@ from typing import Any
 from torch import nn
 
 from nncompress.errors import ConfigError
+from nncompress.models.efficient import MobileNetSmall, ShuffleNetSmall, SqueezeNetSmall
 from nncompress.models.lenet import LeNet5, LeNet300100
 from nncompress.models.resnet import ResNet20
 from nncompress.models.vgg import SmallVGG
@@ -17,6 +18,9 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "lenet5": LeNet5,
     "resnet20": ResNet20,
     "vgg-small": SmallVGG,
+    "mobilenet-small": MobileNetSmall,
+    "shufflenet-small": ShuffleNetSmall,
+    "squeezenet-small": SqueezeNetSmall,
 }
 ARCH_ATTR = "_nncompress_arch"
 

@@ -35,3 +35,28 @@ __all__ += [
     "METHODS", "QuantConfig", "activation_spec", "apply_activation_spec", "calibrate", "finalize",
     "make_config", "quant_summary", "quantize_", "quantize_model",
 ]
+
+# --- block floating point (Q15) and HashedNets (Q13)
+from nncompress.format import bfp_codec as _bfp_codec  # noqa: F401, E402  (registers the "bfp" codec)
+from nncompress.quantize.bfp import (  # noqa: E402
+    bfp_bits_per_value,
+    bfp_dequantize,
+    bfp_max_relative_error,
+    bfp_quantize,
+    bfp_round,
+    bfp_storage_bits,
+)
+from nncompress.quantize.hashed import (  # noqa: E402
+    HashedConv2d,
+    HashedLinear,
+    hash_index,
+    hash_model,
+    hash_sign,
+    hashed_from_linear,
+)
+
+__all__ += [
+    "HashedConv2d", "HashedLinear", "bfp_bits_per_value", "bfp_dequantize", "bfp_max_relative_error",
+    "bfp_quantize", "bfp_round", "bfp_storage_bits", "hash_index", "hash_model", "hash_sign",
+    "hashed_from_linear",
+]

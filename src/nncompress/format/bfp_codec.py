@@ -1,0 +1,78 @@
+"""The ``bfp`` tensor codec: block floating point (Q15, see ``quantize/bfp.py``).
+
+Stores a float tensor as ``b``-bit mantissas (bit-packed, offset by ``qmax`` to be
+unsigned) and one int8 shared exponent per block: ``b + 8/block`` bits per value. Lossy
+(it is ``bfp_round``) but idempotent, so a model already rounded with the same parameters
+is stored exactly. Parameters: ``mantissa_bits`` (2..24, default 8) and ``block`` (>= 1, or
+None for the whole tensor; default 32).
+
+Example:
+    >>> nncompress.save(model, "m.nnc", codecs={"fc1.weight": ("bfp", {"mantissa_bits": 6})})  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from nncompress.codec.bitpack import pack_bits, unpack_bits
+from nncompress.errors import ConfigError, FormatError
+from nncompress.format.builtin_codecs import (
+    dtype_from_name,
+    dtype_name,
+    tensor_from_bytes,
+    tensor_to_bytes,
+)
+from nncompress.format.codecs import EncodedTensor, TensorCodec, register_codec
+from nncompress.quantize.bfp import bfp_dequantize, bfp_quantize, check_bfp_args
+
+
+class BFPCodec(TensorCodec):
+    """Block floating point: packed mantissas + int8 exponents (see the module docstring)."""
+
+    name = "bfp"
+    lossless = False
+
+    def encode(self, tensor: torch.Tensor, **params: Any) -> EncodedTensor:
+        unknown = sorted(set(params) - {"mantissa_bits", "block"})
+        if unknown:
+            raise ConfigError(f"codec 'bfp' got unknown parameter(s) {unknown}; allowed: "
+                              f"['block', 'mantissa_bits']")
+        bits, block = params.get("mantissa_bits", 8), params.get("block", 32)
+        if not tensor.is_floating_point():
+            raise ConfigError(f"codec 'bfp' needs a float tensor, got {tensor.dtype}")
+        t = tensor.detach().cpu()
+        if t.dim() == 0:
+            t = t.reshape(1)
+        m, e = bfp_quantize(t, bits, block)
+        qmax = 2 ** (bits - 1) - 1
+        data = pack_bits(m.reshape(-1).to(torch.int64).numpy() + qmax, bits)
+        exps = tensor_to_bytes(e)
+        meta = {"mantissa_bits": bits, "block": block, "exp_shape": list(e.shape),
+                "bits": {"weights": 8 * len(data), "other": 8 * len(exps)}}
+        return EncodedTensor(self.name, list(tensor.shape), dtype_name(tensor.dtype), meta,
+                             {"mantissas": data, "exponents": exps})
+
+    def decode(self, enc: EncodedTensor) -> torch.Tensor:
+        try:
+            bits, block = int(enc.meta["mantissa_bits"]), enc.meta["block"]
+            exp_shape = [int(s) for s in enc.meta["exp_shape"]]
+            check_bfp_args(bits, block)
+            mant, exps = enc.sections["mantissas"], enc.sections["exponents"]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise FormatError(f"codec 'bfp': bad metadata {enc.meta!r}") from exc
+        shape = list(enc.shape) or [1]
+        count = int(np.prod(shape))
+        qmax = 2 ** (bits - 1) - 1
+        m = torch.from_numpy(unpack_bits(mant, bits, count) - qmax).reshape(shape)
+        if count and int(m.abs().max()) > qmax:
+            raise FormatError(f"codec 'bfp': a mantissa exceeds {qmax} (damaged data)")
+        e = tensor_from_bytes(exps, torch.int8, exp_shape)
+        out = bfp_dequantize(m, e, bits, block, dtype=dtype_from_name(enc.dtype))
+        return out.reshape(enc.shape)
+
+
+BFP = register_codec(BFPCodec())
+"""The registered ``bfp`` codec instance."""
