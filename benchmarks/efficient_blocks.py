@@ -2,7 +2,7 @@
 
 Trains mobilenet-small, shufflenet-small, squeezenet-small and LeNet-5 (standard-conv
 reference) with the same budget (2 epochs, SGD lr 0.05 momentum 0.9 cosine, batch 64,
-seed 0), then reports params, MACs per image (FlopCounterMode FLOPs / 2), test accuracy,
+seed 0), then reports params, MACs per image (conv/linear, nncompress.analysis.accounting), test accuracy,
 training time and CPU latency at batch 64 and 1 (2 threads, all models timed in the same
 interleaved loop, median of repeats). A second table compares one block against the
 standard 3x3 conv it replaces (params, MACs, measured vs closed-form cost ratio).
@@ -25,8 +25,8 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
 
+from nncompress.analysis.accounting import layer_stats, totals
 from nncompress.data import load_dataset
 from nncompress.models import build_model
 from nncompress.models.blocks import Bottleneck, DepthwiseSeparable, Fire, ShuffleUnit
@@ -45,12 +45,7 @@ def n_params(model: nn.Module) -> int:
 
 def count_macs(model: nn.Module, x: torch.Tensor) -> int:
     """Multiply-accumulates of one forward pass (conv/linear; pooling, BN and adds not counted)."""
-    was = model.training
-    model.eval()
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        model(x)
-    model.train(was)
-    return counter.get_total_flops() // 2
+    return totals(layer_stats(model, x))["macs"]
 
 
 def latency_ms(models: dict[str, nn.Module], batch: int, repeats: int, iters: int) -> dict[str, float]:

@@ -5,7 +5,7 @@ factorises a copy (L1 SVD on fc1 / fc1+fc2; L2 separable, L3 Tucker-2, L4 CP, L5
 term on conv2), is evaluated right away and after one epoch of fine-tuning (lr 0.01),
 saved to a .nnc file and loaded back (outputs must be identical), and timed on the CPU at
 batch 64 with 2 threads (median of repeats, the dense model timed in alternation beside
-each row). MACs come from torch.utils.flop_counter (FLOPs / 2) at batch 1.
+each row). MACs come from nncompress.analysis.accounting (conv/linear layers) at batch 1.
 
     python benchmarks/lowrank.py [--quick]
 
@@ -25,11 +25,11 @@ from pathlib import Path
 import torch
 from torch import nn
 from torch.utils.data import Subset
-from torch.utils.flop_counter import FlopCounterMode
 
 import nncompress
 from nncompress.data import load_dataset
 from nncompress.decompose import decompose
+from nncompress.decompose.common import count_macs
 from nncompress.models import build_model
 from nncompress.train import TrainConfig, evaluate, fit
 
@@ -51,10 +51,7 @@ ROWS = [  # (id, label, layers, spec)
 
 
 def macs(model: nn.Module) -> int:
-    counter = FlopCounterMode(display=False)
-    with counter, torch.no_grad():
-        model(torch.zeros(1, 1, 28, 28))
-    return counter.get_total_flops() // 2
+    return count_macs(model, (1, 1, 28, 28))
 
 
 def params(model: nn.Module) -> int:
@@ -126,7 +123,7 @@ def to_markdown(res: dict) -> str:
     lines = [
         f"LeNet-5 on Fashion-MNIST ({res['test_n']} test images), dense trained {res['dense_cfg']}; "
         f"each method fine-tuned {res['ft_cfg']}. Params/MACs are whole-model (MACs per image, "
-        "FlopCounterMode FLOPs/2); latency: ms per batch of 64 on the CPU with "
+        "conv/linear MACs of nncompress.analysis.accounting); latency: ms per batch of 64 on the CPU with "
         f"{res['threads']} threads, median and minimum of {res['repeats']} repeats, dense timed in "
         "alternation beside each row (the CPU is shared, so compare a row with its own dense figure).",
         "",

@@ -193,7 +193,8 @@ def run_model(name: str, args, train, test) -> dict:
                 budget = (1 - args.target) ** (step / steps) * macs_of(dense, x1)
                 m = tp_magnitude(m, x1, 1 - budget / macs_of(m, x1), peer_round_to(args))
                 if steps > 1:
-                    acc_before_ft = evaluate(m, before_ft_test)["accuracy"] if step == 1 else acc_before_ft
+                    if step == 1:
+                        acc_before_ft = evaluate(m, before_ft_test)["accuracy"]
                     fit(m, train, ft_step, loss_fn=loss_fn)
         elif steps > 1 and crit in ("l1-sensitivity", "energy-aware"):
             raise SystemExit(f"--steps > 1 is not supported for {crit}")

@@ -8,7 +8,6 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
 
 from nncompress.errors import ConfigError
 
@@ -86,19 +85,19 @@ def count_params(module: nn.Module) -> int:
 
 
 def count_macs(module: nn.Module, input_shape: tuple[int, ...] | torch.Size) -> int:
-    """Multiply-accumulates of one forward pass on a zero input of ``input_shape``
-    (PyTorch's FLOP counter, FLOPs / 2).
+    """Multiply-accumulates of the Linear/Conv layers in one forward pass of a batch of
+    ``input_shape`` (per sample from the project's H1 accounting,
+    ``nncompress.analysis.accounting``, times the batch size).
 
     Example:
         >>> count_macs(nn.Linear(4, 3), (1, 4))
         12
     """
+    from nncompress.analysis.accounting import layer_stats, totals
+
     p = next(module.parameters())
     x = torch.zeros(tuple(input_shape), dtype=p.dtype, device=p.device)
-    counter = FlopCounterMode(display=False)
-    with counter, torch.no_grad():
-        module(x)
-    return counter.get_total_flops() // 2
+    return totals(layer_stats(module, x))["macs"] * x.shape[0]
 
 
 def conv_weight_count(geom: dict[str, Any]) -> int:

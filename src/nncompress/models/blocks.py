@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from nncompress.errors import ConfigError
+from nncompress.models.resnet import projection_shortcut
 
 
 def _check_positive(**values: int) -> None:
@@ -166,11 +167,7 @@ class Bottleneck(nn.Module):
         self.bn2 = nn.BatchNorm2d(mid_ch)
         self.conv3 = nn.Conv2d(mid_ch, out_ch, 1, bias=False)
         self.bn3 = nn.BatchNorm2d(out_ch)
-        self.shortcut: nn.Module = nn.Identity()
-        if stride != 1 or in_ch != out_ch:
-            self.shortcut = nn.Sequential(
-                nn.Conv2d(in_ch, out_ch, 1, stride, bias=False), nn.BatchNorm2d(out_ch)
-            )
+        self.shortcut = projection_shortcut(in_ch, out_ch, stride)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = torch.relu(self.bn1(self.conv1(x)))  # (B, M, H, W)

@@ -8,6 +8,18 @@ import torch
 from torch import nn
 
 
+def projection_shortcut(in_ch: int, out_ch: int, stride: int) -> nn.Module:
+    """Identity when shapes match, else a strided 1x1 conv + BatchNorm (ResNet option B).
+
+    Example:
+        >>> type(projection_shortcut(16, 16, 1)).__name__
+        'Identity'
+    """
+    if stride == 1 and in_ch == out_ch:
+        return nn.Identity()
+    return nn.Sequential(nn.Conv2d(in_ch, out_ch, 1, stride, bias=False), nn.BatchNorm2d(out_ch))
+
+
 class BasicBlock(nn.Module):
     """Two 3x3 conv-BN layers with an identity or 1x1 conv-BN shortcut."""
 
@@ -17,11 +29,7 @@ class BasicBlock(nn.Module):
         self.bn1 = nn.BatchNorm2d(mid_ch)
         self.conv2 = nn.Conv2d(mid_ch, out_ch, 3, 1, 1, bias=False)
         self.bn2 = nn.BatchNorm2d(out_ch)
-        self.shortcut: nn.Module = nn.Identity()
-        if stride != 1 or in_ch != out_ch:
-            self.shortcut = nn.Sequential(
-                nn.Conv2d(in_ch, out_ch, 1, stride, bias=False), nn.BatchNorm2d(out_ch)
-            )
+        self.shortcut = projection_shortcut(in_ch, out_ch, stride)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = torch.relu(self.bn1(self.conv1(x)))
