@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from nncompress.decompose.common import check_fraction, check_rank
+from nncompress.decompose.tucker import unfold
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +63,7 @@ def cp_als(x: torch.Tensor, rank: int, iters: int = 500, tol: float = 1e-10, see
     factors = []
     for n, d in enumerate(xd.shape):
         f = torch.randn(d, rank, generator=gen, dtype=torch.float64)
-        u, _, _ = torch.linalg.svd(xd.movedim(n, 0).reshape(d, -1), full_matrices=False)
+        u, _, _ = torch.linalg.svd(unfold(xd, n), full_matrices=False)
         k = min(rank, u.shape[1])
         f[:, :k] = u[:, :k]
         factors.append(f)

@@ -20,7 +20,7 @@ from torch import nn
 
 from nncompress import __version__
 from nncompress.errors import ConfigError, FormatError
-from nncompress.format import builtin_codecs  # noqa: F401  (registers the built-in codecs)
+from nncompress.format import bfp_codec, builtin_codecs  # noqa: F401  (register the built-in codecs)
 from nncompress.format.codecs import (
     CodecChoice,
     EncodedTensor,

@@ -37,7 +37,6 @@ __all__ += [
 ]
 
 # --- block floating point (Q15) and HashedNets (Q13)
-from nncompress.format import bfp_codec as _bfp_codec  # noqa: F401, E402  (registers the "bfp" codec)
 from nncompress.quantize.bfp import (  # noqa: E402
     bfp_bits_per_value,
     bfp_dequantize,
