@@ -208,6 +208,13 @@ RECIPES = {
                            final={"fc1": 0.970, "fc2": 0.945, "fc3": 0.72}),
     "C_i8_cb16_b4_f966": dict(**CURRENT, quant_extra={**CB16, "bits": {"fc1": 4}}, encode_extra=I8,
                               final={"fc1": 0.966, "fc2": 0.94, "fc3": 0.72}),
+    # Learning-rate rewinding (Renda et al. 2020): every retraining restarts from the dense
+    # training's lr (0.05, cosine) instead of fine-tuning at a lower lr.
+    "L_rewind05": dict(**{**CURRENT, "fin_lr": 0.05}, quant_extra=CB16, encode_extra=I8, retrain_extra={"lr": 0.05}),
+    "L_fin05": dict(**{**CURRENT, "fin_lr": 0.05}, quant_extra=CB16, encode_extra=I8),
+    # A better dense starting point: weight averaging over its last 10 epochs, or 1-pixel shifts.
+    "V_dense_avg10": dict(**CURRENT, quant_extra=CB16, encode_extra=I8, dense_extra={"average_last": 10}),
+    "V_dense_shift1": dict(**CURRENT, quant_extra=CB16, encode_extra=I8, dense_extra={"shift": 1}),
 }
 DNS = {
     "D3_T2_wd1e-4": dict(t=T2, wd=1e-4),

@@ -175,6 +175,10 @@ def run_model(name: str, args, train, test) -> dict:
     ft_info = {**ft.__dict__, "distill_alpha": args.distill, "distill_temperature": 4.0 if args.distill else None}
     if steps > 1:  # the same epochs, split over the pruning steps
         ft_info["steps"] = steps
+    if args.fade:
+        if steps > 1 or args.criteria in ("l1-sensitivity", "energy-aware"):
+            raise SystemExit("--fade works with one step and the CRITERIA of structured_prune")
+        ft_info["fade_epochs"] = args.fade  # the peer is pruned one shot, then fine-tuned the same epochs
     command = " ".join([sys.executable.split("/")[-1], *sys.argv])
     done = resumable(tag, ft_info) if args.resume else {}
     peer_done = done.get("torch-pruning-magnitude", {})
@@ -219,11 +223,17 @@ def run_model(name: str, args, train, test) -> dict:
         elif crit == "energy-aware":
             from nncompress.prune.structured.energy_aware import energy_aware_prune
             energy_aware_prune(m, args.target, data, example_inputs=x1)
+        elif args.fade:  # fine-tune the unpruned model while the selected channels fade out, then remove
+            structured_prune(m, crit, args.target, args.target_kind, data, example_inputs=x1, mode=args.mode,
+                             round_to=round_to_arg(args.round_to), finetune=ft, train_data=train,
+                             loss_fn=loss_fn, fade_epochs=args.fade)
         else:
             structured_prune(m, crit, args.target, args.target_kind, data, example_inputs=x1, mode=args.mode,
                              round_to=round_to_arg(args.round_to))
         t1 = time.perf_counter()
-        if steps == 1:
+        if steps == 1 and args.fade and crit != "torch-pruning-magnitude":
+            pass  # fine-tuned inside structured_prune, before the removal; no 'before FT' model
+        elif steps == 1:
             acc_before_ft = evaluate(m, before_ft_test)["accuracy"]
             fit(m, train, ft, loss_fn=loss_fn)
         t2 = time.perf_counter()
@@ -302,6 +312,7 @@ def tag_of(name: str, args) -> str:
     kind = "" if args.target_kind == "macs" else f".{args.target_kind}-target"
     kd = (f".kd{args.distill:g}" if args.distill else "") + (f".ft{args.finetune_epochs}" if args.finetune_epochs else "")
     kd += f".s{args.steps}" if args.steps > 1 else ""
+    kd += f".fade{args.fade:g}" if args.fade else ""
     return name + ("" if args.mode == "global" else f".{args.mode}") + rt + kind + kd + (".quick" if args.quick else "")
 
 
@@ -377,6 +388,10 @@ def peer_rounding(res: dict) -> str:
     return f" (Torch-Pruning: round_to={peer[0]['round_to']})" if peer else ""
 
 
+def _or_nan(x: float | None) -> float:
+    return float("nan") if x is None else x
+
+
 def to_markdown(res: dict, meta: dict) -> str:
     lines = [f"# Structured pruning on Fashion-MNIST: {res['model']}", "",
              f"Command: `{meta['command']}`  ",
@@ -405,7 +420,7 @@ def to_markdown(res: dict, meta: dict) -> str:
             r = {**r, "method": f"{r['method']} (MAC target not reached)"}
         lines.append(
             f"| {r['method']} | {r['accuracy']:.4f} | {r['accuracy_drop_pt']:.2f} | "
-            f"{r.get('accuracy_before_finetune', float('nan')):.4f} | {r['params']} | {r['macs']} | "
+            f"{_or_nan(r.get('accuracy_before_finetune')):.4f} | {r['params']} | {r['macs']} | "
             f"{r['mac_reduction']:.2f} | {r['latency_b1_ms']:.3f} ({r['latency_b1_min_ms']:.3f}) | "
             f"{r['latency_b64_ms']:.2f} ({r['latency_b64_min_ms']:.2f}) | "
             f"{r['speedup_b1']:.2f} ({r['speedup_b1_min']:.2f}) | "
@@ -461,6 +476,9 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=1,
                     help="iterative pruning: reach the target in N steps, each followed by 1/N of the"
                          " fine-tuning epochs (Torch-Pruning gets the same schedule)")
+    ap.add_argument("--fade", type=float, default=0.0,
+                    help="fade the selected channels to zero over the first FADE fine-tuning epochs, on the"
+                         " unpruned model, then remove them (the peer: one shot, then the same fine-tuning)")
     ap.add_argument("--distill", type=float, default=0.0,
                     help="fine-tune every model with knowledge distillation from the dense one (alpha)")
     ap.add_argument("--default-allocator", action="store_true",

@@ -6,6 +6,7 @@ against a channel/parameter/MAC target) and surgery (``remove_channels``) are se
 """
 
 from nncompress.prune.structured.cost import LayerCost, layer_costs, plan_cost
+from nncompress.prune.structured.fading import ChannelFade
 from nncompress.prune.structured.groups import ChannelGroup, find_groups
 from nncompress.prune.structured.masking import channels_masked
 from nncompress.prune.structured.pruner import StructuredResult, structured_prune
@@ -15,7 +16,7 @@ from nncompress.prune.structured.selection import select_global, select_per_laye
 from nncompress.prune.structured.sensitivity import SensitivityResult, sensitivity_analysis
 
 __all__ = [
-    "CRITERIA", "ChannelGroup", "LayerCost", "ScoreData", "StructuredResult",
+    "CRITERIA", "ChannelFade", "ChannelGroup", "LayerCost", "ScoreData", "StructuredResult",
     "channels_masked", "find_groups", "layer_costs", "plan_cost", "remove_channels", "score",
     "SensitivityResult", "select_global", "select_per_layer", "sensitivity_analysis",
     "structured_prune",

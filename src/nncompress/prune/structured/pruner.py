@@ -21,6 +21,7 @@ from torch.utils.data import Dataset
 
 from nncompress.errors import ConfigError
 from nncompress.prune.structured.cost import layer_costs, total
+from nncompress.prune.structured.fading import ChannelFade, fade_steps_for
 from nncompress.prune.structured.groups import build_graph, groups_from_graph
 from nncompress.prune.structured.latency import measure_latency
 from nncompress.prune.structured.removal import remove_channels
@@ -96,6 +97,7 @@ def structured_prune(
     optimizer: torch.optim.Optimizer | None = None,
     loss_fn=None,
     on_removed: Callable[[int, nn.Module], None] | None = None,
+    fade_epochs: float = 0.0,
 ) -> StructuredResult:
     """Prune ``model`` in place until ``target`` of ``target_kind`` is removed.
 
@@ -113,6 +115,10 @@ def structured_prune(
     each step (with ``loss_fn(logits, y, x)`` when given, e.g. a distillation loss). The
     criterion's ``data`` is re-used at every step. ``on_removed(step, model)`` is called after
     each step's removal, before its fine-tuning (e.g. to record the accuracy before FT).
+    ``fade_epochs > 0`` (needs ``finetune``): each step's fine-tuning runs *before* the
+    removal, on the unpruned model, while the selected channels fade linearly to zero over
+    its first ``fade_epochs`` epochs (``fading.ChannelFade``); the removal afterwards is exact,
+    and ``on_removed`` then sees the fine-tuned model.
 
     Example:
         >>> res = structured_prune(model, "l1", 0.5, "macs", example_inputs=x[:1])  # doctest: +SKIP
@@ -141,6 +147,13 @@ def structured_prune(
     if isinstance(round_to, str) and not by_latency:
         raise ConfigError(f"round_to must be an integer >= 1 or 'latency', got {round_to!r}")
     rt = 1 if by_latency else round_to
+    if fade_epochs:
+        if finetune is None:
+            raise ConfigError(f"fade_epochs={fade_epochs} needs finetune (and train_data): the fading happens "
+                              "during the fine-tuning")
+        if not 0 < fade_epochs <= finetune.epochs:
+            raise ConfigError(f"fade_epochs must be in (0, {finetune.epochs}] (the fine-tuning epochs), "
+                              f"got {fade_epochs}")
     example = _example(data, example_inputs)
     dense = _summary(model, example)
     dg = build_graph(model, example)
@@ -174,15 +187,19 @@ def structured_prune(
             plan = select_global(scores, groups, costs, budget, target_kind, min_channels, max_ratio,
                                  rt, kept, lat)
         module_plan = {g: idx for g, idx in plan.items()}  # root names are module names
+        hist = None
+        if fade_epochs:  # fine-tune while the selected channels fade out, then remove them
+            fade = ChannelFade(model, groups, plan, fade_steps_for(fade_epochs, finetune, len(train_data)))
+            hist = fit(model, train_data, finetune, optimizer=optimizer, loss_fn=loss_fn, callbacks=[fade])
         remove_channels(model, module_plan, example, optimizer=optimizer)
         if on_removed is not None:
             on_removed(step, model)
         info = {"step": step, **_summary(model, example),
                 "removed": {g: len(v) for g, v in plan.items()}}
-        if finetune is not None:
+        if finetune is not None and not fade_epochs:
             hist = fit(model, train_data, finetune, optimizer=optimizer, loss_fn=loss_fn)
-            if hist.epochs:
-                info["train_accuracy"] = hist.epochs[-1]["train_accuracy"]
+        if hist is not None and hist.epochs:
+            info["train_accuracy"] = hist.epochs[-1]["train_accuracy"]
         result.steps.append(info)
         log.info("step %d: %s", step, info)
     result.pruned = _summary(model, example)
