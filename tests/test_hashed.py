@@ -147,3 +147,16 @@ def test_plain_load_of_a_hashed_file_names_the_mismatch(tmp_path):
     nncompress.save(hash_model(build_model("lenet300"), ratio=1 / 8), tmp_path / "h.nnc")
     with pytest.raises(FormatError, match=r"unexpected \['fc1.hash_seed'.*hash_model"):
         nncompress.load(tmp_path / "h.nnc")  # the built-in lenet300 has no hashed layers
+
+
+def test_accounting_counts_the_virtual_weights_and_their_macs():
+    from nncompress.analysis.accounting import layer_stats, totals
+    from nncompress.quantize.hashed import HashedConv2d
+
+    model = nn.Sequential(HashedConv2d(1, 4, 3, buckets=10, padding=1), nn.Flatten(),
+                          HashedLinear(4 * 28 * 28, 10, buckets=50))
+    rows = layer_stats(model, torch.zeros(1, 1, 28, 28))
+    assert [r.kind for r in rows] == ["HashedConv2d", "HashedLinear"]
+    assert [r.weights for r in rows] == [4 * 9, 10 * 4 * 28 * 28]  # virtual, not the buckets
+    assert [r.macs for r in rows] == [4 * 28 * 28 * 9, 10 * 4 * 28 * 28]
+    assert totals(rows)["nonzeros"] == sum(int((m.virtual_weight() != 0).sum()) for m in (model[0], model[2]))

@@ -74,3 +74,51 @@ def _worker(rank: int, world: int, init_file: str) -> None:
 
 def test_ddp_hook_two_gloo_processes(tmp_path):
     mp.spawn(_worker, args=(2, str(tmp_path / "init")), nprocs=2, join=True)
+
+
+def _per_layer_worker(rank: int, world: int, init_file: str) -> None:
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 3))
+        local = nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 3))
+        local.load_state_dict(model.state_dict())
+        with torch.no_grad():  # give the layers very different gradient scales
+            model[2].weight.mul_(100.0)
+            local[2].weight.mul_(100.0)
+        ddp = nn.parallel.DistributedDataParallel(model)
+        state = TernGradState(seed=rank, clip_sigma=None, per_layer=True)
+        ddp.register_comm_hook(state, terngrad_hook)
+        x = torch.randn(8, 6, generator=torch.Generator().manual_seed(10 + rank))
+        ddp(x).pow(2).sum().backward()
+        local(x).pow(2).sum().backward()
+        params = list(model.parameters())
+        assert len(state.last_scales) == len(params)  # one bucket, one scale per tensor
+        peaks = []
+        for p_ddp, p_local in zip(params, local.parameters(), strict=True):
+            peak = p_local.grad.abs().max().reshape(1)
+            dist.all_reduce(peak, op=dist.ReduceOp.MAX)
+            peaks.append(float(peak))
+            # each tensor's averaged gradient = its own scale * (integer sum of codes) / world
+            k = p_ddp.grad * world / float(peak)
+            assert torch.allclose(k, k.round(), atol=1e-4) and float(k.abs().max()) <= world
+        assert sorted(state.last_scales) == pytest.approx(sorted(peaks), rel=1e-6)
+        assert max(peaks) > 10 * min(peaks)  # a single per-bucket scale would differ
+        dist.barrier()
+    except BaseException:
+        dist.destroy_process_group()
+        raise
+    os._exit(0)
+
+
+def test_ddp_hook_per_layer_scales(tmp_path):
+    """``per_layer=True``: every parameter tensor gets its own shared scale (layer-wise)."""
+    mp.spawn(_per_layer_worker, args=(2, str(tmp_path / "init")), nprocs=2, join=True)
+
+
+def test_per_layer_clipping_uses_each_tensors_std():
+    """Layer-wise clipping bounds each part by its own sigma, unlike one bucket-wide bound."""
+    small, big = torch.tensor([0.1, -0.1, 0.1, 0.5]), torch.tensor([10.0, -10.0, 10.0, 50.0])
+    bucket_wide = clip_by_sigma(torch.cat([small, big]), 1.0)
+    layer_wise = torch.cat([clip_by_sigma(small, 1.0), clip_by_sigma(big, 1.0)])
+    assert float(layer_wise[:4].abs().max()) < 0.5 and float(bucket_wide[:4].abs().max()) == 0.5

@@ -34,6 +34,11 @@ class LayerStats:
         return asdict(self)
 
 
+def _is_virtual(module: nn.Module) -> bool:
+    """A layer that computes with a weight it does not store (HashedNets' ``virtual_weight``)."""
+    return callable(getattr(module, "virtual_weight", None)) and hasattr(module, "virtual_shape")
+
+
 def layer_macs(module: nn.Module, out: torch.Tensor) -> int:
     """Multiply-accumulates per sample of a Linear or Conv layer producing ``out``.
 
@@ -45,6 +50,8 @@ def layer_macs(module: nn.Module, out: torch.Tensor) -> int:
         235200
     """
     per_sample = out[0].numel() if out.dim() > 0 else 1
+    if _is_virtual(module):  # HashedNets (Q13): the virtual out x in (x kh x kw) weight is applied
+        return per_sample * math.prod(module.virtual_shape[1:])
     if isinstance(module, _CONV):
         return per_sample * (module.in_channels // module.groups) * math.prod(module.kernel_size)
     if isinstance(module, nn.Linear):
@@ -64,7 +71,7 @@ def layer_stats(model: nn.Module, example_input: torch.Tensor) -> list[LayerStat
     names = {m: n for n, m in model.named_modules()}
 
     def hook(mod, inp, out):
-        w = mod.weight
+        w = mod.virtual_weight() if _is_virtual(mod) else mod.weight  # hashed: the weights it computes with
         macs = layer_macs(mod, out)
         nnz = int((w != 0).sum())
         rows.append(LayerStats(
@@ -73,7 +80,8 @@ def layer_stats(model: nn.Module, example_input: torch.Tensor) -> list[LayerStat
             sparse_macs=int(round(macs * nnz / max(w.numel(), 1))),
             in_shape=list(inp[0].shape[1:]), out_shape=list(out.shape[1:])))
 
-    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Linear, *_CONV))]
+    handles = [m.register_forward_hook(hook) for m in model.modules()
+               if isinstance(m, (nn.Linear, *_CONV)) or _is_virtual(m)]
     was_training = model.training
     model.eval()
     try:

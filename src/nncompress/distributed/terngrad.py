@@ -8,6 +8,11 @@ all-reduce and the averaged gradient is ``s * sum(codes) / world_size``. With
 ``clip_sigma`` (TernGrad's gradient clipping, 2.5 in the paper) each worker first clips
 ``g`` to ``+-clip_sigma * std(g)``, which shrinks ``s`` and the variance.
 
+By default one scale (and one clipping bound) covers a whole DDP bucket, which may hold
+every layer of a small model. ``per_layer=True`` is the paper's layer-wise ternarizing:
+each parameter tensor in the bucket gets its own clipping bound and its own shared scale
+(one all-reduce (MAX) of a vector of ``k`` scalars for ``k`` tensors in the bucket).
+
 Usage (``model`` wrapped in ``DistributedDataParallel``):
 
     >>> ddp.register_comm_hook(TernGradState(seed=rank), terngrad_hook)  # doctest: +SKIP
@@ -49,13 +54,19 @@ def clip_by_sigma(g: torch.Tensor, clip_sigma: float | None) -> torch.Tensor:
 
 @dataclass
 class TernGradState:
-    """Per-worker state of the hook: its random generator and the options."""
+    """Per-worker state of the hook: its random generator and the options.
+
+    ``last_scales`` are the shared scales of the last bucket the hook saw (one value, or
+    one per parameter tensor in bucket order with ``per_layer``); ``last_scale`` their max.
+    """
 
     seed: int = 0
     clip_sigma: float | None = 2.5
     process_group: dist.ProcessGroup | None = None
+    per_layer: bool = False
     generator: torch.Generator = field(init=False, repr=False)
     last_scale: float = field(default=0.0, init=False)
+    last_scales: list[float] = field(default_factory=list, init=False)
 
     def __post_init__(self) -> None:
         if self.clip_sigma is not None and self.clip_sigma <= 0:
@@ -71,14 +82,18 @@ def terngrad_hook(state: TernGradState, bucket: dist.GradBucket) -> torch.future
     group = state.process_group
     world = dist.get_world_size(group)
     buf = bucket.buffer()  # (N,) flattened gradients of the bucket
-    g = clip_by_sigma(buf.detach().float().cpu(), state.clip_sigma)
-    scale = g.abs().max().reshape(1) if g.numel() else torch.zeros(1)
-    dist.all_reduce(scale, op=dist.ReduceOp.MAX, group=group)
-    codes = ternarize(g, scale, state.generator)
+    flat = buf.detach().float().cpu()
+    sizes = [t.numel() for t in bucket.gradients()] if state.per_layer else [flat.numel()]
+    parts = [clip_by_sigma(p, state.clip_sigma) for p in torch.split(flat, sizes)]
+    scales = torch.stack([p.abs().max() if p.numel() else torch.zeros(()) for p in parts])  # (k,)
+    dist.all_reduce(scales, op=dist.ReduceOp.MAX, group=group)
+    codes = torch.cat([ternarize(p, scales[i], state.generator) for i, p in enumerate(parts)])
     wire = codes if world <= 127 else codes.to(torch.int32)  # int8 sums overflow beyond 127 workers
     dist.all_reduce(wire, op=dist.ReduceOp.SUM, group=group)
-    state.last_scale = float(scale)
-    out = (wire.to(torch.float32) * (float(scale) / world)).to(dtype=buf.dtype, device=buf.device)
+    state.last_scales = scales.tolist()
+    state.last_scale = max(state.last_scales)
+    per_elem = torch.repeat_interleave(scales / world, torch.tensor(sizes))  # (N,)
+    out = (wire.to(torch.float32) * per_elem).to(dtype=buf.dtype, device=buf.device)
     buf.copy_(out)
     fut: torch.futures.Future[torch.Tensor] = torch.futures.Future()
     fut.set_result(buf)

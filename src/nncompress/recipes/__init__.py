@@ -1,6 +1,10 @@
 """YAML recipes: schema, stage registry, runner."""
 
-from nncompress.recipes import extra_stages, quantize_stage  # noqa: F401  (register stages)
+from nncompress.recipes import (  # noqa: F401  (register stages)
+    decompose_stage,
+    extra_stages,
+    quantize_stage,
+)
 from nncompress.recipes.schema import Recipe, builtin_recipes, load_recipe, parse_recipe
 from nncompress.recipes.stages import STAGES, register_stage
 

@@ -41,6 +41,15 @@ class RunContext:
     keep_teacher: bool = False  # a later stage distils: the first train stage keeps a copy
     teacher: nn.Module | None = None  # frozen copy of the trained dense model (distillation)
 
+    def forget_replaced_layers(self) -> None:
+        """After a stage replaced layers (decompose, hashed): drop the masks and codec
+        choices of tensors the model no longer has (or whose shape changed)."""
+        state = self.model.state_dict()
+        if self.masks is not None:
+            kept = {k: m for k, m in self.masks.items() if k in state and state[k].shape == m.shape}
+            self.masks = Masks(kept) if kept else None
+        self.codecs = {k: v for k, v in self.codecs.items() if k in state}
+
     def snapshot(self, label: str) -> None:
         """Keep a copy of every Linear/Conv weight for the histograms of the report."""
         self.snapshots[label] = {

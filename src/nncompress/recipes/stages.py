@@ -12,7 +12,6 @@ from typing import Any
 
 import torch
 
-from nncompress.distill.kd import DistillConfig
 from nncompress.errors import ConfigError
 from nncompress.format import get_codec
 from nncompress.prune.iterative import iterative_prune
@@ -22,7 +21,9 @@ from nncompress.prune.retrain import adjust_dropouts, dropout_consumers
 from nncompress.prune.targets import prunable_weights
 from nncompress.recipes.context import RunContext
 from nncompress.recipes.teacher import (
+    StageDistillConfig,
     distill_loss,
+    distill_session,
     distill_summary,
     keep_trained_teacher,
     teacher_of,
@@ -120,11 +121,17 @@ class PruneConfig:
     remove_dead_neurons: bool = False
     include: list[str] | None = None
     exclude: list[str] = field(default_factory=list)
-    distill: DistillConfig | None = None
+    distill: StageDistillConfig | None = None
 
 
 @register_stage("prune", PruneConfig, "magnitude pruning, one-shot or iterative with retraining")
 def run_prune(ctx: RunContext, cfg: PruneConfig) -> dict[str, Any]:
+    """The ``prune`` stage (attention-transfer hooks, if any, removed at its end)."""
+    with distill_session(ctx):
+        return _prune(ctx, cfg)
+
+
+def _prune(ctx: RunContext, cfg: PruneConfig) -> dict[str, Any]:
     if cfg.schedule is None and cfg.sparsity is None and cfg.quality is None:
         raise ConfigError("prune: give sparsity, quality or schedule")
     if cfg.distill is not None:
@@ -171,7 +178,7 @@ def run_prune(ctx: RunContext, cfg: PruneConfig) -> dict[str, Any]:
     return {"removed_neurons": removed,
             "shapes": {n: list(p.shape) for n, p in prunable_weights(ctx.model).items()},
             "sparsity": ctx.masks.sparsity(), "total_sparsity": ctx.masks.total_sparsity(),
-            "rounds": rounds, "dropout": new_p, "distill": distill_summary(cfg.distill),
+            "rounds": rounds, "dropout": new_p, "distill": distill_summary(cfg.distill, ctx),
             "dropout_consumers": dropout_consumers(ctx.model, ctx.example_input) if new_p else {}}
 
 
@@ -206,7 +213,10 @@ class EncodeConfig:
 
 @register_stage("encode", EncodeConfig, "choose the codecs of the saved file")
 def run_encode(ctx: RunContext, cfg: EncodeConfig) -> dict[str, Any]:
-    weights = prunable_weights(ctx.model)
+    try:
+        weights = prunable_weights(ctx.model)
+    except ConfigError:  # e.g. every Linear hashed: no Linear/Conv weight left
+        weights = {}
     for name, w in weights.items():
         if name in ctx.codecs:
             continue

@@ -1,0 +1,263 @@
+"""Benchmark: TernGrad (Q14) as a DDP communication hook vs plain fp32 all-reduce.
+
+LeNet-300-100 on Fashion-MNIST, trained with ``DistributedDataParallel`` on 2 CPU processes
+(gloo, one torch thread each). Every global batch of 64 is split in two halves of 32, one
+per worker; both runs use the same seed, initial weights, batch order, SGD (momentum 0.9,
+lr 0.05, cosine schedule) and epochs. Runs:
+
+- ``fp32``: DDP's default all-reduce of fp32 gradients (no hook);
+- ``terngrad``: ``terngrad_hook`` with one scale per DDP bucket and no clipping;
+- ``terngrad-clip``: the same with the module's default clipping to 2.5 sigma;
+- ``terngrad-layer``: one scale per parameter tensor (``per_layer=True``), no clipping;
+- ``terngrad-layer-clip``: the paper's setting: per-layer scales and clipping.
+
+LeNet-300-100's 266,610 gradients fit in one DDP bucket, so "per bucket" means one scale
+for the whole model here.
+
+Bytes per step are counted from the tensors really handed to ``all_reduce``: in the hook
+runs ``nncompress.distributed.terngrad``'s ``dist`` is replaced by a proxy that records
+every ``all_reduce`` (numel x element size); for ``fp32`` the bytes are DDP's own bucket
+sizes (``_get_ddp_logging_data()``), checked against 4 bytes x gradient elements. These are
+payload bytes per worker per step (what each worker contributes to the all-reduce); the
+bytes a ring all-reduce puts on the wire are a fixed multiple of them for every run. The
+2-bit formula (2 bits per element + 4 bytes per scale) is given beside the int8 payload.
+
+    python benchmarks/terngrad.py [--epochs 3] [--runs fp32,terngrad,...] [--quick]
+
+Writes benchmarks/results/terngrad.json and .md (``--quick``: 30 steps per run, print only).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import socket
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import nn
+
+import nncompress.distributed.terngrad as terngrad_mod
+from nncompress.data import load_dataset
+from nncompress.distributed import TernGradState, terngrad_hook
+from nncompress.models import build_model
+from nncompress.train import evaluate
+from nncompress.train.schedules import lr_multiplier
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import write_results  # noqa: E402
+
+WORLD = 2
+RUNS: dict[str, dict[str, Any]] = {
+    "fp32": {"hook": False},
+    "terngrad": {"hook": True, "clip_sigma": None, "per_layer": False},
+    "terngrad-clip": {"hook": True, "clip_sigma": 2.5, "per_layer": False},
+    "terngrad-layer": {"hook": True, "clip_sigma": None, "per_layer": True},
+    "terngrad-layer-clip": {"hook": True, "clip_sigma": 2.5, "per_layer": True},
+}
+LABELS = {
+    "fp32": "fp32 all-reduce (DDP default)",
+    "terngrad": "TernGrad, one scale per bucket, no clipping",
+    "terngrad-clip": "TernGrad, one scale per bucket, clip 2.5 sigma",
+    "terngrad-layer": "TernGrad, per-layer scales, no clipping",
+    "terngrad-layer-clip": "TernGrad, per-layer scales, clip 2.5 sigma",
+}
+
+
+class CountingDist:
+    """Stands in for ``torch.distributed`` inside the hook's module and counts the payload
+    bytes of every ``all_reduce`` (per dtype); everything else is passed through."""
+
+    def __init__(self, real: Any) -> None:
+        self._real = real
+        self.bytes: dict[str, int] = {}
+        self.calls = 0
+
+    def all_reduce(self, tensor: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        """Record ``tensor``'s size in bytes, then all-reduce it with the real function."""
+        key = str(tensor.dtype).replace("torch.", "")
+        self.bytes[key] = self.bytes.get(key, 0) + tensor.numel() * tensor.element_size()
+        self.calls += 1
+        return self._real.all_reduce(tensor, *args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._real, name)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def worker(rank: int, run: str, cfg: dict[str, Any], port: int, out_dir: str) -> None:
+    """One DDP process: train, evaluate after each epoch (rank 0), write ``<run>.rank<r>.json``."""
+    torch.set_num_threads(1)
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
+    try:
+        spec = RUNS[run]
+        train_set = load_dataset("fashion-mnist", "train")
+        test_set = load_dataset("fashion-mnist", "test") if rank == 0 else None
+        x_all, y_all = train_set.tensors
+        torch.manual_seed(cfg["seed"])
+        model = build_model("lenet300")
+        n_grad = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        ddp = nn.parallel.DistributedDataParallel(model)
+        counter = None
+        state = None
+        if spec["hook"]:
+            counter = CountingDist(dist)
+            terngrad_mod.dist = counter  # only the hook's module sees the proxy
+            state = TernGradState(seed=1000 * cfg["seed"] + rank, clip_sigma=spec["clip_sigma"],
+                                  per_layer=spec["per_layer"])
+            ddp.register_comm_hook(state, terngrad_hook)
+        opt = torch.optim.SGD(ddp.parameters(), lr=cfg["lr"], momentum=cfg["momentum"])
+        gb, half = cfg["batch_size"], cfg["batch_size"] // WORLD
+        steps_per_epoch = len(y_all) // gb  # drop the last partial global batch
+        total = steps_per_epoch * cfg["epochs"] if cfg["max_steps"] is None else cfg["max_steps"]
+        sched = lr_multiplier("cosine", total)
+        epochs: list[dict[str, Any]] = []
+        step, train_s = 0, 0.0
+        loss_fn = nn.CrossEntropyLoss()
+        n_epochs = math.ceil(total / steps_per_epoch)
+        for epoch in range(n_epochs):
+            perm = torch.randperm(len(y_all), generator=torch.Generator().manual_seed(cfg["seed"] + epoch))
+            ddp.train()
+            dist.barrier()
+            t0 = time.perf_counter()
+            loss_sum, seen = 0.0, 0
+            for b in range(steps_per_epoch):
+                if step >= total:
+                    break
+                idx = perm[b * gb + rank * half: b * gb + (rank + 1) * half]  # this worker's half
+                for g in opt.param_groups:
+                    g["lr"] = cfg["lr"] * sched(step)
+                opt.zero_grad(set_to_none=True)
+                loss = loss_fn(ddp(x_all[idx]), y_all[idx])
+                loss.backward()  # DDP all-reduces (or the hook ternarizes) during backward
+                opt.step()
+                loss_sum += float(loss.detach())
+                seen += 1
+                step += 1
+            dist.barrier()
+            train_s += time.perf_counter() - t0
+            row: dict[str, Any] = {"epoch": epoch + 1, "steps": step, "train_loss": loss_sum / max(seen, 1),
+                                   "train_s_cumulative": train_s}
+            if rank == 0:
+                row.update({f"test_{k}": v for k, v in evaluate(model, test_set).items()})
+                print(f"[{run}] epoch {epoch + 1}: loss {row['train_loss']:.4f} "
+                      f"acc {row['test_accuracy']:.4f} ({train_s:.0f}s)", flush=True)
+            epochs.append(row)
+            dist.barrier()
+        if counter is not None:
+            payload = {k: v / step for k, v in counter.bytes.items()}
+            calls = counter.calls / step
+            source = "all_reduce calls of the hook, counted by CountingDist"
+        else:  # DDP's C++ reducer all-reduces its fp32 buckets: their sizes are the payload
+            logging_data = ddp._get_ddp_logging_data()
+            sizes = [int(s) for s in str(logging_data.get("bucket_sizes", "")).split(",") if s.strip()]
+            bucket_bytes = sum(sizes) if sizes else 4 * n_grad
+            assert bucket_bytes == 4 * n_grad, (bucket_bytes, n_grad)
+            payload = {"float32": float(bucket_bytes)}
+            calls = float(len(sizes) or 1)
+            source = f"DDP bucket_sizes {sizes}" if sizes else "4 bytes x gradient elements"
+        result = {"run": run, "rank": rank, "steps": step, "grad_elements": n_grad, "epochs": epochs,
+                  "train_s": train_s, "payload_bytes_per_step": payload, "all_reduce_calls_per_step": calls,
+                  "payload_source": source,
+                  "scales_per_bucket_last": (state.last_scales if state is not None else None)}
+        Path(out_dir, f"{run}.rank{rank}.json").write_text(json.dumps(result))
+        dist.barrier()
+    except BaseException:
+        dist.destroy_process_group()
+        raise
+    # Leave without C++ teardown (gloo/DDP teardown can abort under load; see the tests).
+    os._exit(0)
+
+
+def run_one(run: str, cfg: dict[str, Any], out_dir: str) -> dict[str, Any]:
+    """Spawn the 2 workers of one run and return rank 0's result plus the wall time."""
+    t0 = time.perf_counter()
+    mp.spawn(worker, args=(run, cfg, free_port(), out_dir), nprocs=WORLD, join=True)
+    wall = time.perf_counter() - t0
+    r0 = json.loads(Path(out_dir, f"{run}.rank0.json").read_text())
+    r1 = json.loads(Path(out_dir, f"{run}.rank1.json").read_text())
+    r0["wall_s"] = wall
+    r0["payload_bytes_per_step_rank1"] = r1["payload_bytes_per_step"]
+    return r0
+
+
+def summarize(res: dict[str, Any], fp32_bytes: float) -> dict[str, Any]:
+    """Add bytes/step, the 2-bit formula, ratios and the final accuracy to a run result."""
+    n = res["grad_elements"]
+    sent = sum(res["payload_bytes_per_step"].values())
+    n_scales = res["payload_bytes_per_step"].get("float32", 0.0) / 4 if res["run"] != "fp32" else 0
+    formula = n / 4 + 4 * n_scales if res["run"] != "fp32" else 4.0 * n  # 2 bits/elem + fp32 scales
+    res.update({"bytes_per_step": sent, "bytes_per_step_2bit_formula": formula,
+                "reduction_vs_fp32": fp32_bytes / sent, "reduction_vs_fp32_2bit_formula": fp32_bytes / formula,
+                "final_accuracy": res["epochs"][-1]["test_accuracy"]})
+    return res
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--runs", default=",".join(RUNS), help=f"comma-separated subset of {','.join(RUNS)}")
+    ap.add_argument("--lr", type=float, default=0.05)
+    ap.add_argument("--batch-size", type=int, default=64, help="global batch (each worker gets half)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--quick", action="store_true", help="30 steps per run; print only")
+    args = ap.parse_args()
+    runs = [r.strip() for r in args.runs.split(",") if r.strip()]
+    bad = [r for r in runs if r not in RUNS]
+    if bad or "fp32" not in runs:
+        ap.error(f"--runs must include fp32 and only use {list(RUNS)}; got {runs}")
+    cfg = {"epochs": args.epochs, "lr": args.lr, "momentum": 0.9, "batch_size": args.batch_size,
+           "seed": args.seed, "max_steps": 30 if args.quick else None, "schedule": "cosine",
+           "world_size": WORLD, "backend": "gloo", "threads_per_process": 1}
+    results: dict[str, dict[str, Any]] = {}
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        for run in runs:
+            results[run] = run_one(run, cfg, tmp)
+            print(f"[{run}] done in {results[run]['wall_s']:.0f}s", flush=True)
+    fp32_bytes = sum(results["fp32"]["payload_bytes_per_step"].values())
+    rows = [summarize(results[r], fp32_bytes) for r in runs]
+
+    n_ep = len(rows[0]["epochs"])
+    md = [f"## TernGrad DDP hook vs fp32 all-reduce (LeNet-300-100, Fashion-MNIST, 2 gloo CPU workers, "
+          f"global batch {args.batch_size}, {args.epochs} epochs, seed {args.seed})", "",
+          "| run | " + " | ".join(f"acc e{i + 1}" for i in range(n_ep))
+          + " | train loss e1 | last train loss | bytes / worker / step | 2-bit formula | reduction (sent) | reduction (2-bit) | train s | wall s |",
+          "|---|" + "---:|" * n_ep + "---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        accs = " | ".join(f"{e['test_accuracy']:.4f}" for e in r["epochs"])
+        md.append(f"| {LABELS[r['run']]} | {accs} | {r['epochs'][0]['train_loss']:.3f} | "
+                  f"{r['epochs'][-1]['train_loss']:.3f} | {r['bytes_per_step']:,.0f} | "
+                  f"{r['bytes_per_step_2bit_formula']:,.0f} | {r['reduction_vs_fp32']:.2f}x | "
+                  f"{r['reduction_vs_fp32_2bit_formula']:.2f}x | {r['train_s']:.0f} | {r['wall_s']:.0f} |")
+    detail = "; ".join(f"{LABELS[r['run']]}: " + ", ".join(f"{k} {v:,.0f} B" for k, v in
+                                                           r["payload_bytes_per_step"].items()) for r in rows)
+    md += ["", f"{rows[0]['grad_elements']:,} gradient elements. Bytes are payload bytes each worker hands "
+           "to all-reduce per step, counted from the tensors communicated (" + detail + "). The hook sends "
+           "int8 codes (8 bits per element); '2-bit formula' is what packing the codes into 2 bits would "
+           "send (N/4 bytes + 4 bytes per fp32 scale). One seed; CPU times on a shared 2-core machine.",
+           "", "Command: `" + "python " + " ".join(sys.argv) + "`", ""]
+    text = "\n".join(md)
+    print(text)
+    if args.quick:
+        return
+    write_results("terngrad", {"config": cfg, "runs": rows, "total_s": time.perf_counter() - t0}, text)
+
+
+if __name__ == "__main__":
+    main()
