@@ -146,7 +146,7 @@ def test_plain_load_of_a_hashed_file_names_the_mismatch(tmp_path):
 
     nncompress.save(hash_model(build_model("lenet300"), ratio=1 / 8), tmp_path / "h.nnc")
     with pytest.raises(FormatError, match=r"unexpected \['fc1.hash_seed'.*hash_model"):
-        nncompress.load(tmp_path / "h.nnc")  # the built-in lenet300 has no hashed layers
+        nncompress.load(tmp_path / "h.nnc", model=build_model("lenet300"))  # a skeleton without hashed layers
 
 
 def test_accounting_counts_the_virtual_weights_and_their_macs():
@@ -160,3 +160,16 @@ def test_accounting_counts_the_virtual_weights_and_their_macs():
     assert [r.weights for r in rows] == [4 * 9, 10 * 4 * 28 * 28]  # virtual, not the buckets
     assert [r.macs for r in rows] == [4 * 28 * 28 * 9, 10 * 4 * 28 * 28]
     assert totals(rows)["nonzeros"] == sum(int((m.virtual_weight() != 0).sum()) for m in (model[0], model[2]))
+
+
+def test_hashed_builtin_model_loads_without_a_skeleton(tmp_path):
+    import nncompress
+    from nncompress.models import build_model
+
+    model = hash_model(build_model("lenet300"), ratio=1 / 16, seed=3).eval()
+    nncompress.save(model, tmp_path / "h.nnc")
+    loaded = nncompress.load(tmp_path / "h.nnc").eval()
+    x = torch.randn(5, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    assert isinstance(loaded.fc1, HashedLinear) and loaded.fc1.buckets == model.fc1.buckets
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))

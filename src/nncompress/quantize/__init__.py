@@ -59,3 +59,21 @@ __all__ += [
     "bfp_quantize", "bfp_round", "bfp_storage_bits", "hash_index", "hash_model", "hash_sign",
     "hashed_from_linear",
 ]
+
+# --- BWNH: binary weights via hashing (Q13)
+from nncompress.quantize.bwnh import (  # noqa: E402
+    BWNHQuantizer,
+    BWNHResult,
+    bwn_objective,
+    bwnh_alpha,
+    bwnh_binarize,
+    bwnh_codes,
+    bwnh_objective,
+    bwnh_solve_gram,
+    bwnh_stats,
+)
+
+__all__ += [
+    "BWNHQuantizer", "BWNHResult", "bwn_objective", "bwnh_alpha", "bwnh_binarize", "bwnh_codes",
+    "bwnh_objective", "bwnh_solve_gram", "bwnh_stats",
+]

@@ -10,10 +10,11 @@ xi(p) dL/dV_p``. Compression factor of the weights: ``numel(V) / K``.
 (on int64 tensors, no overflow), so the index is fully determined by ``(shape, K, seed)``:
 a saved hashed layer needs only its ``K`` bucket values, its bias and the seed (the index
 and sign buffers are not persistent; ``state_dict`` holds ``weight`` (K,), ``bias`` and
-``hash_seed``). ``nncompress.save`` stores that state dict as it is; rebuilding the model
-from a ``.nnc`` file (which needs the hashed architecture) is not wired into the format.
+``hash_seed``). ``nncompress.save`` stores that state dict as it is; ``hash_model`` on a built-in model
+records its hashed layers in the architecture (``nncompress.models.hashed_arch``), so its
+file loads back without a skeleton.
 
-BWNH (hashing for binary weights) is not implemented here.
+BWNH (hashing for binary weights, the other half of Q13) is ``nncompress.quantize.bwnh``.
 """
 
 from __future__ import annotations
@@ -242,4 +243,10 @@ def hash_model(model: nn.Module, ratio: float | None = None,
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
         setattr(parent, child, new)
+    # a built-in model's file records its hashed layers, so it loads without a skeleton
+    from nncompress.models.hashed_arch import record_hashed_arch  # (models imports this module)
+    from nncompress.models.registry import arch_of
+
+    if arch_of(model) is not None:
+        record_hashed_arch(model)
     return model
