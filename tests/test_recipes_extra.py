@@ -223,7 +223,7 @@ def test_bfp_one_exponent_per_tensor_and_include(tmp_path):
     ({"decompose": {"layers": {}}}, "'layers' must map at least one layer"),
     ({"decompose": {"layers": {"fc1": {"method": "svd", "rank": 2}}, "distill": {"alpha": 0.5}}}, "add a 'finetune'"),
     ({"decompose": {"layerz": {}}}, r"unknown key\(s\) \['layerz'\]"),
-    ({"quantize": {"method": "hashd"}}, r"unknown method 'hashd'; allowed: \['kmeans', 'bfp', 'hashed'"),
+    ({"quantize": {"method": "hashd"}}, r"unknown method 'hashd'; allowed: \['kmeans', 'bfp', 'bwnh', 'hashed'"),
     ({"quantize": {"method": "hashed", "params": {"ratio": 1.5}}}, r"params: ratio=1\.5 out of range; allowed: \(0, 1\]"),
     ({"quantize": {"method": "hashed", "params": {"compression": 0.5}}}, r"compression=0\.5 out of range; allowed: >= 1"),
     ({"quantize": {"method": "hashed", "params": {"ratio": 0.5, "buckets": {"fc1": 9}}}}, "exactly one of ratio"),
@@ -269,3 +269,36 @@ def test_readme_style_recipe_parses(tmp_path):
     stages = load_recipe(path).stages
     assert [s.name for s in stages] == ["train", "decompose", "prune", "quantize"]
     assert stages[2].config.distill.attention.pairs == [("fc1", "fc1")]
+
+
+def _bwnh_recipe(**quant) -> dict:
+    return {"name": "bwnh-digits", "model": {"name": "lenet300"}, "data": {"name": "digits"}, "seed": 0,
+            "stages": [{"train": {"epochs": 3, "lr": 0.05, "batch_size": 64}},
+                       {"quantize": {"method": "bwnh", **quant}}, {"encode": {}}, {"evaluate": {}}]}
+
+
+def test_bwnh_method_binarises_and_round_trips(tmp_path):
+    from nncompress.recipes import parse_recipe
+    from nncompress.recipes.runner import run_recipe
+
+    recipe = parse_recipe(_bwnh_recipe(params={"iters": 3, "calib_images": 128, "sample": 2000},
+                                       finetune={"epochs": 1, "lr": 0.001, "optimizer": "adam"}), "t")
+    report = run_recipe(recipe, tmp_path / "m.nnc")
+    stage = next(s for s in report["stages"] if s["stage"] == "quantize")
+    assert stage["layers"] == ["fc1", "fc2", "fc3"]
+    assert all(e["bwnh"] <= e["bwn"] + 1e-6 for e in stage["relative_error"].values())
+    loaded = nncompress.load(tmp_path / "m.nnc")
+    w = loaded.fc2.weight.detach()
+    for row in w:  # one scale per output unit: |w| constant within a row
+        assert torch.allclose(row.abs(), row.abs()[0].expand_as(row))
+    assert report["summary"]["compressed_accuracy"] == stage["accuracy"]
+    assert report["summary"]["ratio"] > 20  # 1-bit signs + a scale per row vs fp32
+
+
+@pytest.mark.parametrize("params, match", [({"iters": 0}, "iters=0"), ({"calib_images": -1}, "calib_images"),
+                                           ({"sample": 0}, "sample=0"), ({"bogus": 1}, "bogus")])
+def test_bwnh_method_rejects_bad_params(params, match):
+    from nncompress.recipes import parse_recipe
+
+    with pytest.raises(ConfigError, match=match):
+        parse_recipe(_bwnh_recipe(params=params), "t")

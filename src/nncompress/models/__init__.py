@@ -10,7 +10,9 @@ from nncompress.models.blocks import (
     channel_shuffle,
 )
 from nncompress.models.efficient import MobileNetSmall, ShuffleNetSmall, SqueezeNetSmall
-from nncompress.models.hashed_arch import build_hashed  # registers the 'hashed' architecture (Q13 files)
+from nncompress.models.hashed_arch import (
+    build_hashed,  # registers the 'hashed' architecture (Q13 files)
+)
 from nncompress.models.lenet import LeNet5, LeNet300100
 from nncompress.models.registry import MODELS, arch_of, build_model, register_model
 from nncompress.models.resnet import ResNet20

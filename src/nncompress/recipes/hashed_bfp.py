@@ -1,5 +1,6 @@
 """``quantize`` stage methods ``hashed`` (HashedNets, Q13) and ``bfp`` (block floating
-point, Q15), reusing ``nncompress.quantize.hashed.hash_model`` and
+point, Q15), plus the registry of these extra methods (``bwnh``, Q13's binary half, is in
+``nncompress.recipes.bwnh_method``), reusing ``nncompress.quantize.hashed.hash_model`` and
 ``nncompress.quantize.bfp``.
 
 ``method: hashed``: ``params: {ratio | compression | buckets, seed, sign_hash}``; the
@@ -28,12 +29,13 @@ from torch import nn
 
 from nncompress.decompose.api import lowrank_spec
 from nncompress.errors import ConfigError
+from nncompress.models.hashed_arch import record_hashed_arch
 from nncompress.prune.mask import MaskCallback
 from nncompress.prune.targets import prunable_weights
 from nncompress.quantize.bfp import bfp_round, bfp_storage_bits, check_bfp_args
 from nncompress.quantize.hashed import HashedLinear, hash_model
+from nncompress.recipes.bwnh_method import BWNHParams, run_bwnh
 from nncompress.recipes.context import RunContext
-from nncompress.models.hashed_arch import record_hashed_arch
 from nncompress.recipes.teacher import distill_loss, distill_summary
 from nncompress.recipes.validate import from_dict
 from nncompress.train.loop import fit
@@ -100,9 +102,9 @@ def check_method_config(cfg: QuantizeConfig) -> None:
     if cfg.method == "bfp" and (cfg.finetune is not None or cfg.distill is not None):
         raise ConfigError("method bfp rounds a trained model (post-training): 'finetune' and 'distill' "
                           "are not allowed; train before the quantize stage")
+    if cfg.method in ("hashed", "bwnh") and cfg.distill is not None and cfg.finetune is None:
+        raise ConfigError(f"method {cfg.method}: 'distill' acts during training; add a 'finetune' block")
     if cfg.method == "hashed":
-        if cfg.distill is not None and cfg.finetune is None:
-            raise ConfigError("method hashed: 'distill' acts during training; add a 'finetune' block")
         if cfg.params.get("buckets") is not None and (cfg.include is not None or cfg.exclude):
             raise ConfigError("method hashed: give 'buckets' or 'include'/'exclude', not both")
 
@@ -174,6 +176,7 @@ def run_bfp(ctx: RunContext, cfg: QuantizeConfig) -> dict[str, Any]:
             "bits_per_value": total_bits / max(total_values, 1)}
 
 
-PARAMS: dict[str, type] = {"hashed": HashedParams, "bfp": BFPParams}
-EXTRA_METHODS: dict[str, Callable[[RunContext, Any], dict[str, Any]]] = {"hashed": run_hashed, "bfp": run_bfp}
+PARAMS: dict[str, type] = {"hashed": HashedParams, "bfp": BFPParams, "bwnh": BWNHParams}
+EXTRA_METHODS: dict[str, Callable[[RunContext, Any], dict[str, Any]]] = {
+    "hashed": run_hashed, "bfp": run_bfp, "bwnh": run_bwnh}
 __all__ = ["EXTRA_METHODS", "BFPParams", "HashedParams", "check_method_config", "run_bfp", "run_hashed"]

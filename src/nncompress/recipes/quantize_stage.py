@@ -99,7 +99,7 @@ def _quantize(ctx: RunContext, cfg: QuantizeConfig) -> dict[str, Any]:
     if cfg.bits or cfg.codebook_dtype != "float32":
         raise ConfigError(f"quantize: 'bits' and 'codebook_dtype' work with method kmeans only (got method {cfg.method!r})")
     if cfg.distill is not None:
-        raise ConfigError(f"quantize: 'distill' works with methods kmeans and hashed only (got method {cfg.method!r})")
+        raise ConfigError(f"quantize: 'distill' works with methods kmeans, hashed and bwnh only (got method {cfg.method!r})")
     methods = lowbit_methods()
     if cfg.method not in methods:
         raise ConfigError(f"quantize: unknown method {cfg.method!r}; allowed: "

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from nncompress.errors import ConfigError
-from nncompress.format import get_codec
+from nncompress.format import codec_hints, get_codec
 from nncompress.prune.iterative import iterative_prune
 from nncompress.prune.magnitude import magnitude_prune
 from nncompress.prune.mask import MaskCallback, Masks
@@ -217,6 +217,8 @@ def run_encode(ctx: RunContext, cfg: EncodeConfig) -> dict[str, Any]:
         weights = prunable_weights(ctx.model)
     except ConfigError:  # e.g. every Linear hashed: no Linear/Conv weight left
         weights = {}
+    for name, choice in codec_hints(ctx.model).items():  # a low-bit method's finalize chose its packing
+        ctx.codecs.setdefault(name, choice)
     for name, w in weights.items():
         if name in ctx.codecs:
             continue
