@@ -89,6 +89,9 @@ def test_cli_run_info_eval_export(tmp_path, capsys):
     info = json.loads(capsys.readouterr().out)
     assert info["file_bytes"] == out.stat().st_size
     assert {r["codec"] for r in info["table"]["rows"] if r["layer"].endswith("weight")} == {"deep"}
+    # info's ratio is the report's: against the original model the file's architecture names
+    assert info["table"]["total"]["original_fp32_bytes"] == s["dense_fp32_bytes"]
+    assert info["table"]["total"]["ratio_vs_original"] == pytest.approx(s["ratio"])
     assert main(["export", str(out), str(tmp_path / "m.safetensors")]) == 0
     from safetensors.torch import load_file
 

@@ -35,6 +35,22 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _original_fp32_bytes(arch: dict | None) -> int | None:
+    """fp32 bytes of the built-in model a file's architecture record names, as built (before
+    neuron or channel removal, hashing or decomposition); None for a user-defined model."""
+    from nncompress.analysis.accounting import count_parameters
+    from nncompress.models import build_model
+
+    if not arch:
+        return None
+    if arch.get("name") == "hashed":
+        arch = arch.get("kwargs", {}).get("base", {})
+    try:
+        return count_parameters(build_model(str(arch["name"]), **dict(arch.get("kwargs", {}))))["dense_fp32_bytes"]
+    except Exception:  # noqa: BLE001 - unknown or damaged record: no original figure
+        return None
+
+
 def _cmd_info(args: argparse.Namespace) -> int:
     from nncompress.analysis.accounting import layer_stats, totals
     from nncompress.analysis.file_table import compression_table, table_markdown
@@ -42,6 +58,9 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
     info = read_info(args.file)
     table = compression_table(info)
+    original = _original_fp32_bytes(info.arch)
+    if original is not None:  # the model before pruning / hashing / decomposition
+        table["total"].update(original_fp32_bytes=original, ratio_vs_original=original / max(info.file_bytes, 1))
     out = {"file": args.file, "file_bytes": info.file_bytes, "arch": info.arch,
            "metadata": info.metadata, "table": table}
     try:

@@ -98,7 +98,7 @@ def table_markdown(table: dict) -> str:
         tail = (f"\nFile: {t['file_bytes']:,} bytes (header included) vs the original dense fp32 model "
                 f"{t['original_fp32_bytes']:,} bytes: **{t['ratio_vs_original']:.1f}x** smaller "
                 f"({t['ratio']:.1f}x vs the fp32 size of the layers as stored, "
-                f"{t['dense_fp32_bytes']:,} bytes, after neuron removal).\n")
+                f"{t['dense_fp32_bytes']:,} bytes).\n")
     else:
         tail = (f"\nFile: {t['file_bytes']:,} bytes (header included) vs dense fp32 "
                 f"{t['dense_fp32_bytes']:,} bytes: **{t['ratio']:.1f}x** smaller.\n")
