@@ -9,18 +9,23 @@ lr 0.05, cosine schedule) and epochs. Runs:
 - ``terngrad``: ``terngrad_hook`` with one scale per DDP bucket and no clipping;
 - ``terngrad-clip``: the same with the module's default clipping to 2.5 sigma;
 - ``terngrad-layer``: one scale per parameter tensor (``per_layer=True``), no clipping;
-- ``terngrad-layer-clip``: the paper's setting: per-layer scales and clipping.
+- ``terngrad-layer-clip``: the paper's setting: per-layer scales and clipping;
+- ``terngrad-layer-clip-packed``: the same with ``packed=True``: the codes are packed 4 per
+  byte (2 bits each) and exchanged by all-gather instead of all-reduced as int8.
 
 LeNet-300-100's 266,610 gradients fit in one DDP bucket, so "per bucket" means one scale
 for the whole model here.
 
-Bytes per step are counted from the tensors really handed to ``all_reduce``: in the hook
+Bytes per step are counted from the tensors really handed to the collectives: in the hook
 runs ``nncompress.distributed.terngrad``'s ``dist`` is replaced by a proxy that records
-every ``all_reduce`` (numel x element size); for ``fp32`` the bytes are DDP's own bucket
-sizes (``_get_ddp_logging_data()``), checked against 4 bytes x gradient elements. These are
-payload bytes per worker per step (what each worker contributes to the all-reduce); the
-bytes a ring all-reduce puts on the wire are a fixed multiple of them for every run. The
-2-bit formula (2 bits per element + 4 bytes per scale) is given beside the int8 payload.
+every ``all_reduce`` and ``all_gather`` input (numel x element size); for ``fp32`` the bytes
+are DDP's own bucket sizes (``_get_ddp_logging_data()``), checked against 4 bytes x gradient
+elements. "Sent" is the payload each worker contributes per step (an all-reduce or
+all-gather input, counted once); "received" is the payload each worker gets back from the
+others: the reduced tensor of an all-reduce (same size as its input) and the other
+``world - 1`` workers' tensors of an all-gather. The bytes a ring all-reduce puts on the wire
+are a fixed multiple (2(W-1)/W) of its payload; an all-gather's are exactly the counted
+ones. The 2-bit formula (ceil(N/4) bytes + 4 bytes per scale) is given beside each run.
 
     python benchmarks/terngrad.py [--epochs 3] [--runs fp32,terngrad,...] [--quick]
 
@@ -62,6 +67,7 @@ RUNS: dict[str, dict[str, Any]] = {
     "terngrad-clip": {"hook": True, "clip_sigma": 2.5, "per_layer": False},
     "terngrad-layer": {"hook": True, "clip_sigma": None, "per_layer": True},
     "terngrad-layer-clip": {"hook": True, "clip_sigma": 2.5, "per_layer": True},
+    "terngrad-layer-clip-packed": {"hook": True, "clip_sigma": 2.5, "per_layer": True, "packed": True},
 }
 LABELS = {
     "fp32": "fp32 all-reduce (DDP default)",
@@ -69,24 +75,37 @@ LABELS = {
     "terngrad-clip": "TernGrad, one scale per bucket, clip 2.5 sigma",
     "terngrad-layer": "TernGrad, per-layer scales, no clipping",
     "terngrad-layer-clip": "TernGrad, per-layer scales, clip 2.5 sigma",
+    "terngrad-layer-clip-packed": "TernGrad, per-layer scales, clip 2.5 sigma, 2-bit packed",
 }
 
 
 class CountingDist:
     """Stands in for ``torch.distributed`` inside the hook's module and counts the payload
-    bytes of every ``all_reduce`` (per dtype); everything else is passed through."""
+    bytes sent and received by every ``all_reduce`` and ``all_gather`` (per dtype);
+    everything else is passed through."""
 
     def __init__(self, real: Any) -> None:
         self._real = real
-        self.bytes: dict[str, int] = {}
-        self.calls = 0
+        self.bytes: dict[str, int] = {}  # sent: each collective's input, once
+        self.received: dict[str, int] = {}
+        self.calls: dict[str, int] = {}
+
+    def _record(self, op: str, tensor: torch.Tensor, copies_received: int) -> None:
+        key = str(tensor.dtype).replace("torch.", "")
+        size = tensor.numel() * tensor.element_size()
+        self.bytes[key] = self.bytes.get(key, 0) + size
+        self.received[key] = self.received.get(key, 0) + copies_received * size
+        self.calls[op] = self.calls.get(op, 0) + 1
 
     def all_reduce(self, tensor: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
-        """Record ``tensor``'s size in bytes, then all-reduce it with the real function."""
-        key = str(tensor.dtype).replace("torch.", "")
-        self.bytes[key] = self.bytes.get(key, 0) + tensor.numel() * tensor.element_size()
-        self.calls += 1
+        """Record ``tensor``'s size (sent, and received as the reduced result), then all-reduce."""
+        self._record("all_reduce", tensor, 1)
         return self._real.all_reduce(tensor, *args, **kwargs)
+
+    def all_gather(self, out: list[torch.Tensor], tensor: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        """Record ``tensor``'s size (sent once, received from the ``len(out) - 1`` others), then gather."""
+        self._record("all_gather", tensor, len(out) - 1)
+        return self._real.all_gather(out, tensor, *args, **kwargs)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._real, name)
@@ -119,7 +138,7 @@ def worker(rank: int, run: str, cfg: dict[str, Any], port: int, out_dir: str) ->
             counter = CountingDist(dist)
             terngrad_mod.dist = counter  # only the hook's module sees the proxy
             state = TernGradState(seed=1000 * cfg["seed"] + rank, clip_sigma=spec["clip_sigma"],
-                                  per_layer=spec["per_layer"])
+                                  per_layer=spec["per_layer"], packed=spec.get("packed", False))
             ddp.register_comm_hook(state, terngrad_hook)
         opt = torch.optim.SGD(ddp.parameters(), lr=cfg["lr"], momentum=cfg["momentum"])
         gb, half = cfg["batch_size"], cfg["batch_size"] // WORLD
@@ -161,18 +180,21 @@ def worker(rank: int, run: str, cfg: dict[str, Any], port: int, out_dir: str) ->
             dist.barrier()
         if counter is not None:
             payload = {k: v / step for k, v in counter.bytes.items()}
-            calls = counter.calls / step
-            source = "all_reduce calls of the hook, counted by CountingDist"
+            received = {k: v / step for k, v in counter.received.items()}
+            calls = {k: v / step for k, v in counter.calls.items()}
+            source = "all_reduce / all_gather calls of the hook, counted by CountingDist"
         else:  # DDP's C++ reducer all-reduces its fp32 buckets: their sizes are the payload
             logging_data = ddp._get_ddp_logging_data()
             sizes = [int(s) for s in str(logging_data.get("bucket_sizes", "")).split(",") if s.strip()]
             bucket_bytes = sum(sizes) if sizes else 4 * n_grad
             assert bucket_bytes == 4 * n_grad, (bucket_bytes, n_grad)
             payload = {"float32": float(bucket_bytes)}
-            calls = float(len(sizes) or 1)
+            received = dict(payload)  # the reduced buckets
+            calls = {"all_reduce": float(len(sizes) or 1)}
             source = f"DDP bucket_sizes {sizes}" if sizes else "4 bytes x gradient elements"
         result = {"run": run, "rank": rank, "steps": step, "grad_elements": n_grad, "epochs": epochs,
-                  "train_s": train_s, "payload_bytes_per_step": payload, "all_reduce_calls_per_step": calls,
+                  "train_s": train_s, "payload_bytes_per_step": payload, "received_bytes_per_step": received,
+                  "collective_calls_per_step": calls,
                   "payload_source": source,
                   "scales_per_bucket_last": (state.last_scales if state is not None else None)}
         Path(out_dir, f"{run}.rank{rank}.json").write_text(json.dumps(result))
@@ -197,12 +219,14 @@ def run_one(run: str, cfg: dict[str, Any], out_dir: str) -> dict[str, Any]:
 
 
 def summarize(res: dict[str, Any], fp32_bytes: float) -> dict[str, Any]:
-    """Add bytes/step, the 2-bit formula, ratios and the final accuracy to a run result."""
+    """Add bytes/step (sent, received), the 2-bit formula, ratios and the final accuracy."""
     n = res["grad_elements"]
     sent = sum(res["payload_bytes_per_step"].values())
     n_scales = res["payload_bytes_per_step"].get("float32", 0.0) / 4 if res["run"] != "fp32" else 0
-    formula = n / 4 + 4 * n_scales if res["run"] != "fp32" else 4.0 * n  # 2 bits/elem + fp32 scales
-    res.update({"bytes_per_step": sent, "bytes_per_step_2bit_formula": formula,
+    # 2 bits per element (one bucket here: ceil(N/4) bytes) + 4 bytes per fp32 scale
+    formula = math.ceil(n / 4) + 4 * n_scales if res["run"] != "fp32" else 4.0 * n
+    res.update({"bytes_per_step": sent, "bytes_received_per_step": sum(res["received_bytes_per_step"].values()),
+                "bytes_per_step_2bit_formula": formula,
                 "reduction_vs_fp32": fp32_bytes / sent, "reduction_vs_fp32_2bit_formula": fp32_bytes / formula,
                 "final_accuracy": res["epochs"][-1]["test_accuracy"]})
     return res
@@ -237,20 +261,26 @@ def main() -> None:
     md = [f"## TernGrad DDP hook vs fp32 all-reduce (LeNet-300-100, Fashion-MNIST, 2 gloo CPU workers, "
           f"global batch {args.batch_size}, {args.epochs} epochs, seed {args.seed})", "",
           "| run | " + " | ".join(f"acc e{i + 1}" for i in range(n_ep))
-          + " | train loss e1 | last train loss | bytes / worker / step | 2-bit formula | reduction (sent) | reduction (2-bit) | train s | wall s |",
-          "|---|" + "---:|" * n_ep + "---:|---:|---:|---:|---:|---:|---:|---:|"]
+          + " | train loss e1 | last train loss | bytes sent / worker / step | bytes received / worker / step"
+          " | 2-bit formula | reduction (sent) | reduction (2-bit) | train s | wall s |",
+          "|---|" + "---:|" * n_ep + "---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         accs = " | ".join(f"{e['test_accuracy']:.4f}" for e in r["epochs"])
         md.append(f"| {LABELS[r['run']]} | {accs} | {r['epochs'][0]['train_loss']:.3f} | "
                   f"{r['epochs'][-1]['train_loss']:.3f} | {r['bytes_per_step']:,.0f} | "
+                  f"{r['bytes_received_per_step']:,.0f} | "
                   f"{r['bytes_per_step_2bit_formula']:,.0f} | {r['reduction_vs_fp32']:.2f}x | "
                   f"{r['reduction_vs_fp32_2bit_formula']:.2f}x | {r['train_s']:.0f} | {r['wall_s']:.0f} |")
-    detail = "; ".join(f"{LABELS[r['run']]}: " + ", ".join(f"{k} {v:,.0f} B" for k, v in
-                                                           r["payload_bytes_per_step"].items()) for r in rows)
-    md += ["", f"{rows[0]['grad_elements']:,} gradient elements. Bytes are payload bytes each worker hands "
-           "to all-reduce per step, counted from the tensors communicated (" + detail + "). The hook sends "
-           "int8 codes (8 bits per element); '2-bit formula' is what packing the codes into 2 bits would "
-           "send (N/4 bytes + 4 bytes per fp32 scale). One seed; CPU times on a shared 2-core machine.",
+    detail = "; ".join(f"{LABELS[r['run']]}: " + ", ".join(
+        f"{k} {v:,.0f} B" for k, v in r["payload_bytes_per_step"].items()) + " via " + ", ".join(
+        f"{c:g} {op}" for op, c in r["collective_calls_per_step"].items()) for r in rows)
+    md += ["", f"{rows[0]['grad_elements']:,} gradient elements. 'Sent' is the payload each worker hands "
+           "to the collectives per step, counted from the tensors communicated (" + detail + "); 'received' "
+           "is what it gets back from the other worker (an all-reduce's reduced tensor, an all-gather's "
+           "other inputs). The unpacked hook sends int8 codes (8 bits per element) by all-reduce; the "
+           "packed one sends 2-bit codes, ceil(N/4) bytes, by all-gather (plus the all-reduce of the "
+           "fp32 scales). '2-bit formula' is ceil(N/4) bytes + 4 bytes per fp32 scale. One seed; CPU "
+           "times on a shared 2-core machine.",
            "", "Command: `" + "python " + " ".join(sys.argv) + "`", ""]
     text = "\n".join(md)
     print(text)

@@ -8,7 +8,15 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
-from nncompress.distributed import TernGradState, clip_by_sigma, ternarize, terngrad_hook
+import nncompress.distributed.terngrad as terngrad_mod
+from nncompress.distributed import (
+    TernGradState,
+    clip_by_sigma,
+    pack_ternary,
+    ternarize,
+    terngrad_hook,
+    unpack_ternary,
+)
 from nncompress.errors import ConfigError
 
 
@@ -122,3 +130,87 @@ def test_per_layer_clipping_uses_each_tensors_std():
     bucket_wide = clip_by_sigma(torch.cat([small, big]), 1.0)
     layer_wise = torch.cat([clip_by_sigma(small, 1.0), clip_by_sigma(big, 1.0)])
     assert float(layer_wise[:4].abs().max()) < 0.5 and float(bucket_wide[:4].abs().max()) == 0.5
+
+
+@pytest.mark.parametrize("n", [0, 1, 3, 4, 5, 1001])
+def test_pack_unpack_round_trip(n):
+    codes = torch.randint(-1, 2, (n,), dtype=torch.int8, generator=torch.Generator().manual_seed(n))
+    packed = pack_ternary(codes)
+    assert packed.dtype == torch.uint8 and packed.shape == ((n + 3) // 4,)  # ceil(n/4) bytes
+    assert torch.equal(unpack_ternary(packed, n), codes)
+
+
+def test_pack_layout_and_bad_input():
+    # 2 bits per code, first code lowest: [1, -1, 0, 1] -> 0b01_00_11_01
+    assert pack_ternary(torch.tensor([1, -1, 0, 1], dtype=torch.int8)).tolist() == [0b01001101]
+    assert unpack_ternary(torch.tensor([0xFF], dtype=torch.uint8), 4).tolist() == [-1, -1, -1, -1]
+    with pytest.raises(ConfigError, match="uint8"):
+        unpack_ternary(torch.zeros(2, dtype=torch.int8), 4)
+    with pytest.raises(ConfigError, match="do not fit"):
+        unpack_ternary(torch.zeros(2, dtype=torch.uint8), 9)
+
+
+class _CountingDist:
+    """Proxy for ``torch.distributed`` in the hook's module: records each collective's input."""
+
+    def __init__(self, real):
+        self._real = real
+        self.sent: list[tuple[str, torch.dtype, int]] = []
+
+    def all_reduce(self, tensor, *args, **kwargs):
+        self.sent.append(("all_reduce", tensor.dtype, tensor.numel() * tensor.element_size()))
+        return self._real.all_reduce(tensor, *args, **kwargs)
+
+    def all_gather(self, out, tensor, *args, **kwargs):
+        self.sent.append(("all_gather", tensor.dtype, tensor.numel() * tensor.element_size()))
+        return self._real.all_gather(out, tensor, *args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self._real, name)
+
+
+def _packed_worker(rank: int, world: int, init_file: str) -> None:
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        counter = _CountingDist(dist)
+        terngrad_mod.dist = counter  # this spawned process only
+        torch.manual_seed(0)
+        # 6*5+5 + 5*3+3 = 53 gradients (not a multiple of 4), 4 tensors
+        nets = [nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 3)) for _ in range(2)]
+        nets[1].load_state_dict(nets[0].state_dict())
+        states = [TernGradState(seed=rank, clip_sigma=2.5, per_layer=True, packed=packed)
+                  for packed in (False, True)]
+        x = torch.randn(8, 6, generator=torch.Generator().manual_seed(10 + rank))
+        grads = []
+        for net, state in zip(nets, states, strict=True):
+            ddp = nn.parallel.DistributedDataParallel(net)
+            ddp.register_comm_hook(state, terngrad_hook)
+            counter.sent.clear()
+            ddp(x).pow(2).sum().backward()
+            grads.append(torch.cat([p.grad.reshape(-1) for p in net.parameters()]))
+            sent = list(counter.sent)
+        n, k = grads[1].numel(), len(states[1].last_scales)
+        assert n == 53 and k == 4
+        # same seeds, same draws: the packed all-gather gives the int8 all-reduce's average
+        assert torch.equal(grads[0], grads[1])
+        assert states[0].last_scales == states[1].last_scales
+        # packed: scales by all-reduce (MAX), codes as ceil(n/4) uint8 bytes by all-gather
+        assert sent == [("all_reduce", torch.float32, 4 * k), ("all_gather", torch.uint8, (n + 3) // 4)]
+        # each tensor's average = its scale * (integer sum of codes in {-1,0,1}) / world
+        sizes = [p.numel() for p in nets[1].parameters()]
+        for g, s in zip(torch.split(grads[1], sizes), states[1].last_scales, strict=True):
+            c = g * world / s
+            assert torch.allclose(c, c.round(), atol=1e-4) and float(c.abs().max()) <= world
+        all_g = [torch.zeros_like(grads[1]) for _ in range(world)]
+        dist.all_gather(all_g, grads[1])
+        assert all(torch.equal(a, all_g[0]) for a in all_g)
+        dist.barrier()
+    except BaseException:
+        dist.destroy_process_group()
+        raise
+    os._exit(0)
+
+
+def test_ddp_hook_packed_matches_int8(tmp_path):
+    """``packed=True``: 2-bit codes by all-gather, same averaged gradient as the int8 hook."""
+    mp.spawn(_packed_worker, args=(2, str(tmp_path / "init")), nprocs=2, join=True)

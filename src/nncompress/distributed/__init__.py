@@ -1,5 +1,12 @@
 """Distributed-training helpers: gradient compression hooks for DistributedDataParallel."""
 
-from nncompress.distributed.terngrad import TernGradState, clip_by_sigma, ternarize, terngrad_hook
+from nncompress.distributed.terngrad import (
+    TernGradState,
+    clip_by_sigma,
+    pack_ternary,
+    ternarize,
+    terngrad_hook,
+    unpack_ternary,
+)
 
-__all__ = ["TernGradState", "clip_by_sigma", "ternarize", "terngrad_hook"]
+__all__ = ["TernGradState", "clip_by_sigma", "pack_ternary", "ternarize", "terngrad_hook", "unpack_ternary"]
