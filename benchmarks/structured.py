@@ -265,7 +265,7 @@ def dense_finetuned_accuracy(name: str, dense: nn.Module, train, test, ft: Train
                              loss_fn) -> float:
     """Test accuracy of the dense model after the methods' fine-tuning budget; cached by that
     budget, which alone decides it (variants differing only in channel rounding share it)."""
-    ft_info = {k: v for k, v in ft_info.items() if k != "steps"}  # the dense model is not pruned in steps
+    ft_info = {k: v for k, v in ft_info.items() if k not in ("steps", "fade_epochs")}  # the dense model is not pruned
     key = hashlib.sha1(json.dumps(ft_info, sort_keys=True).encode()).hexdigest()[:8]
     path = CACHE / f"{name}_dense_finetuned_{key}.json"
     if path.exists():
