@@ -19,7 +19,7 @@ from nncompress.quantize import (
     finalize,
 )
 from nncompress.quantize.binary import bwn_quantize
-from nncompress.quantize.bwnh import gram
+from nncompress.quantize.bwnh_codes import gram
 from nncompress.quantize.layers import QuantConv2d, QuantLinear
 from nncompress.train import TrainConfig, fit
 

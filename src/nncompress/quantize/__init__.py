@@ -61,16 +61,14 @@ __all__ += [
 ]
 
 # --- BWNH: binary weights via hashing (Q13)
-from nncompress.quantize.bwnh import (  # noqa: E402
-    BWNHQuantizer,
+from nncompress.quantize.bwnh import BWNHQuantizer, bwnh_binarize, bwnh_stats  # noqa: E402
+from nncompress.quantize.bwnh_codes import (  # noqa: E402
     BWNHResult,
     bwn_objective,
     bwnh_alpha,
-    bwnh_binarize,
     bwnh_codes,
     bwnh_objective,
     bwnh_solve_gram,
-    bwnh_stats,
 )
 
 __all__ += [
