@@ -171,6 +171,35 @@ def test_structured_stage_and_sensitivity_cli(tmp_path, capsys):
     assert set(data["suggested_ratios"]) and (tmp_path / "sens" / "sensitivity.png").exists()
 
 
+def test_structured_stage_distils_and_fades_before_removal(tmp_path):
+    from nncompress.recipes.runner import run_recipe
+
+    raw = {"name": "s", "model": {"name": "lenet5"}, "data": {"name": "digits", "train_subset": 64},
+           "stages": [{"train": {"epochs": 1, "lr": 0.01}},
+                      {"structured": {"criterion": "l1", "target": 0.5, "samples": 64, "fade_epochs": 0.5,
+                                      "finetune": {"epochs": 1, "lr": 0.01},
+                                      "distill": {"alpha": 0.5, "temperature": 4}}}]}
+    report = run_recipe(parse_recipe(raw), tmp_path / "s.nnc")
+    stage = report["stages"][1]
+    assert stage["mac_reduction"] >= 2.0 and stage["fade_epochs"] == 0.5
+    assert stage["distill"]["alpha"] == 0.5
+    assert report["summary"]["macs"] == stage["pruned"]["macs"]
+
+
+@pytest.mark.parametrize("extra, match", [
+    ({"fade_epochs": 1.0}, "fade_epochs=1.0 out of range"),
+    ({"fade_epochs": 3.0, "finetune": {"epochs": 2}}, r"allowed: \(0, 2"),
+    ({"distill": {"alpha": 0.5}}, "add a 'finetune' block"),
+    ({"distill": {"alpha": 0.5, "attention": {"layers": ["conv1"]}}, "finetune": {"epochs": 1}},
+     "attention is not allowed"),
+])
+def test_structured_stage_rejects_bad_fade_and_distill(extra, match):
+    raw = {"name": "s", "model": {"name": "lenet5"}, "data": {"name": "digits"},
+           "stages": [{"structured": {"criterion": "l1", "target": 0.5, **extra}}]}
+    with pytest.raises(ConfigError, match=match):
+        parse_recipe(raw)
+
+
 def test_structured_stage_rounds_to_measured_latency_steps(tmp_path):
     from nncompress.recipes.runner import run_recipe
 

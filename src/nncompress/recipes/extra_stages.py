@@ -6,10 +6,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from nncompress.errors import ConfigError
 from nncompress.prune.mask import Masks
 from nncompress.prune.targets import prunable_weights
 from nncompress.recipes.context import RunContext
 from nncompress.recipes.stages import register_stage
+from nncompress.recipes.teacher import StageDistillConfig, distill_loss, distill_summary
 from nncompress.train.loop import TrainConfig
 
 
@@ -49,6 +51,10 @@ class StructuredConfig:
     that many channels in every pruned group, or ``latency``: only the counts where the
     group's layers, timed on this machine at batch ``latency_batch``, get faster
     (``target_kind: latency`` sets the target as a share of that measured time).
+    ``distill``: the fine-tuning also learns from the run's teacher (the trained dense model)
+    (K1; ``attention`` is not allowed, channels change under its hooks); ``fade_epochs``:
+    each step's fine-tuning runs before the removal while the chosen channels fade to zero
+    over its first ``fade_epochs`` epochs (``structured_prune(fade_epochs=...)``).
     """
 
     criterion: str = "l1"
@@ -64,6 +70,19 @@ class StructuredConfig:
     steps: int = 1
     samples: int = 512
     finetune: TrainConfig | None = None
+    distill: StageDistillConfig | None = None
+    fade_epochs: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.distill is not None and self.finetune is None:
+            raise ConfigError("structured: 'distill' acts during training; add a 'finetune' block")
+        if self.distill is not None and self.distill.attention is not None:
+            raise ConfigError("structured: distill.attention is not allowed (the pruned layers change shape "
+                              "under its hooks); use alpha/temperature (K1)")
+        if self.fade_epochs and (self.finetune is None or not 0 < self.fade_epochs <= self.finetune.epochs):
+            limit = self.finetune.epochs if self.finetune is not None else "the finetune epochs"
+            raise ConfigError(f"structured: fade_epochs={self.fade_epochs!r} out of range; allowed: (0, {limit}] "
+                              "with a 'finetune' block")
 
 
 @register_stage("structured", StructuredConfig, "filter/channel pruning with physical removal")
@@ -80,10 +99,12 @@ def run_structured(ctx: RunContext, cfg: StructuredConfig) -> dict[str, Any]:
                            mode=cfg.mode, ratios=cfg.ratios, min_channels=cfg.min_channels,
                            max_ratio=cfg.max_ratio, round_to=cfg.round_to,
                            latency_batch=cfg.latency_batch, skip=cfg.skip, steps=cfg.steps,
-                           finetune=cfg.finetune, train_data=ctx.train_data)
+                           finetune=cfg.finetune, train_data=ctx.train_data,
+                           loss_fn=distill_loss(ctx, cfg.distill, cfg.finetune), fade_epochs=cfg.fade_epochs)
     ctx.model = res.model
     ctx.masks = None  # shapes changed; later stages start from the smaller dense model
     ctx.snapshot(f"after_structured_{cfg.criterion}")
     return {"criterion": cfg.criterion, "dense": res.dense, "pruned": res.pruned,
             "mac_reduction": res.mac_reduction,
-            "shapes": {n: list(p.shape) for n, p in prunable_weights(ctx.model).items()}}
+            "shapes": {n: list(p.shape) for n, p in prunable_weights(ctx.model).items()},
+            "distill": distill_summary(cfg.distill), "fade_epochs": cfg.fade_epochs}
