@@ -209,6 +209,24 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(out) + "\n"
 
 
+def combine(name: str, paths: list[Path]) -> None:
+    """One result file from the rows of several earlier runs (each keeps its own command and
+    environment in ``sources``), e.g. seeds 0-2 and 3-4 into seeds 0-4."""
+    import json
+
+    if not paths:
+        raise SystemExit("--combine needs NAME and at least one result JSON")
+    runs = [json.loads(p.read_text()) for p in paths]
+    rows = [r for run in runs for r in run["models"]]
+    seeds = [(r["model"], r["seed"]) for r in rows]
+    if len(set(seeds)) != len(seeds):
+        raise SystemExit(f"--combine: a (model, seed) pair appears twice in {[str(p) for p in paths]}")
+    sources = [{"file": p.name, "command": run["environment"]["command"]} for p, run in zip(paths, runs)]
+    md = ("Combined (`--combine`, no training) from: "
+          + "; ".join(f"`{s['file']}` (`{s['command']}`)" for s in sources) + "\n\n" + markdown(rows))
+    write_results(name, {"sources": sources, "models": rows}, md)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", nargs="+", default=list(RECIPES), choices=list(RECIPES))
@@ -219,7 +237,13 @@ def main() -> None:
                          " report the mean over them beside every seed's row")
     ap.add_argument("--render", nargs="+", metavar="JSON",
                     help="only re-render the Markdown of earlier result files (no training)")
+    ap.add_argument("--combine", nargs="+", metavar=("NAME", "JSON"),
+                    help="write results NAME.json/.md with the rows of earlier result files (e.g. two"
+                         " seed runs) and their mean table (no training)")
     args = ap.parse_args()
+    if args.combine:
+        combine(args.combine[0], [Path(p) for p in args.combine[1:]])
+        return
     if args.render:
         import json
 
