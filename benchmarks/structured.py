@@ -176,7 +176,7 @@ def run_model(name: str, args, train, test) -> dict:
     if steps > 1:  # the same epochs, split over the pruning steps
         ft_info["steps"] = steps
     if args.fade:
-        if steps > 1 or args.criteria in ("l1-sensitivity", "energy-aware"):
+        if steps > 1 or {"l1-sensitivity", "energy-aware"} & set(methods):
             raise SystemExit("--fade works with one step and the CRITERIA of structured_prune")
         ft_info["fade_epochs"] = args.fade  # the peer is pruned one shot, then fine-tuned the same epochs
     command = " ".join([sys.executable.split("/")[-1], *sys.argv])
@@ -231,9 +231,8 @@ def run_model(name: str, args, train, test) -> dict:
             structured_prune(m, crit, args.target, args.target_kind, data, example_inputs=x1, mode=args.mode,
                              round_to=round_to_arg(args.round_to))
         t1 = time.perf_counter()
-        if steps == 1 and args.fade and crit != "torch-pruning-magnitude":
-            pass  # fine-tuned inside structured_prune, before the removal; no 'before FT' model
-        elif steps == 1:
+        faded = args.fade and crit != "torch-pruning-magnitude"  # fine-tuned inside structured_prune
+        if steps == 1 and not faded:
             acc_before_ft = evaluate(m, before_ft_test)["accuracy"]
             fit(m, train, ft, loss_fn=loss_fn)
         t2 = time.perf_counter()

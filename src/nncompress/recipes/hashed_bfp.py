@@ -29,7 +29,6 @@ from torch import nn
 
 from nncompress.decompose.api import lowrank_spec
 from nncompress.errors import ConfigError
-from nncompress.models.hashed_arch import record_hashed_arch
 from nncompress.prune.mask import MaskCallback
 from nncompress.prune.targets import prunable_weights
 from nncompress.quantize.bfp import bfp_round, bfp_storage_bits, check_bfp_args
@@ -136,9 +135,8 @@ def run_hashed(ctx: RunContext, cfg: QuantizeConfig) -> dict[str, Any]:
         raise ConfigError(f"quantize: method hashed cannot hash {inside}, factors of decomposed layers "
                           f"(the file could not rebuild both); exclude them or hash before decompose")
     seed = p.seed if p.seed is not None else ctx.seed
-    hash_model(ctx.model, ratio=ratio, buckets=buckets, seed=seed, sign_hash=p.sign_hash)
+    hash_model(ctx.model, ratio=ratio, buckets=buckets, seed=seed, sign_hash=p.sign_hash)  # records the arch
     ctx.forget_replaced_layers()
-    record_hashed_arch(ctx.model)
     if cfg.finetune is not None:
         callbacks = [MaskCallback(ctx.masks)] if ctx.masks is not None else []
         fit(ctx.model, ctx.train_data, cfg.finetune, callbacks=callbacks,

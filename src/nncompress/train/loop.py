@@ -107,6 +107,21 @@ def evaluate(model: nn.Module, data: Dataset | DataLoader, batch_size: int = 512
     return {"accuracy": correct / max(total, 1), "loss": loss_sum / max(total, 1)}
 
 
+def step_counts(cfg: TrainConfig, n_samples: int) -> tuple[int, int]:
+    """(optimizer steps per epoch, total steps) that ``fit`` runs under ``cfg`` on
+    ``n_samples`` samples (``epochs`` may be fractional; ``max_steps`` caps the total).
+
+    Example:
+        >>> step_counts(TrainConfig(epochs=1.5, batch_size=100), 1000)
+        (10, 15)
+    """
+    per_epoch = (n_samples + cfg.batch_size - 1) // cfg.batch_size
+    total = int(round(cfg.epochs * per_epoch))
+    if cfg.max_steps is not None:
+        total = min(total, cfg.max_steps)
+    return per_epoch, total
+
+
 def fit(
     model: nn.Module,
     train_data: Dataset,
@@ -132,11 +147,7 @@ def fit(
     cfg = cfg or TrainConfig()
     callbacks = list(callbacks or ())
     opt = optimizer or make_optimizer(model.parameters(), cfg)
-    n = len(train_data)
-    steps_per_epoch = (n + cfg.batch_size - 1) // cfg.batch_size
-    total_steps = int(round(cfg.epochs * steps_per_epoch))
-    if cfg.max_steps is not None:
-        total_steps = min(total_steps, cfg.max_steps)
+    steps_per_epoch, total_steps = step_counts(cfg, len(train_data))
     n_epochs = (total_steps + steps_per_epoch - 1) // steps_per_epoch
     if cfg.average_last:
         callbacks.insert(0, WeightAveraging(max(0, n_epochs - cfg.average_last)))  # stable checkpoint key

@@ -25,6 +25,7 @@ from nncompress.errors import ConfigError
 from nncompress.prune.structured.groups import ChannelGroup
 from nncompress.train import TrainConfig
 from nncompress.train.callbacks import Callback
+from nncompress.train.loop import step_counts
 
 log = logging.getLogger(__name__)
 _SKIPPED = (nn.LayerNorm, nn.GroupNorm)  # normalised over channels: a per-channel scale is not a fade
@@ -41,10 +42,7 @@ def fade_multiplier(step: int, fade_steps: int) -> float:
 def fade_steps_for(fade_epochs: float, cfg: TrainConfig, n_samples: int) -> int:
     """Optimizer steps of ``fade_epochs`` epochs under ``cfg`` (at least 1, at most the
     steps ``fit`` will run, so the channels reach zero before the fine-tuning ends)."""
-    per_epoch = (n_samples + cfg.batch_size - 1) // cfg.batch_size
-    total = int(round(cfg.epochs * per_epoch))
-    if cfg.max_steps is not None:
-        total = min(total, cfg.max_steps)
+    per_epoch, total = step_counts(cfg, n_samples)
     return max(1, min(total, int(round(fade_epochs * per_epoch))))
 
 
