@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import resource
+import shutil
 import statistics
 import sys
 import time
@@ -39,6 +40,7 @@ from nncompress.format import load as nnc_load
 from nncompress.format import save as nnc_save
 from nncompress.models import build_model
 from nncompress.prune.structured import CRITERIA, ScoreData, sensitivity_analysis, structured_prune
+from nncompress.prune.structured.blocks import block_damage, least_damaging_blocks
 from nncompress.train import TrainConfig, evaluate, fit
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -56,6 +58,7 @@ FINETUNE_CFG = {
     "lenet5": TrainConfig(epochs=1, max_steps=200, lr=0.01, batch_size=64, weight_decay=5e-4, seed=1),
 }
 SCORE_N = {"resnet20": (512, 64), "lenet5": (512, 256)}  # (scoring sample, held-out sample)
+BLOCK_HELD_OUT = 2000  # training images (the last of the shuffled order) that rank residual blocks
 BEFORE_FT_N = {"resnet20": 2000, "lenet5": 10000}  # test images for the accuracy before fine-tuning
 
 
@@ -179,8 +182,13 @@ def run_model(name: str, args, train, test) -> dict:
         if steps > 1 or {"l1-sensitivity", "energy-aware"} & set(methods):
             raise SystemExit("--fade works with one step and the CRITERIA of structured_prune")
         ft_info["fade_epochs"] = args.fade  # the peer is pruned one shot, then fine-tuned the same epochs
+    depth, damage = depth_pruning(dense, args, xs[perm[-BLOCK_HELD_OUT:]], ys[perm[-BLOCK_HELD_OUT:]])
+    if depth["blocks"] and {"l1-sensitivity", "energy-aware"} & set(methods):
+        raise SystemExit("--blocks works with the CRITERIA of structured_prune")
     command = " ".join([sys.executable.split("/")[-1], *sys.argv])
     done = resumable(tag, ft_info) if args.resume else {}
+    if args.peer_from and not args.no_peer and "torch-pruning-magnitude" not in done:
+        done.update(peer_from(args.peer_from, tag, ft_info))
     peer_done = done.get("torch-pruning-magnitude", {})
     if peer_done.get("round_to", peer_round_to(args)) != peer_round_to(args):  # another peer variant: retrain
         done.pop("torch-pruning-magnitude")
@@ -211,7 +219,7 @@ def run_model(name: str, args, train, test) -> dict:
 
             structured_prune(m, crit, args.target, args.target_kind, data, example_inputs=x1, mode=args.mode,
                              round_to=round_to_arg(args.round_to), steps=steps, finetune=ft_step,
-                             train_data=train, loss_fn=loss_fn, on_removed=probe)
+                             train_data=train, loss_fn=loss_fn, on_removed=probe, **depth)
             acc_before_ft = first["acc"]
         elif crit == "l1-sensitivity":  # S1 + H3: per-layer ratios from the sensitivity curves
             xe, ye = xs[perm[-512:]], ys[perm[-512:]]
@@ -226,10 +234,10 @@ def run_model(name: str, args, train, test) -> dict:
         elif args.fade:  # fine-tune the unpruned model while the selected channels fade out, then remove
             structured_prune(m, crit, args.target, args.target_kind, data, example_inputs=x1, mode=args.mode,
                              round_to=round_to_arg(args.round_to), finetune=ft, train_data=train,
-                             loss_fn=loss_fn, fade_epochs=args.fade)
+                             loss_fn=loss_fn, fade_epochs=args.fade, **depth)
         else:
             structured_prune(m, crit, args.target, args.target_kind, data, example_inputs=x1, mode=args.mode,
-                             round_to=round_to_arg(args.round_to))
+                             round_to=round_to_arg(args.round_to), **depth)
         t1 = time.perf_counter()
         faded = args.fade and crit != "torch-pruning-magnitude"  # fine-tuned inside structured_prune
         if steps == 1 and not faded:
@@ -239,6 +247,8 @@ def run_model(name: str, args, train, test) -> dict:
         models[crit] = m
         rows[crit] = {"method": crit, "prune_seconds": t1 - t0, "finetune_seconds": t2 - t1,
                       "accuracy_before_finetune": acc_before_ft, "trained_by": command}
+        if depth["blocks"] and crit != "torch-pruning-magnitude":
+            rows[crit]["removed_blocks"] = {b: damage[b] for b in depth["blocks"]}
         if crit == "torch-pruning-magnitude":
             rows[crit]["round_to"] = peer_round_to(args)
         log.info("%s %s: pruned in %.0fs, fine-tuned in %.0fs", name, crit, t1 - t0, t2 - t1)
@@ -274,6 +284,28 @@ def dense_finetuned_accuracy(name: str, dense: nn.Module, train, test, ft: Train
     acc = evaluate(dense_ft, test)["accuracy"]
     write_text_atomic(path, json.dumps({"finetune": ft_info, "accuracy": acc}))
     return acc
+
+
+def depth_pruning(dense: nn.Module, args, x: torch.Tensor, y: torch.Tensor) -> tuple[dict, dict[str, float]]:
+    """``structured_prune`` arguments for ``--blocks N`` / ``--keep-coupled``: the N residual
+    blocks whose removal raises the dense model's loss least on ``x, y`` (held-out training
+    images), chosen once so that every criterion removes the same blocks; and every block's
+    damage."""
+    if not args.blocks:
+        return {"blocks": [], "keep_coupled": args.keep_coupled}, {}
+    damage = block_damage(dense, x, y)
+    log.info("block damage (loss increase on %d held-out images): %s", len(x), damage)
+    return {"blocks": least_damaging_blocks(damage, args.blocks), "keep_coupled": args.keep_coupled}, damage
+
+
+def peer_from(source: str, tag: str, ft_info: dict) -> dict[str, dict]:
+    """``--peer-from TAG``: the Torch-Pruning model of variant TAG (same model, MAC target and
+    fine-tuning budget), copied to this variant so that both are measured in one run."""
+    rows = resumable(source, ft_info)
+    if "torch-pruning-magnitude" not in rows:
+        raise SystemExit(f"--peer-from {source}: no Torch-Pruning model with this fine-tuning budget in {CACHE}")
+    shutil.copyfile(saved_path(source, "torch-pruning-magnitude"), saved_path(tag, "torch-pruning-magnitude"))
+    return {"torch-pruning-magnitude": rows["torch-pruning-magnitude"]}
 
 
 def teacher_loss(dense: nn.Module, args):
@@ -312,6 +344,7 @@ def tag_of(name: str, args) -> str:
     kd = (f".kd{args.distill:g}" if args.distill else "") + (f".ft{args.finetune_epochs}" if args.finetune_epochs else "")
     kd += f".s{args.steps}" if args.steps > 1 else ""
     kd += f".fade{args.fade:g}" if args.fade else ""
+    kd = (f".b{args.blocks}" if args.blocks else "") + (".kc" if args.keep_coupled else "") + kd
     return name + ("" if args.mode == "global" else f".{args.mode}") + rt + kind + kd + (".quick" if args.quick else "")
 
 
@@ -478,6 +511,14 @@ def main(argv=None) -> int:
     ap.add_argument("--fade", type=float, default=0.0,
                     help="fade the selected channels to zero over the first FADE fine-tuning epochs, on the"
                          " unpruned model, then remove them (the peer: one shot, then the same fine-tuning)")
+    ap.add_argument("--blocks", type=int, default=0,
+                    help="depth pruning first: remove the N residual blocks of least held-out damage"
+                         " (every criterion removes the same blocks; the MAC target counts them)")
+    ap.add_argument("--keep-coupled", action="store_true",
+                    help="leave whole every channel group written by several layers (residual adds)")
+    ap.add_argument("--peer-from", default="",
+                    help="reuse the Torch-Pruning model of variant TAG (e.g. resnet20.rt16.kd0.5.ft8)"
+                         " when its fine-tuning budget is this run's")
     ap.add_argument("--distill", type=float, default=0.0,
                     help="fine-tune every model with knowledge distillation from the dense one (alpha)")
     ap.add_argument("--default-allocator", action="store_true",

@@ -4,6 +4,7 @@ import pytest
 import torch
 import yaml
 
+import nncompress
 from nncompress.cli import main
 from nncompress.errors import ConfigError
 from nncompress.recipes import builtin_recipes, load_recipe, parse_recipe
@@ -272,3 +273,20 @@ def test_half_codebooks_and_layer_bits_in_a_recipe(tmp_path):
     # the file holds exactly the model that was evaluated: same accuracy from the loaded model
     stages = {s["stage"]: s for s in report["stages"]}
     assert stages["save+load"]["accuracy"] == stages["evaluate"]["accuracy"]
+
+
+def test_structured_stage_removes_blocks_and_the_file_rebuilds_them(tmp_path):
+    from nncompress.prune.structured.blocks import removed_blocks
+    from nncompress.recipes.runner import run_recipe
+
+    raw = {"name": "s", "model": {"name": "resnet20"}, "data": {"name": "digits", "train_subset": 64},
+           "stages": [{"structured": {"criterion": "l1", "target": 0.5, "samples": 64, "blocks": 2,
+                                      "keep_coupled": True}}]}
+    report = run_recipe(parse_recipe(raw), tmp_path / "b.nnc")
+    stage = report["stages"][0]
+    assert len(stage["removed_blocks"]) == 2 and stage["mac_reduction"] >= 2.0
+    back = nncompress.load(tmp_path / "b.nnc")
+    assert removed_blocks(back) == sorted(stage["removed_blocks"], key=lambda n: int(n.split(".")[1]))
+    raw["stages"][0]["structured"]["blocks"] = ["fc"]
+    with pytest.raises(ConfigError, match="not removable"):
+        run_recipe(parse_recipe(raw), tmp_path / "c.nnc")

@@ -65,6 +65,7 @@ class FileInfo:
     version: str = ""
     activations: dict[str, Any] = field(default_factory=dict)
     lowrank: dict[str, Any] = field(default_factory=dict)
+    removed_blocks: list[str] = field(default_factory=list)
 
 
 def _weight_names(model: nn.Module) -> set[str]:
@@ -140,6 +141,9 @@ def save(model: nn.Module, path: str | Path, *, codecs: Mapping[str, CodecChoice
     lowrank = _lowrank_spec(model)
     if lowrank:
         meta["lowrank"] = lowrank
+    blocks = _removed_blocks(model)
+    if blocks:
+        meta["removed_blocks"] = blocks
     blob = pack_container(meta, sections)
     atomic_write_bytes(path, blob)
     log.info("saved %s (%d bytes, %d tensors)", path, len(blob), len(tensors))
@@ -160,6 +164,13 @@ def _lowrank_spec(model: nn.Module) -> dict[str, Any]:
     return lowrank_spec(model)
 
 
+def _removed_blocks(model: nn.Module) -> list[str]:
+    """Residual blocks replaced by their shortcut (depth pruning), if any."""
+    from nncompress.prune.structured.blocks import removed_blocks
+
+    return removed_blocks(model)
+
+
 def _file_info(path: str, size: int, meta: dict[str, Any], sections: Mapping[str, bytes]) -> FileInfo:
     entries = []
     try:
@@ -169,7 +180,7 @@ def _file_info(path: str, size: int, meta: dict[str, Any], sections: Mapping[str
                                        t["dtype"], nbytes, t["meta"]))
         return FileInfo(path, size, meta.get("arch"), meta.get("metadata", {}), entries,
                         meta.get("nncompress", ""), meta.get("activations") or {},
-                        meta.get("lowrank") or {})
+                        meta.get("lowrank") or {}, [str(n) for n in meta.get("removed_blocks") or []])
     except (KeyError, TypeError, ValueError) as exc:
         raise FormatError(f"{path}: tensor table is damaged ({exc!r})") from exc
 
@@ -224,6 +235,13 @@ def load(path: str | Path, model: nn.Module | None = None) -> nn.Module:
         if not info.arch:
             raise ConfigError(f"{path} holds a user-defined model; pass a skeleton: load(path, model=MyNet())")
         model = build_model(info.arch["name"], **info.arch.get("kwargs", {}))
+    if info.removed_blocks:  # residual blocks removed by depth pruning: their shells
+        try:
+            from nncompress.prune.structured.blocks import restore_block_shells
+
+            restore_block_shells(model, info.removed_blocks)
+        except ConfigError as exc:
+            raise FormatError(f"{path}: {exc}") from exc
     if info.lowrank:
         from nncompress.decompose.api import apply_lowrank_spec
 

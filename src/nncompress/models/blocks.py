@@ -169,8 +169,11 @@ class Bottleneck(nn.Module):
         self.bn3 = nn.BatchNorm2d(out_ch)
         self.shortcut = projection_shortcut(in_ch, out_ch, stride)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def branch(self, x: torch.Tensor) -> torch.Tensor:
+        """The residual branch (everything but the shortcut), before the add."""
         out = torch.relu(self.bn1(self.conv1(x)))  # (B, M, H, W)
         out = torch.relu(self.bn2(self.conv2(out)))  # (B, M, H/s, W/s)
-        out = self.bn3(self.conv3(out))  # (B, O, H/s, W/s)
-        return torch.relu(out + self.shortcut(x))
+        return self.bn3(self.conv3(out))  # (B, O, H/s, W/s)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.branch(x) + self.shortcut(x))

@@ -55,6 +55,9 @@ class StructuredConfig:
     (K1; ``attention`` is not allowed, channels change under its hooks); ``fade_epochs``:
     each step's fine-tuning runs before the removal while the chosen channels fade to zero
     over its first ``fade_epochs`` epochs (``structured_prune(fade_epochs=...)``).
+    ``blocks``: depth pruning first, that many residual blocks (those whose removal raises
+    the loss on the sample least) or a list of block names, replaced by their shortcut;
+    the target counts them. ``keep_coupled``: residual-add groups keep all their channels.
     """
 
     criterion: str = "l1"
@@ -72,6 +75,8 @@ class StructuredConfig:
     finetune: TrainConfig | None = None
     distill: StageDistillConfig | None = None
     fade_epochs: float = 0.0
+    blocks: int | list[str] = 0
+    keep_coupled: bool = False
 
     def __post_init__(self) -> None:
         if self.distill is not None and self.finetune is None:
@@ -100,11 +105,13 @@ def run_structured(ctx: RunContext, cfg: StructuredConfig) -> dict[str, Any]:
                            max_ratio=cfg.max_ratio, round_to=cfg.round_to,
                            latency_batch=cfg.latency_batch, skip=cfg.skip, steps=cfg.steps,
                            finetune=cfg.finetune, train_data=ctx.train_data,
-                           loss_fn=distill_loss(ctx, cfg.distill, cfg.finetune), fade_epochs=cfg.fade_epochs)
+                           loss_fn=distill_loss(ctx, cfg.distill, cfg.finetune), fade_epochs=cfg.fade_epochs,
+                           blocks=cfg.blocks, keep_coupled=cfg.keep_coupled)
     ctx.model = res.model
     ctx.masks = None  # shapes changed; later stages start from the smaller dense model
     ctx.snapshot(f"after_structured_{cfg.criterion}")
     return {"criterion": cfg.criterion, "dense": res.dense, "pruned": res.pruned,
             "mac_reduction": res.mac_reduction,
             "shapes": {n: list(p.shape) for n, p in prunable_weights(ctx.model).items()},
-            "distill": distill_summary(cfg.distill), "fade_epochs": cfg.fade_epochs}
+            "distill": distill_summary(cfg.distill), "fade_epochs": cfg.fade_epochs,
+            "removed_blocks": res.blocks}

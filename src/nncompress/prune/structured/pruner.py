@@ -20,6 +20,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from nncompress.errors import ConfigError
+from nncompress.prune.structured.blocks import block_damage, least_damaging_blocks, remove_blocks
 from nncompress.prune.structured.cost import layer_costs, total
 from nncompress.prune.structured.fading import ChannelFade, fade_steps_for
 from nncompress.prune.structured.groups import build_graph, groups_from_graph
@@ -51,6 +52,7 @@ class StructuredResult:
     dense: dict[str, int]
     pruned: dict[str, int]
     steps: list[dict[str, Any]] = field(default_factory=list)
+    blocks: dict[str, float | None] = field(default_factory=dict)  # removed block -> damage (None: named)
 
     @property
     def mac_reduction(self) -> float:
@@ -66,6 +68,32 @@ class StructuredResult:
 def _summary(model: nn.Module, example: torch.Tensor) -> dict[str, int]:
     costs = layer_costs(model, example)
     return {"macs": total(costs, "macs"), "params": sum(p.numel() for p in model.parameters())}
+
+
+def _remove_blocks(model: nn.Module, blocks: int | Sequence[str], data: ScoreData | None) -> dict[str, float | None]:
+    """Depth pruning before the channel steps: ``blocks`` residual blocks of least damage on
+    the held-out sample (else the scoring sample), or exactly the named ones."""
+    if isinstance(blocks, int) and blocks == 0 or not isinstance(blocks, int) and not blocks:
+        return {}
+    if data is None:
+        raise ConfigError(f"blocks={blocks!r} needs data: the removed branches are replaced by their mean output")
+    if isinstance(blocks, int):
+        if blocks < 0:
+            raise ConfigError(f"blocks={blocks} out of range; allowed: >= 0 (a count) or a list of block names")
+        x, y = (data.held_out_x, data.held_out_y) if data.held_out_x is not None else (data.x, data.y)
+        if y is None:
+            raise ConfigError("choosing blocks by damage needs labels in data")
+        damage = block_damage(model, x, y)
+        chosen: dict[str, float | None] = {n: damage[n] for n in least_damaging_blocks(damage, blocks)}
+    else:
+        chosen = dict.fromkeys(blocks)
+    remove_blocks(model, list(chosen), data.x)
+    return chosen
+
+
+def _groups(model: nn.Module, dg, skip: Sequence[str], keep_coupled: bool) -> list:
+    groups = groups_from_graph(model, dg, skip)
+    return [g for g in groups if not g.coupled] if keep_coupled else groups
 
 
 def _example(data: ScoreData | None, example_inputs: torch.Tensor | None) -> torch.Tensor:
@@ -98,6 +126,8 @@ def structured_prune(
     loss_fn=None,
     on_removed: Callable[[int, nn.Module], None] | None = None,
     fade_epochs: float = 0.0,
+    blocks: int | Sequence[str] = 0,
+    keep_coupled: bool = False,
 ) -> StructuredResult:
     """Prune ``model`` in place until ``target`` of ``target_kind`` is removed.
 
@@ -119,6 +149,11 @@ def structured_prune(
     removal, on the unpruned model, while the selected channels fade linearly to zero over
     its first ``fade_epochs`` epochs (``fading.ChannelFade``); the removal afterwards is exact,
     and ``on_removed`` then sees the fine-tuned model.
+    ``blocks`` (depth pruning, ``blocks.remove_blocks``): first replace that many residual
+    blocks by their shortcut, those whose removal raises the loss on the data's held-out
+    sample least (``block_damage``), or exactly the named blocks; the target still counts
+    against the model as given, so the channel selection removes only the rest.
+    ``keep_coupled``: leave whole every group written by several layers (residual adds).
 
     Example:
         >>> res = structured_prune(model, "l1", 0.5, "macs", example_inputs=x[:1])  # doctest: +SKIP
@@ -147,6 +182,12 @@ def structured_prune(
     if isinstance(round_to, str) and not by_latency:
         raise ConfigError(f"round_to must be an integer >= 1 or 'latency', got {round_to!r}")
     rt = 1 if by_latency else round_to
+    if blocks and (by_latency or target_kind == "latency"):
+        raise ConfigError("blocks (depth pruning) works with MAC, parameter and channel targets, "
+                          "not with latency targets or round_to='latency'")
+    if blocks and optimizer is not None:
+        raise ConfigError("blocks (depth pruning) replaces modules, which an existing optimizer cannot follow; "
+                          "make the optimizer after structured_prune, or prune the blocks first")
     if fade_epochs:
         if finetune is None:
             raise ConfigError(f"fade_epochs={fade_epochs} needs finetune (and train_data): the fading happens "
@@ -157,14 +198,17 @@ def structured_prune(
     example = _example(data, example_inputs)
     dense = _summary(model, example)
     dg = build_graph(model, example)
-    groups = groups_from_graph(model, dg, skip)
+    groups = _groups(model, dg, skip, keep_coupled)
     timed = by_latency or target_kind == "latency"
     lat = measure_latency(model, groups, example, latency_batch) if timed else None
     dense_total, _ = budget_for(layer_costs(model, example), groups, 0.0, target_kind, lat)
     result = StructuredResult(model, criterion, target, target_kind, dense, dense)
+    result.blocks = _remove_blocks(model, blocks, data)
+    if result.blocks:
+        groups = _groups(model, build_graph(model, example), skip, keep_coupled)
     for step in range(1, steps + 1):
         if step > 1:
-            groups = groups_from_graph(model, build_graph(model, example), skip)
+            groups = _groups(model, build_graph(model, example), skip, keep_coupled)
             lat = measure_latency(model, groups, example, latency_batch) if timed else None
         costs = layer_costs(model, example)
         kept = lat.steps if lat is not None and by_latency else None

@@ -90,6 +90,21 @@ def norm_scores(model: nn.Module, groups: Sequence[ChannelGroup], data=None, p: 
 
 
 @torch.no_grad()
+def run_hooked(model: nn.Module, x: torch.Tensor, batch_size: int, hooks: list) -> None:
+    """Run ``model`` in eval mode over ``x`` in batches (the forward hooks collect what they
+    need), then restore its training mode and remove ``hooks``, also on error."""
+    was = model.training
+    model.eval()
+    try:
+        for s in range(0, len(x), batch_size):
+            model(x[s:s + batch_size])
+    finally:
+        model.train(was)
+        for h in hooks:
+            h.remove()
+
+
+@torch.no_grad()
 def collect_site_stats(
     model: nn.Module, groups: Sequence[ChannelGroup], x: torch.Tensor, batch_size: int = 256
 ) -> dict[str, dict[str, torch.Tensor]]:
@@ -116,15 +131,7 @@ def collect_site_stats(
             stats[g.name]["next"].append(o.flatten(2).mean(2) if o.dim() > 2 else o)
 
         hooks.append(modules[first].register_forward_hook(next_hook))
-    was = model.training
-    model.eval()
-    try:
-        for s in range(0, len(x), batch_size):
-            model(x[s:s + batch_size])
-    finally:
-        model.train(was)
-        for h in hooks:
-            h.remove()
+    run_hooked(model, x, batch_size, hooks)
     out = {}
     for name, st in stats.items():
         out[name] = {"gap": torch.cat(st["gap"]), "fire": torch.cat(st["fire"]),
