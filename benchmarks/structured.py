@@ -295,7 +295,8 @@ def depth_pruning(dense: nn.Module, args, x: torch.Tensor, y: torch.Tensor) -> t
         return {"blocks": [], "keep_coupled": args.keep_coupled}, {}
     damage = block_damage(dense, x, y)
     log.info("block damage (loss increase on %d held-out images): %s", len(x), damage)
-    return {"blocks": least_damaging_blocks(damage, args.blocks), "keep_coupled": args.keep_coupled}, damage
+    chosen = least_damaging_blocks(damage, int(args.blocks)) if args.blocks.isdigit() else args.blocks.split(",")
+    return {"blocks": chosen, "keep_coupled": args.keep_coupled}, damage
 
 
 def peer_from(source: str, tag: str, ft_info: dict) -> dict[str, dict]:
@@ -344,7 +345,7 @@ def tag_of(name: str, args) -> str:
     kd = (f".kd{args.distill:g}" if args.distill else "") + (f".ft{args.finetune_epochs}" if args.finetune_epochs else "")
     kd += f".s{args.steps}" if args.steps > 1 else ""
     kd += f".fade{args.fade:g}" if args.fade else ""
-    kd = (f".b{args.blocks}" if args.blocks else "") + (".kc" if args.keep_coupled else "") + kd
+    kd = (f".b{args.blocks.replace('.', '').replace(',', '-')}" if args.blocks else "") + (".kc" if args.keep_coupled else "") + kd
     return name + ("" if args.mode == "global" else f".{args.mode}") + rt + kind + kd + (".quick" if args.quick else "")
 
 
@@ -446,6 +447,12 @@ def to_markdown(res: dict, meta: dict) -> str:
              "| method | acc | drop (pt) | acc before FT | params | MACs | MAC red. | lat b1 ms | "
              "lat b64 ms | speedup b1 | speedup b64 | speedup b64 / MAC red. | faults | energy (uJ) |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in res["rows"]:
+        if r.get("removed_blocks"):
+            damage = ", ".join(f"{b} (+{d:.3f})" for b, d in r["removed_blocks"].items())
+            lines[-2:-2] = [f"Depth pruning ({r['method']}): residual blocks {damage} removed first"
+                            " (branch replaced by its mean output; in brackets the held-out loss increase of"
+                            " removing each alone), then channels to the same MAC target.", ""]
     wanted = 1 / (1 - meta["target"])
     for r in res["rows"]:
         if r["method"] != "dense" and meta.get("target_kind", "macs") == "macs" and r["mac_reduction"] < 0.95 * wanted:  # e.g. a peer that could not prune
@@ -511,9 +518,10 @@ def main(argv=None) -> int:
     ap.add_argument("--fade", type=float, default=0.0,
                     help="fade the selected channels to zero over the first FADE fine-tuning epochs, on the"
                          " unpruned model, then remove them (the peer: one shot, then the same fine-tuning)")
-    ap.add_argument("--blocks", type=int, default=0,
-                    help="depth pruning first: remove the N residual blocks of least held-out damage"
-                         " (every criterion removes the same blocks; the MAC target counts them)")
+    ap.add_argument("--blocks", default="",
+                    help="depth pruning first: remove the N residual blocks of least held-out damage, or"
+                         " the named ones (layers.1,layers.5); every criterion removes the same blocks and"
+                         " the MAC target counts them")
     ap.add_argument("--keep-coupled", action="store_true",
                     help="leave whole every channel group written by several layers (residual adds)")
     ap.add_argument("--peer-from", default="",
