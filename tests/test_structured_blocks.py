@@ -130,6 +130,18 @@ def test_user_model_loads_into_a_skeleton(tmp_path):
     assert torch.equal(back(X), model(X))
 
 
+def test_residual_channels_are_pruned_through_a_removed_block(tmp_path):
+    model = _model()
+    remove_blocks(model, ["layers.1"], X)
+    res = structured_prune(model, "l1", 0.4, "macs", example_inputs=X[:1], data=ScoreData(X, Y))
+    assert res.mac_reduction >= 1 / 0.6
+    stream = model.layers[1].affine.num_features  # the stage-1 residual stream, through the shell
+    assert stream == model.conv1.out_channels == model.layers[0].conv2.out_channels
+    path = tmp_path / "thin.nnc"
+    nncompress.save(model, path)
+    assert torch.equal(nncompress.load(path).eval()(X), model.eval()(X))
+
+
 def test_bad_requests_are_rejected():
     model = _model()
     data = ScoreData(X, Y)
