@@ -119,6 +119,12 @@ class UserNet(nn.Module):
         return self.head(self.b(self.a(torch.relu(self.stem(x)))).mean(dim=(2, 3)))
 
 
+def test_one_block_name_as_a_string():
+    model = _model()
+    res = structured_prune(model, "l1", 0.2, data=ScoreData(X, Y), example_inputs=X[:1], blocks="layers.4")
+    assert list(res.blocks) == ["layers.4"] and removed_blocks(model) == ["layers.4"]
+
+
 def test_user_model_loads_into_a_skeleton(tmp_path):
     torch.manual_seed(1)
     model = UserNet().eval()
@@ -160,4 +166,8 @@ def test_bad_requests_are_rejected():
                          optimizer=torch.optim.SGD(model.parameters(), lr=0.1))
     with pytest.raises(ConfigError, match="blocks=-1"):
         structured_prune(model, "l1", 0.5, data=data, example_inputs=X[:1], blocks=-1)
+    with pytest.raises(ConfigError, match="blocks=True"):
+        structured_prune(model, "l1", 0.5, data=data, example_inputs=X[:1], blocks=True)
+    with pytest.raises(ConfigError, match="energy-aware"):
+        structured_prune(model, "energy-aware", 0.5, data=data, example_inputs=X[:1], blocks=1)
     assert removed_blocks(model) == []  # nothing was half-done

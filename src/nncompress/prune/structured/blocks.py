@@ -152,7 +152,8 @@ def restore_block_shells(model: nn.Module, names: Iterable[str]) -> None:
     (used by ``nncompress.load`` before the stored tensors are copied in)."""
     for name in _check_names(model, names):
         block = model.get_submodule(name)
-        channels = next(m for m in reversed(list(block.modules())) if isinstance(m, nn.BatchNorm2d)).num_features
+        norms = [m.num_features for m in block.modules() if isinstance(m, nn.BatchNorm2d)]
+        channels = norms[-1] if norms else 1  # the stored tensors resize the shell anyway
         _set_module(model, name, ResidualShortcut(block.shortcut, channels))
 
 

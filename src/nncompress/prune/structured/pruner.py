@@ -73,6 +73,10 @@ def _summary(model: nn.Module, example: torch.Tensor) -> dict[str, int]:
 def _remove_blocks(model: nn.Module, blocks: int | Sequence[str], data: ScoreData | None) -> dict[str, float | None]:
     """Depth pruning before the channel steps: ``blocks`` residual blocks of least damage on
     the held-out sample (else the scoring sample), or exactly the named ones."""
+    if isinstance(blocks, str):  # one name
+        blocks = [blocks]
+    if isinstance(blocks, bool) or not isinstance(blocks, (int, list, tuple)):
+        raise ConfigError(f"blocks={blocks!r} not allowed; use a count >= 0 or a list of block names")
     if isinstance(blocks, int) and blocks == 0 or not isinstance(blocks, int) and not blocks:
         return {}
     if data is None:
@@ -151,7 +155,7 @@ def structured_prune(
     and ``on_removed`` then sees the fine-tuned model.
     ``blocks`` (depth pruning, ``blocks.remove_blocks``): first replace that many residual
     blocks by their shortcut, those whose removal raises the loss on the data's held-out
-    sample least (``block_damage``), or exactly the named blocks; the target still counts
+    sample least (``block_damage``), or exactly the named block(s); the target still counts
     against the model as given, so the channel selection removes only the rest.
     ``keep_coupled``: leave whole every group written by several layers (residual adds).
 
@@ -161,6 +165,9 @@ def structured_prune(
         True
     """
     data = as_score_data(data)
+    if criterion == "energy-aware" and (blocks or keep_coupled):
+        raise ConfigError("criterion 'energy-aware' has its own layer order; blocks and keep_coupled are not "
+                          "supported with it")
     if criterion == "energy-aware":  # S5 has its own ordering and refit
         from nncompress.prune.structured.energy_aware import energy_aware_prune
 
