@@ -449,7 +449,7 @@ def to_markdown(res: dict, meta: dict) -> str:
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in res["rows"]:
         if r.get("removed_blocks"):
-            damage = ", ".join(f"{b} (+{d:.3f})" for b, d in r["removed_blocks"].items())
+            damage = ", ".join(f"{b} ({d:+.3f})" for b, d in r["removed_blocks"].items())
             lines[-2:-2] = [f"Depth pruning ({r['method']}): residual blocks {damage} removed first"
                             " (branch replaced by its mean output; in brackets the held-out loss increase of"
                             " removing each alone), then channels to the same MAC target.", ""]
