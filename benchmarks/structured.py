@@ -164,6 +164,8 @@ def run_model(name: str, args, train, test) -> dict:
     before_ft_test = torch.utils.data.Subset(test, range(BEFORE_FT_N[name]))
     if args.finetune_epochs:
         ft = TrainConfig(**{**ft.__dict__, "epochs": args.finetune_epochs})
+    if args.finetune_seed is not None:  # another fine-tuning run of the same pruned shapes
+        ft = TrainConfig(**{**ft.__dict__, "seed": args.finetune_seed})
     if args.quick:
         ft = TrainConfig(**{**ft.__dict__, "max_steps": 5})
     steps = args.steps
@@ -172,7 +174,7 @@ def run_model(name: str, args, train, test) -> dict:
     ft_step = TrainConfig(**{**ft.__dict__, "epochs": ft.epochs // steps})
     models: dict[str, nn.Module] = {"dense": dense}
     rows: dict[str, dict] = {"dense": {"method": "dense", "prune_seconds": 0.0, "finetune_seconds": 0.0}}
-    methods = [c for c in args.criteria.split(",") if c] or list(CRITERIA)
+    methods = [] if args.peer_only else [c for c in args.criteria.split(",") if c] or list(CRITERIA)
     loss_fn = teacher_loss(dense, args)  # one frozen teacher for every fine-tuning of the run
     tag = tag_of(name, args)
     ft_info = {**ft.__dict__, "distill_alpha": args.distill, "distill_temperature": 4.0 if args.distill else None}
@@ -256,7 +258,7 @@ def run_model(name: str, args, train, test) -> dict:
         models[k], rows[k] = nnc_load(saved_path(tag, k)), done[k]
     if "dense" in done:
         rows["dense"] = done["dense"]
-    else:  # the dense model gets the same fine-tuning budget, so gains from it are not credited to pruning
+    elif not args.no_dense_control:  # the dense model gets the same fine-tuning budget, so gains from it are not credited to pruning
         rows["dense"]["accuracy_with_same_finetune"] = dense_finetuned_accuracy(name, dense, train, test, ft, ft_info,
                                                                                 loss_fn)
     # every model goes through the .nnc format (new shapes, no pickle); the measured model is
@@ -345,6 +347,7 @@ def tag_of(name: str, args) -> str:
     kd = (f".kd{args.distill:g}" if args.distill else "") + (f".ft{args.finetune_epochs}" if args.finetune_epochs else "")
     kd += f".s{args.steps}" if args.steps > 1 else ""
     kd += f".fade{args.fade:g}" if args.fade else ""
+    kd += f".fs{args.finetune_seed}" if args.finetune_seed is not None else ""
     kd = (f".b{args.blocks.replace('.', '').replace(',', '-')}" if args.blocks else "") + (".kc" if args.keep_coupled else "") + kd
     return name + ("" if args.mode == "global" else f".{args.mode}") + rt + kind + kd + (".quick" if args.quick else "")
 
@@ -483,8 +486,9 @@ def to_markdown(res: dict, meta: dict) -> str:
             lines.append(f"| {r['method']} | {r['mac_reduction']:.2f} | {r['jit_latency_b64_ms']:.2f} | "
                          f"{r['jit_speedup_b64']:.2f} | {r['jit_speedup_share_b64']:.2f} |")
     dense = res["rows"][0]
-    lines += ["", f"Dense model with the same fine-tuning budget: accuracy "
-              f"{dense['accuracy_with_same_finetune']:.4f}."]
+    control = dense.get("accuracy_with_same_finetune")
+    lines += ["", "Dense model with the same fine-tuning budget: " +
+              (f"accuracy {control:.4f}." if control is not None else "not run (--no-dense-control).")]
     return "\n".join(lines) + "\n"
 
 
@@ -527,6 +531,13 @@ def main(argv=None) -> int:
     ap.add_argument("--peer-from", default="",
                     help="reuse the Torch-Pruning model of variant TAG (e.g. resnet20.rt16.kd0.5.ft8)"
                          " when its fine-tuning budget is this run's")
+    ap.add_argument("--finetune-seed", type=int, default=None,
+                    help="seed of every fine-tuning (default: the model's FINETUNE_CFG seed); a second seed"
+                         " repeats a comparison")
+    ap.add_argument("--peer-only", action="store_true",
+                    help="train only Torch-Pruning's model (to pair with --peer-from in another variant)")
+    ap.add_argument("--no-dense-control", action="store_true",
+                    help="skip fine-tuning the dense model with the same budget (the control row)")
     ap.add_argument("--distill", type=float, default=0.0,
                     help="fine-tune every model with knowledge distillation from the dense one (alpha)")
     ap.add_argument("--default-allocator", action="store_true",
