@@ -39,38 +39,12 @@ def test_clip_by_sigma_and_bad_state():
         TernGradState(clip_sigma=0.0)
 
 
-def _worker(rank: int, world: int, init_file: str) -> None:
+def _in_gloo_group(rank: int, world: int, init_file: str, body) -> None:
+    """Spawned-process entry: join a gloo group of ``world`` processes, run ``body(rank, world)``,
+    meet the others at a barrier; on error tear the group down and re-raise."""
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
-        torch.manual_seed(0)
-        model = nn.Linear(6, 4)
-        local = nn.Linear(6, 4)
-        local.load_state_dict(model.state_dict())
-        ddp = nn.parallel.DistributedDataParallel(model)
-        state = TernGradState(seed=rank, clip_sigma=None)
-        ddp.register_comm_hook(state, terngrad_hook)
-        x = torch.randn(8, 6, generator=torch.Generator().manual_seed(10 + rank))
-        ddp(x).pow(2).sum().backward()
-        local(x).pow(2).sum().backward()
-        g_local = torch.cat([local.weight.grad.reshape(-1), local.bias.grad])  # this rank's dense grad
-        g_ddp = torch.cat([model.weight.grad.reshape(-1), model.bias.grad])
-        # shared scale = max over workers of max|g|
-        peak = g_local.abs().max().reshape(1)
-        dist.all_reduce(peak, op=dist.ReduceOp.MAX)
-        assert abs(state.last_scale - float(peak)) <= 1e-6 * float(peak)
-        # averaged gradient = s * (sum of codes in {-1,0,1}) / world
-        k = g_ddp * world / state.last_scale
-        assert torch.allclose(k, k.round(), atol=1e-4) and float(k.abs().max()) <= world
-        # every rank ends with the same gradient
-        all_g = [torch.zeros_like(g_ddp) for _ in range(world)]
-        dist.all_gather(all_g, g_ddp)
-        assert all(torch.equal(a, all_g[0]) for a in all_g)
-        # a code never has the wrong sign: where all local grads agree in sign, so does the mean
-        all_l = [torch.zeros_like(g_local) for _ in range(world)]
-        dist.all_gather(all_l, g_local)
-        pos = torch.stack(all_l).gt(0).all(0)
-        neg = torch.stack(all_l).lt(0).all(0)
-        assert (g_ddp[pos] >= 0).all() and (g_ddp[neg] <= 0).all()
+        body(rank, world)
         dist.barrier()
     except BaseException:
         dist.destroy_process_group()
@@ -80,48 +54,77 @@ def _worker(rank: int, world: int, init_file: str) -> None:
     os._exit(0)
 
 
+def _spawn_two(tmp_path, body) -> None:
+    mp.spawn(_in_gloo_group, args=(2, str(tmp_path / "init"), body), nprocs=2, join=True)
+
+
+def _hook_body(rank: int, world: int) -> None:
+    torch.manual_seed(0)
+    model = nn.Linear(6, 4)
+    local = nn.Linear(6, 4)
+    local.load_state_dict(model.state_dict())
+    ddp = nn.parallel.DistributedDataParallel(model)
+    state = TernGradState(seed=rank, clip_sigma=None)
+    ddp.register_comm_hook(state, terngrad_hook)
+    x = torch.randn(8, 6, generator=torch.Generator().manual_seed(10 + rank))
+    ddp(x).pow(2).sum().backward()
+    local(x).pow(2).sum().backward()
+    g_local = torch.cat([local.weight.grad.reshape(-1), local.bias.grad])  # this rank's dense grad
+    g_ddp = torch.cat([model.weight.grad.reshape(-1), model.bias.grad])
+    # shared scale = max over workers of max|g|
+    peak = g_local.abs().max().reshape(1)
+    dist.all_reduce(peak, op=dist.ReduceOp.MAX)
+    assert abs(state.last_scale - float(peak)) <= 1e-6 * float(peak)
+    # averaged gradient = s * (sum of codes in {-1,0,1}) / world
+    k = g_ddp * world / state.last_scale
+    assert torch.allclose(k, k.round(), atol=1e-4) and float(k.abs().max()) <= world
+    # every rank ends with the same gradient
+    all_g = [torch.zeros_like(g_ddp) for _ in range(world)]
+    dist.all_gather(all_g, g_ddp)
+    assert all(torch.equal(a, all_g[0]) for a in all_g)
+    # a code never has the wrong sign: where all local grads agree in sign, so does the mean
+    all_l = [torch.zeros_like(g_local) for _ in range(world)]
+    dist.all_gather(all_l, g_local)
+    pos = torch.stack(all_l).gt(0).all(0)
+    neg = torch.stack(all_l).lt(0).all(0)
+    assert (g_ddp[pos] >= 0).all() and (g_ddp[neg] <= 0).all()
+
+
 def test_ddp_hook_two_gloo_processes(tmp_path):
-    mp.spawn(_worker, args=(2, str(tmp_path / "init")), nprocs=2, join=True)
+    _spawn_two(tmp_path, _hook_body)
 
 
-def _per_layer_worker(rank: int, world: int, init_file: str) -> None:
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
-    try:
-        torch.manual_seed(0)
-        model = nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 3))
-        local = nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 3))
-        local.load_state_dict(model.state_dict())
-        with torch.no_grad():  # give the layers very different gradient scales
-            model[2].weight.mul_(100.0)
-            local[2].weight.mul_(100.0)
-        ddp = nn.parallel.DistributedDataParallel(model)
-        state = TernGradState(seed=rank, clip_sigma=None, per_layer=True)
-        ddp.register_comm_hook(state, terngrad_hook)
-        x = torch.randn(8, 6, generator=torch.Generator().manual_seed(10 + rank))
-        ddp(x).pow(2).sum().backward()
-        local(x).pow(2).sum().backward()
-        params = list(model.parameters())
-        assert len(state.last_scales) == len(params)  # one bucket, one scale per tensor
-        peaks = []
-        for p_ddp, p_local in zip(params, local.parameters(), strict=True):
-            peak = p_local.grad.abs().max().reshape(1)
-            dist.all_reduce(peak, op=dist.ReduceOp.MAX)
-            peaks.append(float(peak))
-            # each tensor's averaged gradient = its own scale * (integer sum of codes) / world
-            k = p_ddp.grad * world / float(peak)
-            assert torch.allclose(k, k.round(), atol=1e-4) and float(k.abs().max()) <= world
-        assert sorted(state.last_scales) == pytest.approx(sorted(peaks), rel=1e-6)
-        assert max(peaks) > 10 * min(peaks)  # a single per-bucket scale would differ
-        dist.barrier()
-    except BaseException:
-        dist.destroy_process_group()
-        raise
-    os._exit(0)
+def _per_layer_body(rank: int, world: int) -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 3))
+    local = nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 3))
+    local.load_state_dict(model.state_dict())
+    with torch.no_grad():  # give the layers very different gradient scales
+        model[2].weight.mul_(100.0)
+        local[2].weight.mul_(100.0)
+    ddp = nn.parallel.DistributedDataParallel(model)
+    state = TernGradState(seed=rank, clip_sigma=None, per_layer=True)
+    ddp.register_comm_hook(state, terngrad_hook)
+    x = torch.randn(8, 6, generator=torch.Generator().manual_seed(10 + rank))
+    ddp(x).pow(2).sum().backward()
+    local(x).pow(2).sum().backward()
+    params = list(model.parameters())
+    assert len(state.last_scales) == len(params)  # one bucket, one scale per tensor
+    peaks = []
+    for p_ddp, p_local in zip(params, local.parameters(), strict=True):
+        peak = p_local.grad.abs().max().reshape(1)
+        dist.all_reduce(peak, op=dist.ReduceOp.MAX)
+        peaks.append(float(peak))
+        # each tensor's averaged gradient = its own scale * (integer sum of codes) / world
+        k = p_ddp.grad * world / float(peak)
+        assert torch.allclose(k, k.round(), atol=1e-4) and float(k.abs().max()) <= world
+    assert sorted(state.last_scales) == pytest.approx(sorted(peaks), rel=1e-6)
+    assert max(peaks) > 10 * min(peaks)  # a single per-bucket scale would differ
 
 
 def test_ddp_hook_per_layer_scales(tmp_path):
     """``per_layer=True``: every parameter tensor gets its own shared scale (layer-wise)."""
-    mp.spawn(_per_layer_worker, args=(2, str(tmp_path / "init")), nprocs=2, join=True)
+    _spawn_two(tmp_path, _per_layer_body)
 
 
 def test_per_layer_clipping_uses_each_tensors_std():
@@ -169,48 +172,41 @@ class _CountingDist:
         return getattr(self._real, name)
 
 
-def _packed_worker(rank: int, world: int, init_file: str) -> None:
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
-    try:
-        counter = _CountingDist(dist)
-        terngrad_mod.dist = counter  # this spawned process only
-        torch.manual_seed(0)
-        # 6*5+5 + 5*3+3 = 53 gradients (not a multiple of 4), 4 tensors
-        nets = [nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 3)) for _ in range(2)]
-        nets[1].load_state_dict(nets[0].state_dict())
-        states = [TernGradState(seed=rank, clip_sigma=2.5, per_layer=True, packed=packed)
-                  for packed in (False, True)]
-        x = torch.randn(8, 6, generator=torch.Generator().manual_seed(10 + rank))
-        grads = []
-        for net, state in zip(nets, states, strict=True):
-            ddp = nn.parallel.DistributedDataParallel(net)
-            ddp.register_comm_hook(state, terngrad_hook)
-            counter.sent.clear()
-            ddp(x).pow(2).sum().backward()
-            grads.append(torch.cat([p.grad.reshape(-1) for p in net.parameters()]))
-            sent = list(counter.sent)
-        n, k = grads[1].numel(), len(states[1].last_scales)
-        assert n == 53 and k == 4
-        # same seeds, same draws: the packed all-gather gives the int8 all-reduce's average
-        assert torch.equal(grads[0], grads[1])
-        assert states[0].last_scales == states[1].last_scales
-        # packed: scales by all-reduce (MAX), codes as ceil(n/4) uint8 bytes by all-gather
-        assert sent == [("all_reduce", torch.float32, 4 * k), ("all_gather", torch.uint8, (n + 3) // 4)]
-        # each tensor's average = its scale * (integer sum of codes in {-1,0,1}) / world
-        sizes = [p.numel() for p in nets[1].parameters()]
-        for g, s in zip(torch.split(grads[1], sizes), states[1].last_scales, strict=True):
-            c = g * world / s
-            assert torch.allclose(c, c.round(), atol=1e-4) and float(c.abs().max()) <= world
-        all_g = [torch.zeros_like(grads[1]) for _ in range(world)]
-        dist.all_gather(all_g, grads[1])
-        assert all(torch.equal(a, all_g[0]) for a in all_g)
-        dist.barrier()
-    except BaseException:
-        dist.destroy_process_group()
-        raise
-    os._exit(0)
+def _packed_body(rank: int, world: int) -> None:
+    counter = _CountingDist(dist)
+    terngrad_mod.dist = counter  # this spawned process only
+    torch.manual_seed(0)
+    # 6*5+5 + 5*3+3 = 53 gradients (not a multiple of 4), 4 tensors
+    nets = [nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 3)) for _ in range(2)]
+    nets[1].load_state_dict(nets[0].state_dict())
+    states = [TernGradState(seed=rank, clip_sigma=2.5, per_layer=True, packed=packed)
+              for packed in (False, True)]
+    x = torch.randn(8, 6, generator=torch.Generator().manual_seed(10 + rank))
+    grads = []
+    for net, state in zip(nets, states, strict=True):
+        ddp = nn.parallel.DistributedDataParallel(net)
+        ddp.register_comm_hook(state, terngrad_hook)
+        counter.sent.clear()
+        ddp(x).pow(2).sum().backward()
+        grads.append(torch.cat([p.grad.reshape(-1) for p in net.parameters()]))
+        sent = list(counter.sent)
+    n, k = grads[1].numel(), len(states[1].last_scales)
+    assert n == 53 and k == 4
+    # same seeds, same draws: the packed all-gather gives the int8 all-reduce's average
+    assert torch.equal(grads[0], grads[1])
+    assert states[0].last_scales == states[1].last_scales
+    # packed: scales by all-reduce (MAX), codes as ceil(n/4) uint8 bytes by all-gather
+    assert sent == [("all_reduce", torch.float32, 4 * k), ("all_gather", torch.uint8, (n + 3) // 4)]
+    # each tensor's average = its scale * (integer sum of codes in {-1,0,1}) / world
+    sizes = [p.numel() for p in nets[1].parameters()]
+    for g, s in zip(torch.split(grads[1], sizes), states[1].last_scales, strict=True):
+        c = g * world / s
+        assert torch.allclose(c, c.round(), atol=1e-4) and float(c.abs().max()) <= world
+    all_g = [torch.zeros_like(grads[1]) for _ in range(world)]
+    dist.all_gather(all_g, grads[1])
+    assert all(torch.equal(a, all_g[0]) for a in all_g)
 
 
 def test_ddp_hook_packed_matches_int8(tmp_path):
     """``packed=True``: 2-bit codes by all-gather, same averaged gradient as the int8 hook."""
-    mp.spawn(_packed_worker, args=(2, str(tmp_path / "init")), nprocs=2, join=True)
+    _spawn_two(tmp_path, _packed_body)
