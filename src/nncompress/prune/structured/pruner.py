@@ -77,7 +77,7 @@ def _remove_blocks(model: nn.Module, blocks: int | Sequence[str], data: ScoreDat
         blocks = [blocks]
     if isinstance(blocks, bool) or not isinstance(blocks, (int, list, tuple)):
         raise ConfigError(f"blocks={blocks!r} not allowed; use a count >= 0 or a list of block names")
-    if isinstance(blocks, int) and blocks == 0 or not isinstance(blocks, int) and not blocks:
+    if not blocks:  # 0 or no names
         return {}
     if data is None:
         raise ConfigError(f"blocks={blocks!r} needs data: the removed branches are replaced by their mean output")
