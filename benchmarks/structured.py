@@ -251,6 +251,7 @@ def run_model(name: str, args, train, test) -> dict:
                       "accuracy_before_finetune": acc_before_ft, "trained_by": command}
         if depth["blocks"] and crit != "torch-pruning-magnitude":
             rows[crit]["removed_blocks"] = {b: damage[b] for b in depth["blocks"]}
+            rows[crit]["block_fit"] = depth["block_fit"]
         if crit == "torch-pruning-magnitude":
             rows[crit]["round_to"] = peer_round_to(args)
         log.info("%s %s: pruned in %.0fs, fine-tuned in %.0fs", name, crit, t1 - t0, t2 - t1)
@@ -288,6 +289,10 @@ def dense_finetuned_accuracy(name: str, dense: nn.Module, train, test, ft: Train
     return acc
 
 
+FIT_WORDS = {"mean": "branch replaced by its mean output",
+             "affine": "block output fitted from its shortcut by least squares, per-channel scale and shift"}
+
+
 def depth_pruning(dense: nn.Module, args, x: torch.Tensor, y: torch.Tensor) -> tuple[dict, dict[str, float]]:
     """``structured_prune`` arguments for ``--blocks N`` / ``--keep-coupled``: the N residual
     blocks whose removal raises the dense model's loss least on ``x, y`` (held-out training
@@ -295,10 +300,10 @@ def depth_pruning(dense: nn.Module, args, x: torch.Tensor, y: torch.Tensor) -> t
     damage."""
     if not args.blocks:
         return {"blocks": [], "keep_coupled": args.keep_coupled}, {}
-    damage = block_damage(dense, x, y)
+    damage = block_damage(dense, x, y, fit=args.block_fit)
     log.info("block damage (loss increase on %d held-out images): %s", len(x), damage)
     chosen = least_damaging_blocks(damage, int(args.blocks)) if args.blocks.isdigit() else args.blocks.split(",")
-    return {"blocks": chosen, "keep_coupled": args.keep_coupled}, damage
+    return {"blocks": chosen, "keep_coupled": args.keep_coupled, "block_fit": args.block_fit}, damage
 
 
 def peer_from(source: str, tag: str, ft_info: dict) -> dict[str, dict]:
@@ -348,7 +353,8 @@ def tag_of(name: str, args) -> str:
     kd += f".s{args.steps}" if args.steps > 1 else ""
     kd += f".fade{args.fade:g}" if args.fade else ""
     kd += f".fs{args.finetune_seed}" if args.finetune_seed is not None else ""
-    kd = (f".b{args.blocks.replace('.', '').replace(',', '-')}" if args.blocks else "") + (".kc" if args.keep_coupled else "") + kd
+    kd = (f".b{args.blocks.replace('.', '').replace(',', '-')}" if args.blocks else "") + (".kc" if args.keep_coupled else "") \
+        + (f".bf{args.block_fit}" if args.blocks and args.block_fit != "mean" else "") + kd
     return name + ("" if args.mode == "global" else f".{args.mode}") + rt + kind + kd + (".quick" if args.quick else "")
 
 
@@ -454,7 +460,7 @@ def to_markdown(res: dict, meta: dict) -> str:
         if r.get("removed_blocks"):
             damage = ", ".join(f"{b} ({d:+.3f})" for b, d in r["removed_blocks"].items())
             lines[-2:-2] = [f"Depth pruning ({r['method']}): residual blocks {damage} removed first"
-                            " (branch replaced by its mean output; in brackets the held-out loss increase of"
+                            f" ({FIT_WORDS[r.get('block_fit', 'mean')]}; in brackets the held-out loss increase of"
                             " removing each alone), then channels to the same MAC target.", ""]
     wanted = 1 / (1 - meta["target"])
     for r in res["rows"]:
@@ -526,6 +532,9 @@ def main(argv=None) -> int:
                     help="depth pruning first: remove the N residual blocks of least held-out damage, or"
                          " the named ones (layers.1,layers.5); every criterion removes the same blocks and"
                          " the MAC target counts them")
+    ap.add_argument("--block-fit", choices=["mean", "affine"], default="mean",
+                    help="how a removed block's shortcut affine is set: the branch's mean output, or the"
+                         " least-squares per-channel scale and shift of the block output")
     ap.add_argument("--keep-coupled", action="store_true",
                     help="leave whole every channel group written by several layers (residual adds)")
     ap.add_argument("--peer-from", default="",

@@ -281,7 +281,7 @@ def test_structured_stage_removes_blocks_and_the_file_rebuilds_them(tmp_path):
 
     raw = {"name": "s", "model": {"name": "resnet20"}, "data": {"name": "digits", "train_subset": 64},
            "stages": [{"structured": {"criterion": "l1", "target": 0.5, "samples": 64, "blocks": 2,
-                                      "keep_coupled": True}}]}
+                                      "keep_coupled": True, "block_fit": "affine"}}]}
     report = run_recipe(parse_recipe(raw), tmp_path / "b.nnc")
     stage = report["stages"][0]
     assert len(stage["removed_blocks"]) == 2 and stage["mac_reduction"] >= 2.0
@@ -290,3 +290,6 @@ def test_structured_stage_removes_blocks_and_the_file_rebuilds_them(tmp_path):
     raw["stages"][0]["structured"]["blocks"] = ["fc"]
     with pytest.raises(ConfigError, match="not removable"):
         run_recipe(parse_recipe(raw), tmp_path / "c.nnc")
+    raw["stages"][0]["structured"]["block_fit"] = "median"
+    with pytest.raises(ConfigError, match="block_fit='median'"):
+        parse_recipe(raw)

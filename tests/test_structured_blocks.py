@@ -1,5 +1,7 @@
 """Residual block removal (depth pruning): exactness, choice by damage, accounting, format."""
 
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -11,6 +13,7 @@ from nncompress.models.resnet import BasicBlock
 from nncompress.prune.structured import ScoreData, layer_costs, structured_prune
 from nncompress.prune.structured.blocks import (
     ResidualShortcut,
+    affine_from_moments,
     block_damage,
     least_damaging_blocks,
     remove_blocks,
@@ -40,6 +43,73 @@ def _silence(block: BasicBlock) -> None:
     """Make the block's branch output a per-channel constant (conv2 weights 0)."""
     with torch.no_grad():
         block.conv2.weight.zero_()
+
+
+class AffineBranchBlock(nn.Module):
+    """A residual block whose branch is an exact per-channel line of its input."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.shortcut = nn.Identity()
+        self.scale = nn.Parameter(torch.linspace(-0.5, 0.8, channels).view(1, -1, 1, 1))
+        self.shift = nn.Parameter(torch.linspace(0.3, -0.2, channels).view(1, -1, 1, 1))
+
+    def branch(self, x: torch.Tensor) -> torch.Tensor:
+        return self.scale * x + self.shift
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.branch(x) + self.shortcut(x))
+
+
+class LineNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(1, 4, 3, padding=1)
+        self.block = AffineBranchBlock(4)
+        self.head = nn.Linear(4, 3)
+
+    def forward(self, x):
+        return self.head(self.block(torch.relu(self.stem(x))).mean(dim=(2, 3)))
+
+
+def test_affine_fit_recovers_a_line_and_falls_back_to_the_mean():
+    s = torch.randn(1000, 3, generator=G) * torch.tensor([1.0, 2.0, 0.0]) + 1.0  # channel 2: constant shortcut
+    b = s * torch.tensor([0.5, -0.25, 3.0]) + torch.tensor([1.0, 2.0, -1.0]) + \
+        torch.tensor([0.0, 0.0, 1.0]) * torch.randn(1000, 3, generator=G)
+    moments = (len(s), s.sum(0), b.sum(0), (s * s).sum(0), (s * b).sum(0))
+    scale, shift = affine_from_moments(*moments, fit="affine")
+    torch.testing.assert_close(scale[:2], torch.tensor([1.5, 0.75]), rtol=0, atol=1e-5)
+    torch.testing.assert_close(shift[:2], torch.tensor([1.0, 2.0]), rtol=0, atol=1e-5)
+    assert scale[2] == 1.0 and torch.isclose(shift[2], b[:, 2].mean())  # no line through a constant: the mean
+    scale, shift = affine_from_moments(*moments, fit="mean")
+    assert torch.equal(scale, torch.ones(3)) and torch.allclose(shift, b.mean(0))
+    with pytest.raises(ConfigError, match="fit='ols'"):
+        affine_from_moments(*moments, fit="ols")
+
+
+def test_removing_a_line_branch_is_exact_with_the_affine_fit_only():
+    torch.manual_seed(0)
+    model = LineNet().eval()
+    before = model(X)
+    mean_fit = remove_blocks(copy.deepcopy(model), ["block"], X)
+    assert not torch.allclose(mean_fit(X), before, atol=1e-3)
+    remove_blocks(model, ["block"], X, fit="affine")
+    torch.testing.assert_close(model(X), before, rtol=0, atol=1e-5)
+
+
+@torch.no_grad()
+def test_affine_fit_reconstructs_the_block_output_at_least_as_well_as_the_mean():
+    model = _model()
+    h = model.layers[:5](torch.relu(model.bn1(model.conv1(X))))
+    want = model.layers[5].branch(h) + model.layers[5].shortcut(h)  # pre-ReLU output of the block
+    errors = {}
+    for fit in ("mean", "affine"):
+        trial = remove_blocks(copy.deepcopy(model), ["layers.5"], X, fit=fit)
+        shell = trial.layers[5]
+        errors[fit] = float((shell.affine(shell.shortcut(h)) - want).pow(2).mean())
+    assert errors["affine"] <= errors["mean"] * (1 + 1e-6)
+    dmg = {fit: block_damage(model, X, Y, ["layers.5"], fit=fit)["layers.5"] for fit in ("mean", "affine")}
+    assert dmg["mean"] != dmg["affine"]
 
 
 def test_blocks_are_found_in_module_order():
@@ -128,7 +198,7 @@ def test_one_block_name_as_a_string():
 def test_user_model_loads_into_a_skeleton(tmp_path):
     torch.manual_seed(1)
     model = UserNet().eval()
-    remove_blocks(model, ["b"], X)  # a projection shortcut stays
+    remove_blocks(model, ["b"], X, fit="affine")  # a projection shortcut stays; scale and shift are stored
     path = tmp_path / "user.nnc"
     nncompress.save(model, path)
     back = nncompress.load(path, model=UserNet()).eval()
@@ -166,6 +236,10 @@ def test_bad_requests_are_rejected():
                          optimizer=torch.optim.SGD(model.parameters(), lr=0.1))
     with pytest.raises(ConfigError, match="blocks=-1"):
         structured_prune(model, "l1", 0.5, data=data, example_inputs=X[:1], blocks=-1)
+    with pytest.raises(ConfigError, match="block_fit='lsq'"):
+        structured_prune(model, "l1", 0.5, data=data, example_inputs=X[:1], blocks=1, block_fit="lsq")
+    with pytest.raises(ConfigError, match="fit='lsq'"):
+        remove_blocks(model, ["layers.1"], X, fit="lsq")
     with pytest.raises(ConfigError, match="blocks=True"):
         structured_prune(model, "l1", 0.5, data=data, example_inputs=X[:1], blocks=True)
     with pytest.raises(ConfigError, match="energy-aware"):

@@ -8,6 +8,7 @@ from typing import Any
 
 from nncompress.errors import ConfigError
 from nncompress.prune.mask import Masks
+from nncompress.prune.structured.blocks import FITS
 from nncompress.prune.targets import prunable_weights
 from nncompress.recipes.context import RunContext
 from nncompress.recipes.stages import register_stage
@@ -57,7 +58,9 @@ class StructuredConfig:
     over its first ``fade_epochs`` epochs (``structured_prune(fade_epochs=...)``).
     ``blocks``: depth pruning first, that many residual blocks (those whose removal raises
     the loss on the sample least) or a list of block names, replaced by their shortcut;
-    the target counts them. ``keep_coupled``: residual-add groups keep all their channels.
+    the target counts them; ``block_fit``: ``mean`` (shift = mean branch output) or ``affine``
+    (least-squares scale and shift of the block output). ``keep_coupled``: residual-add groups
+    keep all their channels.
     """
 
     criterion: str = "l1"
@@ -76,9 +79,12 @@ class StructuredConfig:
     distill: StageDistillConfig | None = None
     fade_epochs: float = 0.0
     blocks: int | list[str] = 0
+    block_fit: str = "mean"
     keep_coupled: bool = False
 
     def __post_init__(self) -> None:
+        if self.block_fit not in FITS:
+            raise ConfigError(f"structured: block_fit={self.block_fit!r} not allowed; allowed: {', '.join(FITS)}")
         if self.distill is not None and self.finetune is None:
             raise ConfigError("structured: 'distill' acts during training; add a 'finetune' block")
         if self.distill is not None and self.distill.attention is not None:
@@ -106,7 +112,7 @@ def run_structured(ctx: RunContext, cfg: StructuredConfig) -> dict[str, Any]:
                            latency_batch=cfg.latency_batch, skip=cfg.skip, steps=cfg.steps,
                            finetune=cfg.finetune, train_data=ctx.train_data,
                            loss_fn=distill_loss(ctx, cfg.distill, cfg.finetune), fade_epochs=cfg.fade_epochs,
-                           blocks=cfg.blocks, keep_coupled=cfg.keep_coupled)
+                           blocks=cfg.blocks, keep_coupled=cfg.keep_coupled, block_fit=cfg.block_fit)
     ctx.model = res.model
     ctx.masks = None  # shapes changed; later stages start from the smaller dense model
     ctx.snapshot(f"after_structured_{cfg.criterion}")

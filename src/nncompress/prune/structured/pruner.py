@@ -20,7 +20,12 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from nncompress.errors import ConfigError
-from nncompress.prune.structured.blocks import block_damage, least_damaging_blocks, remove_blocks
+from nncompress.prune.structured.blocks import (
+    FITS,
+    block_damage,
+    least_damaging_blocks,
+    remove_blocks,
+)
 from nncompress.prune.structured.cost import layer_costs, total
 from nncompress.prune.structured.fading import ChannelFade, fade_steps_for
 from nncompress.prune.structured.groups import build_graph, groups_from_graph
@@ -70,7 +75,8 @@ def _summary(model: nn.Module, example: torch.Tensor) -> dict[str, int]:
     return {"macs": total(costs, "macs"), "params": sum(p.numel() for p in model.parameters())}
 
 
-def _remove_blocks(model: nn.Module, blocks: int | Sequence[str], data: ScoreData | None) -> dict[str, float | None]:
+def _remove_blocks(model: nn.Module, blocks: int | Sequence[str], data: ScoreData | None,
+                   fit: str) -> dict[str, float | None]:
     """Depth pruning before the channel steps: ``blocks`` residual blocks of least damage on
     the held-out sample (else the scoring sample), or exactly the named ones."""
     if isinstance(blocks, str):  # one name
@@ -80,18 +86,18 @@ def _remove_blocks(model: nn.Module, blocks: int | Sequence[str], data: ScoreDat
     if not blocks:  # 0 or no names
         return {}
     if data is None:
-        raise ConfigError(f"blocks={blocks!r} needs data: the removed branches are replaced by their mean output")
+        raise ConfigError(f"blocks={blocks!r} needs data: each removed branch's replacement is fitted on it")
     if isinstance(blocks, int):
         if blocks < 0:
             raise ConfigError(f"blocks={blocks} out of range; allowed: >= 0 (a count) or a list of block names")
         x, y = (data.held_out_x, data.held_out_y) if data.held_out_x is not None else (data.x, data.y)
         if y is None:
             raise ConfigError("choosing blocks by damage needs labels in data")
-        damage = block_damage(model, x, y)
+        damage = block_damage(model, x, y, fit=fit)
         chosen: dict[str, float | None] = {n: damage[n] for n in least_damaging_blocks(damage, blocks)}
     else:
         chosen = dict.fromkeys(blocks)
-    remove_blocks(model, list(chosen), data.x)
+    remove_blocks(model, list(chosen), data.x, fit=fit)
     return chosen
 
 
@@ -132,6 +138,7 @@ def structured_prune(
     fade_epochs: float = 0.0,
     blocks: int | Sequence[str] = 0,
     keep_coupled: bool = False,
+    block_fit: str = "mean",
 ) -> StructuredResult:
     """Prune ``model`` in place until ``target`` of ``target_kind`` is removed.
 
@@ -157,6 +164,8 @@ def structured_prune(
     blocks by their shortcut, those whose removal raises the loss on the data's held-out
     sample least (``block_damage``), or exactly the named block(s); the target still counts
     against the model as given, so the channel selection removes only the rest.
+    ``block_fit``: how a removed block's shortcut affine is fitted, ``"mean"`` (shift = mean
+    branch output) or ``"affine"`` (least-squares scale and shift); see ``remove_blocks``.
     ``keep_coupled``: leave whole every group written by several layers (residual adds).
 
     Example:
@@ -192,6 +201,8 @@ def structured_prune(
     if blocks and (by_latency or target_kind == "latency"):
         raise ConfigError("blocks (depth pruning) works with MAC, parameter and channel targets, "
                           "not with latency targets or round_to='latency'")
+    if block_fit not in FITS:
+        raise ConfigError(f"block_fit={block_fit!r} not allowed; allowed: {', '.join(FITS)}")
     if blocks and optimizer is not None:
         raise ConfigError("blocks (depth pruning) replaces modules, which an existing optimizer cannot follow; "
                           "make the optimizer after structured_prune, or prune the blocks first")
@@ -210,7 +221,7 @@ def structured_prune(
     lat = measure_latency(model, groups, example, latency_batch) if timed else None
     dense_total, _ = budget_for(layer_costs(model, example), groups, 0.0, target_kind, lat)
     result = StructuredResult(model, criterion, target, target_kind, dense, dense)
-    result.blocks = _remove_blocks(model, blocks, data)
+    result.blocks = _remove_blocks(model, blocks, data, block_fit)
     if result.blocks:
         groups = _groups(model, build_graph(model, example), skip, keep_coupled)
     for step in range(1, steps + 1):
