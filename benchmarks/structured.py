@@ -533,8 +533,9 @@ def main(argv=None) -> int:
                          " the named ones (layers.1,layers.5); every criterion removes the same blocks and"
                          " the MAC target counts them")
     ap.add_argument("--block-fit", choices=["mean", "affine"], default="mean",
-                    help="how a removed block's shortcut affine is set: the branch's mean output, or the"
-                         " least-squares per-channel scale and shift of the block output")
+                    help="how a removed block's shortcut affine is set: the branch's mean output (this"
+                         " script's default, the fit of its earlier result files), or the least-squares"
+                         " per-channel scale and shift of the block output (the library's default)")
     ap.add_argument("--keep-coupled", action="store_true",
                     help="leave whole every channel group written by several layers (residual adds)")
     ap.add_argument("--peer-from", default="",

@@ -91,9 +91,9 @@ def test_removing_a_line_branch_is_exact_with_the_affine_fit_only():
     torch.manual_seed(0)
     model = LineNet().eval()
     before = model(X)
-    mean_fit = remove_blocks(copy.deepcopy(model), ["block"], X)
+    mean_fit = remove_blocks(copy.deepcopy(model), ["block"], X, fit="mean")
     assert not torch.allclose(mean_fit(X), before, atol=1e-3)
-    remove_blocks(model, ["block"], X, fit="affine")
+    remove_blocks(model, ["block"], X)  # the default fit
     torch.testing.assert_close(model(X), before, rtol=0, atol=1e-5)
 
 
@@ -126,12 +126,12 @@ def test_removing_a_constant_branch_is_exact():
     torch.testing.assert_close(model(X), before, rtol=0, atol=1e-5)
 
 
-def test_shift_is_the_branch_mean_per_channel():
+def test_mean_fit_shift_is_the_branch_mean_per_channel():
     model = _model()
     block = model.layers[7]
     h = model.layers[:7](torch.relu(model.bn1(model.conv1(X))))
     want = block.branch(h).mean(dim=(0, 2, 3))
-    remove_blocks(model, ["layers.7"], X)
+    remove_blocks(model, ["layers.7"], X, fit="mean")
     torch.testing.assert_close(model.layers[7].affine.bias.detach(), want, rtol=0, atol=1e-5)
     assert torch.equal(model.layers[7].affine.weight, torch.ones_like(model.layers[7].affine.weight))
 

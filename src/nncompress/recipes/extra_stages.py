@@ -58,8 +58,8 @@ class StructuredConfig:
     over its first ``fade_epochs`` epochs (``structured_prune(fade_epochs=...)``).
     ``blocks``: depth pruning first, that many residual blocks (those whose removal raises
     the loss on the sample least) or a list of block names, replaced by their shortcut;
-    the target counts them; ``block_fit``: ``mean`` (shift = mean branch output) or ``affine``
-    (least-squares scale and shift of the block output). ``keep_coupled``: residual-add groups
+    the target counts them; ``block_fit``: ``affine`` (least-squares scale and shift of the
+    block output, the default) or ``mean`` (shift = mean branch output). ``keep_coupled``: residual-add groups
     keep all their channels.
     """
 
@@ -79,7 +79,7 @@ class StructuredConfig:
     distill: StageDistillConfig | None = None
     fade_epochs: float = 0.0
     blocks: int | list[str] = 0
-    block_fit: str = "mean"
+    block_fit: str = "affine"
     keep_coupled: bool = False
 
     def __post_init__(self) -> None:

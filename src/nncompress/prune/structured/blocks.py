@@ -3,10 +3,13 @@
 A residual block computes ``relu(branch(x) + shortcut(x))``. Removing the block replaces
 it by :class:`ResidualShortcut`, ``relu(affine(shortcut(x)))``, where ``affine`` is a
 per-channel scale and shift (:class:`ChannelAffine`) fitted over a data sample: by default
-scale 1 and shift = the branch's mean output per channel (mean replacement: the removed
-branch is replaced by its expectation, not by zero); with ``fit="affine"`` the
-least-squares line from the shortcut to the block's pre-ReLU output per channel, a local
-reconstruction as in ThiNet or the energy-aware refit, at no extra inference cost. Every
+(``fit="affine"``) the least-squares line from the shortcut to the block's pre-ReLU output
+per channel, a local reconstruction as in ThiNet or the energy-aware refit, at no extra
+inference cost; with ``fit="mean"`` scale 1 and shift = the branch's mean output per channel
+(mean replacement: the removed branch is replaced by its expectation, not by zero). On the
+Fashion-MNIST ResNet-20 with four blocks removed the affine fit keeps 51.5% test accuracy
+before fine-tuning against 29.9% for the mean, and ends 0.1 pt higher after it
+(``benchmarks/results/structured.resnet20.rt16.b4.kc*.md``). Every
 conv of the branch goes, so the whole block's MACs and time go with it, in units that need
 no channel rounding.
 
@@ -116,7 +119,7 @@ def _check_fit(fit: str) -> str:
 
 
 def affine_from_moments(n: int, s: torch.Tensor, b: torch.Tensor, ss: torch.Tensor, sb: torch.Tensor,
-                        fit: str = "mean") -> tuple[torch.Tensor, torch.Tensor]:
+                        fit: str = "affine") -> tuple[torch.Tensor, torch.Tensor]:
     """Per-channel ``(scale, shift)`` of the removed block's :class:`ChannelAffine`, from
     sums over ``n`` positions of the shortcut output ``s``, the branch output ``b``, ``s**2``
     and ``s*b`` (each of shape ``(C,)``).
@@ -176,11 +179,11 @@ def _shell(block: nn.Module, scale: torch.Tensor, shift: torch.Tensor) -> Residu
 
 
 def remove_blocks(model: nn.Module, names: Iterable[str], x: torch.Tensor, batch_size: int = 256,
-                  fit: str = "mean") -> nn.Module:
+                  fit: str = "affine") -> nn.Module:
     """Replace each named residual block by a :class:`ResidualShortcut` (in place) whose
-    per-channel scale and shift come from the sample ``x``: ``fit="mean"`` scale 1 and the
-    block's mean branch output; ``fit="affine"`` the least-squares fit of the block's
-    pre-ReLU output from its shortcut (:func:`affine_from_moments`).
+    per-channel scale and shift come from the sample ``x``: ``fit="affine"`` (default) the
+    least-squares fit of the block's pre-ReLU output from its shortcut
+    (:func:`affine_from_moments`); ``fit="mean"`` scale 1 and the block's mean branch output.
 
     Raises ``ConfigError`` for a name that is not a removable block or an unknown fit.
     Returns ``model``.
@@ -213,7 +216,7 @@ def restore_block_shells(model: nn.Module, names: Iterable[str]) -> None:
 
 @torch.no_grad()
 def block_damage(model: nn.Module, x: torch.Tensor, y: torch.Tensor, blocks: Sequence[str] | None = None,
-                 batch_size: int = 256, fit: str = "mean") -> dict[str, float]:
+                 batch_size: int = 256, fit: str = "affine") -> dict[str, float]:
     """Cross-entropy on ``(x, y)`` with each block removed alone (replacement fitted over
     ``x`` as ``remove_blocks`` does with ``fit``), minus the loss of ``model`` as it is: the
     oracle criterion at block level.

@@ -138,7 +138,7 @@ def structured_prune(
     fade_epochs: float = 0.0,
     blocks: int | Sequence[str] = 0,
     keep_coupled: bool = False,
-    block_fit: str = "mean",
+    block_fit: str = "affine",
 ) -> StructuredResult:
     """Prune ``model`` in place until ``target`` of ``target_kind`` is removed.
 
@@ -164,8 +164,8 @@ def structured_prune(
     blocks by their shortcut, those whose removal raises the loss on the data's held-out
     sample least (``block_damage``), or exactly the named block(s); the target still counts
     against the model as given, so the channel selection removes only the rest.
-    ``block_fit``: how a removed block's shortcut affine is fitted, ``"mean"`` (shift = mean
-    branch output) or ``"affine"`` (least-squares scale and shift); see ``remove_blocks``.
+    ``block_fit``: how a removed block's shortcut affine is fitted, ``"affine"`` (least-squares
+    scale and shift, the default) or ``"mean"`` (shift = mean branch output); see ``remove_blocks``.
     ``keep_coupled``: leave whole every group written by several layers (residual adds).
 
     Example:
