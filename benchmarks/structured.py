@@ -40,7 +40,7 @@ from nncompress.format import load as nnc_load
 from nncompress.format import save as nnc_save
 from nncompress.models import build_model
 from nncompress.prune.structured import CRITERIA, ScoreData, sensitivity_analysis, structured_prune
-from nncompress.prune.structured.blocks import block_damage, least_damaging_blocks
+from nncompress.prune.structured.blocks import FITS, block_damage, least_damaging_blocks
 from nncompress.train import TrainConfig, evaluate, fit
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -532,7 +532,7 @@ def main(argv=None) -> int:
                     help="depth pruning first: remove the N residual blocks of least held-out damage, or"
                          " the named ones (layers.1,layers.5); every criterion removes the same blocks and"
                          " the MAC target counts them")
-    ap.add_argument("--block-fit", choices=["mean", "affine"], default="mean",
+    ap.add_argument("--block-fit", choices=FITS, default="mean",
                     help="how a removed block's shortcut affine is set: the branch's mean output (this"
                          " script's default, the fit of its earlier result files), or the least-squares"
                          " per-channel scale and shift of the block output (the library's default)")
