@@ -26,6 +26,7 @@ import shutil
 import statistics
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -163,15 +164,15 @@ def run_model(name: str, args, train, test) -> dict:
     ft = FINETUNE_CFG[name]
     before_ft_test = torch.utils.data.Subset(test, range(BEFORE_FT_N[name]))
     if args.finetune_epochs:
-        ft = TrainConfig(**{**ft.__dict__, "epochs": args.finetune_epochs})
+        ft = replace(ft, epochs=args.finetune_epochs)
     if args.finetune_seed is not None:  # another fine-tuning run of the same pruned shapes
-        ft = TrainConfig(**{**ft.__dict__, "seed": args.finetune_seed})
+        ft = replace(ft, seed=args.finetune_seed)
     if args.quick:
-        ft = TrainConfig(**{**ft.__dict__, "max_steps": 5})
+        ft = replace(ft, max_steps=5)
     steps = args.steps
     if ft.epochs % steps:
         raise SystemExit(f"--steps {steps} must divide the {ft.epochs} fine-tuning epochs (same budget per step)")
-    ft_step = TrainConfig(**{**ft.__dict__, "epochs": ft.epochs // steps})
+    ft_step = replace(ft, epochs=ft.epochs // steps)
     models: dict[str, nn.Module] = {"dense": dense}
     rows: dict[str, dict] = {"dense": {"method": "dense", "prune_seconds": 0.0, "finetune_seconds": 0.0}}
     methods = [] if args.peer_only else [c for c in args.criteria.split(",") if c] or list(CRITERIA)

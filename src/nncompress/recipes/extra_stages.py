@@ -8,7 +8,7 @@ from typing import Any
 
 from nncompress.errors import ConfigError
 from nncompress.prune.mask import Masks
-from nncompress.prune.structured.blocks import FITS
+from nncompress.prune.structured.blocks import check_fit
 from nncompress.prune.targets import prunable_weights
 from nncompress.recipes.context import RunContext
 from nncompress.recipes.stages import register_stage
@@ -83,8 +83,7 @@ class StructuredConfig:
     keep_coupled: bool = False
 
     def __post_init__(self) -> None:
-        if self.block_fit not in FITS:
-            raise ConfigError(f"structured: block_fit={self.block_fit!r} not allowed; allowed: {', '.join(FITS)}")
+        check_fit(self.block_fit, "structured: block_fit")
         if self.distill is not None and self.finetune is None:
             raise ConfigError("structured: 'distill' acts during training; add a 'finetune' block")
         if self.distill is not None and self.distill.attention is not None:

@@ -112,10 +112,10 @@ def _check_names(model: nn.Module, names: Iterable[str]) -> list[str]:
 FITS = ("mean", "affine")
 
 
-def _check_fit(fit: str) -> str:
+def check_fit(fit: str, name: str = "fit") -> None:
+    """Raise ``ConfigError`` naming ``name`` unless ``fit`` is one of ``FITS``."""
     if fit not in FITS:
-        raise ConfigError(f"fit={fit!r} not allowed; allowed: {', '.join(FITS)}")
-    return fit
+        raise ConfigError(f"{name}={fit!r} not allowed; allowed: {', '.join(FITS)}")
 
 
 def affine_from_moments(n: int, s: torch.Tensor, b: torch.Tensor, ss: torch.Tensor, sb: torch.Tensor,
@@ -135,7 +135,7 @@ def affine_from_moments(n: int, s: torch.Tensor, b: torch.Tensor, ss: torch.Tens
         >>> affine_from_moments(3, s.sum(0), b.sum(0), (s * s).sum(0), (s * b).sum(0), "affine")
         (tensor([1.5000]), tensor([1.]))
     """
-    _check_fit(fit)
+    check_fit(fit)
     if n < 1:
         raise ConfigError(f"n={n} positions; a fit needs >= 1")
     mean_s, mean_b = s.double() / n, b.double() / n
@@ -191,7 +191,7 @@ def remove_blocks(model: nn.Module, names: Iterable[str], x: torch.Tensor, batch
     Example:
         >>> remove_blocks(model, ["layers.1"], x_sample, fit="affine")  # doctest: +SKIP
     """
-    _check_fit(fit)
+    check_fit(fit)
     names = _check_names(model, names)
     if not names:
         return model
@@ -226,7 +226,7 @@ def block_damage(model: nn.Module, x: torch.Tensor, y: torch.Tensor, blocks: Seq
         >>> min(dmg, key=dmg.get)  # doctest: +SKIP
         'layers.1'
     """
-    _check_fit(fit)
+    check_fit(fit)
     names = _check_names(model, residual_blocks(model) if blocks is None else blocks)
     if len(x) == 0 or len(x) != len(y):
         raise ConfigError(f"block_damage needs a labelled sample, got {len(x)} inputs and {len(y)} labels")

@@ -21,8 +21,8 @@ from torch.utils.data import Dataset
 
 from nncompress.errors import ConfigError
 from nncompress.prune.structured.blocks import (
-    FITS,
     block_damage,
+    check_fit,
     least_damaging_blocks,
     remove_blocks,
 )
@@ -201,8 +201,7 @@ def structured_prune(
     if blocks and (by_latency or target_kind == "latency"):
         raise ConfigError("blocks (depth pruning) works with MAC, parameter and channel targets, "
                           "not with latency targets or round_to='latency'")
-    if block_fit not in FITS:
-        raise ConfigError(f"block_fit={block_fit!r} not allowed; allowed: {', '.join(FITS)}")
+    check_fit(block_fit, "block_fit")
     if blocks and optimizer is not None:
         raise ConfigError("blocks (depth pruning) replaces modules, which an existing optimizer cannot follow; "
                           "make the optimizer after structured_prune, or prune the blocks first")
