@@ -48,8 +48,10 @@ def run_branches(variants: list[dict[str, Any]]) -> list[dict[str, Any]]:
             report = run_recipe(recipe, Path(tmp) / "m.nnc", stage_hook=keep_trained,
                                 trained_state=dict(trained) or None)
         after = {s["stage"]: s["accuracy"] for s in report["stages"]}
+        soup = next((s["soup"] for s in report["stages"] if "soup" in s), None)
         rows.append({"name": v["name"], **{k: report["summary"][k] for k in SUMMARY},
-                     "after_prune": after.get("prune"), "seconds": time.perf_counter() - t0})
+                     "after_prune": after.get("prune"), **({"soup": soup} if soup else {}),
+                     "seconds": time.perf_counter() - t0})
         print(json.dumps(rows[-1]), flush=True)
     return rows
 

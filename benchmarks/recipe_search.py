@@ -93,7 +93,7 @@ def recipe_variant(name: str, *, rounds: int | None = None, rt_epochs: float | N
                    retrain_extra: dict | None = None, finetune_extra: dict | None = None,
                    quant_extra: dict | None = None, encode_extra: dict | None = None,
                    dense_extra: dict | None = None, final_extra: dict | None = None,
-                   dns: dict | None = None) -> dict:
+                   dns: dict | None = None, prune_extra: dict | None = None) -> dict:
     r = copy.deepcopy(BASE)
     r["name"] = name
     if seed is not None:
@@ -108,6 +108,7 @@ def recipe_variant(name: str, *, rounds: int | None = None, rt_epochs: float | N
                 if key in st:
                     st[key]["distill"] = dict(distill)
     p = _prune(r)
+    p.update(prune_extra or {})
     if final is not None:
         p["schedule"][-1] = dict(final)
     if rounds is not None:
@@ -215,6 +216,10 @@ RECIPES = {
     # A better dense starting point: weight averaging over its last 10 epochs, or 1-pixel shifts.
     "V_dense_avg10": dict(**CURRENT, quant_extra=CB16, encode_extra=I8, dense_extra={"average_last": 10}),
     "V_dense_shift1": dict(**CURRENT, quant_extra=CB16, encode_extra=I8, dense_extra={"shift": 1}),
+    # Uniform model soup (Wortsman et al. 2022): the final retraining run k times from the same
+    # pruned weights (other data orders), the mean of the k results kept.
+    "S_soup2": dict(**CURRENT, quant_extra=CB16, encode_extra=I8, prune_extra={"final_soup": 2}),
+    "S_soup4": dict(**CURRENT, quant_extra=CB16, encode_extra=I8, prune_extra={"final_soup": 4}),
 }
 DNS = {
     "D3_T2_wd1e-4": dict(t=T2, wd=1e-4),

@@ -29,6 +29,7 @@ from nncompress.recipes.teacher import (
     teacher_of,
 )
 from nncompress.train.loop import TrainConfig, evaluate, fit
+from nncompress.train.soup import soup_fit
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +106,9 @@ class PruneConfig:
     quality * std(W) per layer instead; ``schedule``: sparsities reached in successive
     rounds (iterative), each followed by ``retrain``. ``distill``: every retraining of the
     stage (rounds and ``final_retrain``) learns from the trained dense model too (K1, see
-    ``nncompress.recipes.teacher``).
+    ``nncompress.recipes.teacher``). ``final_soup``: run ``final_retrain`` that many times
+    from the same pruned weights (other data orders) and keep the mean of the results (a
+    uniform model soup, ``nncompress.train.soup``; masks shared, so zeros stay zero).
     """
 
     sparsity: float | dict[str, float] | None = None
@@ -122,6 +125,14 @@ class PruneConfig:
     include: list[str] | None = None
     exclude: list[str] = field(default_factory=list)
     distill: StageDistillConfig | None = None
+    final_soup: int = 1
+
+    def __post_init__(self) -> None:
+        if isinstance(self.final_soup, bool) or not isinstance(self.final_soup, int) or self.final_soup < 1:
+            raise ConfigError(f"prune.final_soup={self.final_soup!r} not allowed; use an integer >= 1 (1 = one "
+                              f"final retraining, no soup)")
+        if self.final_soup > 1 and self.final_retrain is None:
+            raise ConfigError("prune.final_soup averages runs of final_retrain; add a 'final_retrain' config")
 
 
 @register_stage("prune", PruneConfig, "magnitude pruning, one-shot or iterative with retraining")
@@ -165,9 +176,16 @@ def _prune(ctx: RunContext, cfg: PruneConfig) -> dict[str, Any]:
         if cfg.retrain is not None:
             fit(ctx.model, ctx.train_data, cfg.retrain, callbacks=[MaskCallback(ctx.masks)],
                 loss_fn=distill_loss(ctx, cfg.distill, cfg.retrain))
+    soup: dict[str, Any] = {}
     if cfg.final_retrain is not None:
-        fit(ctx.model, ctx.train_data, cfg.final_retrain, callbacks=[MaskCallback(ctx.masks)],
-            loss_fn=distill_loss(ctx, cfg.distill, cfg.final_retrain))
+        masks = ctx.masks
+        res = soup_fit(ctx.model, ctx.train_data, cfg.final_retrain, cfg.final_soup,
+                       callbacks=lambda: [MaskCallback(masks)],
+                       loss_fn=distill_loss(ctx, cfg.distill, cfg.final_retrain),
+                       evaluate_fn=(lambda m: evaluate(m, ctx.test_data)["accuracy"]) if cfg.final_soup > 1 else None)
+        if cfg.final_soup > 1:
+            soup = {"ingredients": cfg.final_soup, "ingredient_accuracy": res.ingredient_scores,
+                    "soup_of_first_accuracy": res.prefix_scores, "soup_accuracy": res.soup_score}
     removed: dict[str, int] = {}
     if cfg.remove_dead_neurons:
         from nncompress.prune.neurons import prune_dead_neurons
@@ -178,7 +196,8 @@ def _prune(ctx: RunContext, cfg: PruneConfig) -> dict[str, Any]:
     return {"removed_neurons": removed,
             "shapes": {n: list(p.shape) for n, p in prunable_weights(ctx.model).items()},
             "sparsity": ctx.masks.sparsity(), "total_sparsity": ctx.masks.total_sparsity(),
-            "rounds": rounds, "dropout": new_p, "distill": distill_summary(cfg.distill, ctx),
+            "rounds": rounds, "dropout": new_p, **({"soup": soup} if soup else {}),
+            "distill": distill_summary(cfg.distill, ctx),
             "dropout_consumers": dropout_consumers(ctx.model, ctx.example_input) if new_p else {}}
 
 
