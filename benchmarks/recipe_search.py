@@ -93,7 +93,8 @@ def recipe_variant(name: str, *, rounds: int | None = None, rt_epochs: float | N
                    retrain_extra: dict | None = None, finetune_extra: dict | None = None,
                    quant_extra: dict | None = None, encode_extra: dict | None = None,
                    dense_extra: dict | None = None, final_extra: dict | None = None,
-                   dns: dict | None = None, prune_extra: dict | None = None) -> dict:
+                   dns: dict | None = None, prune_extra: dict | None = None,
+                   model_extra: dict | None = None) -> dict:
     r = copy.deepcopy(BASE)
     r["name"] = name
     if seed is not None:
@@ -107,6 +108,7 @@ def recipe_variant(name: str, *, rounds: int | None = None, rt_epochs: float | N
             for key in ("prune", "quantize"):
                 if key in st:
                     st[key]["distill"] = dict(distill)
+    r["model"]["kwargs"].update(model_extra or {})
     p = _prune(r)
     p.update(prune_extra or {})
     if final is not None:
@@ -220,6 +222,11 @@ RECIPES = {
     # pruned weights (other data orders), the mean of the k results kept.
     "S_soup2": dict(**CURRENT, quant_extra=CB16, encode_extra=I8, prune_extra={"final_soup": 2}),
     "S_soup4": dict(**CURRENT, quant_extra=CB16, encode_extra=I8, prune_extra={"final_soup": 4}),
+    # What density buys (bytes aside): stop at the fourth round's sparsities (fc1 4%, fc2 8%).
+    "X_dens4": dict(**CURRENT, quant_extra=CB16, encode_extra=I8, final={"fc1": 0.96, "fc2": 0.92, "fc3": 0.7}),
+    # Input dropout (pixels dropped before fc1) in the dense training; scaled down by the rule in retraining.
+    "X_indrop01": dict(**CURRENT, quant_extra=CB16, encode_extra=I8, model_extra={"input_dropout": 0.1}),
+    "X_indrop02": dict(**CURRENT, quant_extra=CB16, encode_extra=I8, model_extra={"input_dropout": 0.2}),
 }
 DNS = {
     "D3_T2_wd1e-4": dict(t=T2, wd=1e-4),
