@@ -390,7 +390,8 @@ def main() -> int:
         for s in args.seeds:
             groups: dict[str, list[str]] = {}
             for n in names:
-                train = json.dumps(recipe_variant(n, **RECIPES[n])["stages"][0], sort_keys=True)
+                r = recipe_variant(n, **RECIPES[n])
+                train = json.dumps([r["model"], r["stages"][0]], sort_keys=True)
                 groups.setdefault(train, []).append(n)
             jobs += [(run_branch_job, g, s) for g in groups.values()]
     else:
