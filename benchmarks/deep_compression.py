@@ -36,12 +36,15 @@ from nncompress.recipes import load_recipe  # noqa: E402
 from nncompress.recipes.runner import run_recipe  # noqa: E402
 from nncompress.recipes.stages import normalise_layer_map  # noqa: E402
 from nncompress.train import evaluate, fit  # noqa: E402
+from nncompress.train.soup import soup_fit  # noqa: E402
 
 RECIPES = {"lenet300": "deep-compression-lenet300", "lenet5": "deep-compression-lenet5"}
 
 
-def peer_prune(model: nn.Module, ctx, schedule, retrain, final_retrain=None) -> None:
-    """torch.nn.utils.prune, round by round, retraining with the same budget as ours."""
+def peer_prune(model: nn.Module, ctx, schedule, retrain, final_retrain=None, final_soup: int = 1) -> None:
+    """torch.nn.utils.prune, round by round, retraining with the same budget as ours
+    (``final_soup``: the final retraining as the same uniform soup as ours; torch's
+    ``weight_orig`` and ``weight_mask`` are averaged, the masks being equal)."""
     import torch.nn.utils.prune as tprune
 
     weights = prunable_weights(model)
@@ -58,7 +61,7 @@ def peer_prune(model: nn.Module, ctx, schedule, retrain, final_retrain=None) -> 
         # Retrain: torch's reparametrisation keeps the effective weight masked.
         fit(model, ctx.train_data, retrain)
     if final_retrain is not None:
-        fit(model, ctx.train_data, final_retrain)
+        soup_fit(model, ctx.train_data, final_retrain, final_soup)
     for mod in modules.values():
         tprune.remove(mod, "weight")
 
@@ -127,7 +130,7 @@ def bench_model(model_name: str, outdir: Path, seed: int | None = None) -> dict:
     ours_seconds = time.perf_counter() - t0
     ctx, peer = branch["ctx"], branch["model"]
     t0 = time.perf_counter()
-    peer_prune(peer, ctx, prune_cfg.schedule, prune_cfg.retrain, prune_cfg.final_retrain)
+    peer_prune(peer, ctx, prune_cfg.schedule, prune_cfg.retrain, prune_cfg.final_retrain, prune_cfg.final_soup)
     acc_pruned = evaluate(peer, ctx.test_data)["accuracy"]
     bits = {n: (quant_cfg.bits_conv if w.dim() > 2 else quant_cfg.bits_fc)
             for n, w in prunable_weights(peer).items()}
