@@ -227,6 +227,8 @@ RECIPES = {
     # Input dropout (pixels dropped before fc1) in the dense training; scaled down by the rule in retraining.
     "X_indrop01": dict(**CURRENT, quant_extra=CB16, encode_extra=I8, model_extra={"input_dropout": 0.1}),
     "X_indrop02": dict(**CURRENT, quant_extra=CB16, encode_extra=I8, model_extra={"input_dropout": 0.2}),
+    "Y_indrop01_soup4": dict(**CURRENT, quant_extra=CB16, encode_extra=I8, model_extra={"input_dropout": 0.1},
+                             prune_extra={"final_soup": 4}),
 }
 DNS = {
     "D3_T2_wd1e-4": dict(t=T2, wd=1e-4),
