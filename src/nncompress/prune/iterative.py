@@ -50,6 +50,7 @@ def iterative_prune(
     callbacks: Sequence[Callback] = (),
     loss_fn=None,
     on_prune: Callable[[Masks], None] | None = None,
+    progress: bool = False,
 ) -> IterativeResult:
     """Run ``len(schedule)`` rounds of magnitude prune + retrain.
 
@@ -57,7 +58,8 @@ def iterative_prune(
     pruned weights stay pruned in later rounds. ``freeze='conv'`` retrains only FC layers
     (and ``'fc'`` only conv), as in Han et al. (2015). ``loss_fn`` replaces
     cross-entropy while retraining (e.g. distillation from the dense model);
-    ``on_prune(masks)`` runs after each cut, before retraining (e.g. dropout adjustment).
+    ``on_prune(masks)`` runs after each cut, before retraining (e.g. dropout adjustment);
+    ``progress`` shows a progress bar per retraining.
 
     Example:
         >>> iterative_prune(model, train, [0.5, 0.8, 0.9], TrainConfig(epochs=1))  # doctest: +SKIP
@@ -75,9 +77,9 @@ def iterative_prune(
             cbs.insert(0, Regularizer(prunable_weights(model), regularizer, reg_strength))
         if freeze:
             with frozen(model, freeze):
-                fit(model, train_data, retrain, callbacks=cbs, loss_fn=loss_fn)
+                fit(model, train_data, retrain, callbacks=cbs, loss_fn=loss_fn, progress=progress)
         else:
-            fit(model, train_data, retrain, callbacks=cbs, loss_fn=loss_fn)
+            fit(model, train_data, retrain, callbacks=cbs, loss_fn=loss_fn, progress=progress)
         acc = evaluate(model, val_data)["accuracy"] if val_data is not None else None
         result.rounds.append(PruneRound(result.masks.sparsity(), acc_pruned, acc))
         log.info("round to %s: pruned acc %s, retrained acc %s", target, acc_pruned, acc)

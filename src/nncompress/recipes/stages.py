@@ -162,7 +162,8 @@ def _prune(ctx: RunContext, cfg: PruneConfig) -> dict[str, Any]:
         res = iterative_prune(ctx.model, ctx.train_data, schedule, cfg.retrain, val_data=ctx.test_data,
                               scope=cfg.scope, regularizer=cfg.regularizer, reg_strength=cfg.reg_strength,
                               freeze=cfg.freeze, masks=ctx.masks, on_prune=adjust,
-                              loss_fn=distill_loss(ctx, cfg.distill, cfg.retrain))
+                              loss_fn=distill_loss(ctx, cfg.distill, cfg.retrain),
+                              progress=ctx.extras.get("progress", False))
         ctx.masks = res.masks
         rounds = [{"sparsity": r.sparsity, "accuracy_pruned": r.accuracy_pruned,
                    "accuracy_retrained": r.accuracy_retrained} for r in res.rounds]
@@ -182,7 +183,8 @@ def _prune(ctx: RunContext, cfg: PruneConfig) -> dict[str, Any]:
         res = soup_fit(ctx.model, ctx.train_data, cfg.final_retrain, cfg.final_soup,
                        callbacks=lambda: [MaskCallback(masks)],
                        loss_fn=distill_loss(ctx, cfg.distill, cfg.final_retrain),
-                       evaluate_fn=(lambda m: evaluate(m, ctx.test_data)["accuracy"]) if cfg.final_soup > 1 else None)
+                       evaluate_fn=(lambda m: evaluate(m, ctx.test_data)["accuracy"]) if cfg.final_soup > 1 else None,
+                       progress=ctx.extras.get("progress", False))
         if cfg.final_soup > 1:
             soup = {"ingredients": cfg.final_soup, "ingredient_accuracy": res.ingredient_scores,
                     "soup_of_first_accuracy": res.prefix_scores, "soup_accuracy": res.soup_score}

@@ -70,13 +70,14 @@ class SoupResult:
 
 def soup_fit(model: nn.Module, train_data: Dataset, cfg: TrainConfig, ingredients: int, *,
              callbacks: Callable[[], Sequence[Callback]] = tuple, loss_fn=None,
-             evaluate_fn: Callable[[nn.Module], float] | None = None) -> SoupResult:
+             evaluate_fn: Callable[[nn.Module], float] | None = None, progress: bool = False) -> SoupResult:
     """Train ``model`` ``ingredients`` times from its current weights (ingredient i with
     ``seed = cfg.seed + i * 1000``: its own data order, augmentation and dropout) and load
     the mean of the resulting weights (a uniform soup). ``ingredients=1`` is exactly
     ``fit(model, train_data, cfg)``. ``callbacks()`` builds a fresh callback list per
     ingredient (e.g. ``lambda: [MaskCallback(masks)]``); ``evaluate_fn(model)`` scores every
-    ingredient and the soup (for the report; it never chooses among them).
+    ingredient and the soup (for the report; it never chooses among them); ``progress``
+    shows a progress bar per ingredient.
 
     Example:
         >>> soup_fit(model, train, TrainConfig(epochs=5), 4, callbacks=lambda: [MaskCallback(m)])  # doctest: +SKIP
@@ -89,7 +90,7 @@ def soup_fit(model: nn.Module, train_data: Dataset, cfg: TrainConfig, ingredient
         if i:
             model.load_state_dict(start)
         result.histories.append(fit(model, train_data, replace(cfg, seed=cfg.seed + i * SEED_STRIDE),
-                                    callbacks=list(callbacks()), loss_fn=loss_fn))
+                                    callbacks=list(callbacks()), loss_fn=loss_fn, progress=progress))
         if ingredients > 1:
             finals.append(copy.deepcopy(model.state_dict()))
         if evaluate_fn is not None:
