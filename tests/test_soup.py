@@ -1,5 +1,7 @@
 """Uniform model soup (nncompress.train.soup) and the prune stage's final_soup option."""
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -55,7 +57,7 @@ def test_soup_is_the_mean_of_independent_runs_and_pruned_weights_stay_zero(tiny_
     for i in range(3):  # each ingredient by hand: same start, seed + i * stride
         m = build_model("lenet300")
         m.load_state_dict(start)
-        fit(m, tiny_data, TrainConfig(**{**CFG.__dict__, "seed": CFG.seed + i * SEED_STRIDE}),
+        fit(m, tiny_data, replace(CFG, seed=CFG.seed + i * SEED_STRIDE),
             callbacks=[MaskCallback(masks)])
         runs.append(m.state_dict())
     assert not torch.equal(runs[0]["fc1.weight"], runs[1]["fc1.weight"])  # other data orders

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 from torch import nn
@@ -75,10 +76,7 @@ def iterative_prune(
         cbs: list[Callback] = [MaskCallback(result.masks), *callbacks]
         if regularizer:
             cbs.insert(0, Regularizer(prunable_weights(model), regularizer, reg_strength))
-        if freeze:
-            with frozen(model, freeze):
-                fit(model, train_data, retrain, callbacks=cbs, loss_fn=loss_fn, progress=progress)
-        else:
+        with frozen(model, freeze) if freeze else nullcontext():
             fit(model, train_data, retrain, callbacks=cbs, loss_fn=loss_fn, progress=progress)
         acc = evaluate(model, val_data)["accuracy"] if val_data is not None else None
         result.rounds.append(PruneRound(result.masks.sparsity(), acc_pruned, acc))

@@ -60,12 +60,16 @@ def average_states(states: Sequence[Mapping[str, torch.Tensor]]) -> dict[str, to
 class SoupResult:
     """Histories of the ingredients' runs and, when ``evaluate_fn`` was given, each
     ingredient's score, the score of the soup of the first j ingredients for j = 2..k
-    (``prefix_scores``; the last is the soup's) and the soup's."""
+    (``prefix_scores``; the last is the soup's, also ``soup_score``)."""
 
     histories: list[History] = field(default_factory=list)
     ingredient_scores: list[float] = field(default_factory=list)
     prefix_scores: list[float] = field(default_factory=list)
-    soup_score: float | None = None
+
+    @property
+    def soup_score(self) -> float | None:
+        """Score of the soup of all ingredients (None without a soup or ``evaluate_fn``)."""
+        return self.prefix_scores[-1] if self.prefix_scores else None
 
 
 def soup_fit(model: nn.Module, train_data: Dataset, cfg: TrainConfig, ingredients: int, *,
@@ -84,7 +88,7 @@ def soup_fit(model: nn.Module, train_data: Dataset, cfg: TrainConfig, ingredient
     """
     if isinstance(ingredients, bool) or not isinstance(ingredients, int) or ingredients < 1:
         raise ConfigError(f"soup ingredients={ingredients!r} not allowed; use an integer >= 1 (1 = no soup)")
-    start = copy.deepcopy(model.state_dict())
+    start = copy.deepcopy(model.state_dict()) if ingredients > 1 else None
     result, finals = SoupResult(), []
     for i in range(ingredients):
         if i:
@@ -96,14 +100,13 @@ def soup_fit(model: nn.Module, train_data: Dataset, cfg: TrainConfig, ingredient
         if evaluate_fn is not None:
             result.ingredient_scores.append(float(evaluate_fn(model)))
             log.info("soup ingredient %d/%d: %.4f", i + 1, ingredients, result.ingredient_scores[-1])
-    if ingredients > 1 and evaluate_fn is not None:
-        for j in range(2, ingredients):
-            model.load_state_dict(average_states(finals[:j]))
-            result.prefix_scores.append(float(evaluate_fn(model)))
-    if ingredients > 1:
-        model.load_state_dict(average_states(finals))
+    if ingredients == 1:
+        return result
+    # the soups of the first j (only the whole soup without evaluate_fn); the last stays loaded
+    for j in range(2, ingredients + 1) if evaluate_fn is not None else [ingredients]:
+        model.load_state_dict(average_states(finals[:j]))
         if evaluate_fn is not None:
-            result.soup_score = float(evaluate_fn(model))
-            result.prefix_scores.append(result.soup_score)
-            log.info("soup of %d: %.4f (ingredients %s)", ingredients, result.soup_score, result.ingredient_scores)
+            result.prefix_scores.append(float(evaluate_fn(model)))
+    if evaluate_fn is not None:
+        log.info("soup of %d: %.4f (ingredients %s)", ingredients, result.soup_score, result.ingredient_scores)
     return result
