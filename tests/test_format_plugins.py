@@ -27,6 +27,7 @@ def test_fresh_process_loads_lowbit_file_with_activation_quantizers(tmp_path):
     torch.save(ref.detach(), tmp_path / "ref.pt")
     code = (
         "import sys, torch, nncompress\n"
+        f"torch.set_num_threads({torch.get_num_threads()})  # the parent's: same summation order\n"
         f"m = nncompress.load({str(path)!r})\n"
         "assert 'nncompress.quantize.api' in sys.modules\n"
         f"x = torch.load({str(tmp_path / 'x.pt')!r}, weights_only=True)\n"
