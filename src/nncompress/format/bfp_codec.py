@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from nncompress.codec.bitpack import pack_bits, unpack_bits
+from nncompress.codec.bitpack import pack_bits, packed_size, unpack_bits
 from nncompress.errors import ConfigError, FormatError
 from nncompress.format.builtin_codecs import (
     dtype_from_name,
@@ -26,6 +26,7 @@ from nncompress.format.builtin_codecs import (
     tensor_to_bytes,
 )
 from nncompress.format.codecs import EncodedTensor, TensorCodec, register_codec
+from nncompress.format.schema import check_shape, need_int, need_length, need_sections
 from nncompress.quantize.bfp import bfp_dequantize, bfp_quantize, check_bfp_args
 
 
@@ -55,7 +56,22 @@ class BFPCodec(TensorCodec):
         return EncodedTensor(self.name, list(tensor.shape), dtype_name(tensor.dtype), meta,
                              {"mantissas": data, "exponents": exps})
 
+    def check(self, enc: EncodedTensor) -> None:
+        where = "codec 'bfp'"
+        need_sections(enc.sections, ["mantissas", "exponents"], where)
+        if not dtype_from_name(enc.dtype).is_floating_point:
+            raise FormatError(f"{where}: dtype {enc.dtype!r} is not a float dtype")
+        bits = need_int(enc.meta, "mantissa_bits", 2, 24, where)
+        count = int(np.prod(list(enc.shape) or [1]))
+        last = enc.shape[-1] if enc.shape else 1
+        if enc.meta.get("block") is not None:  # padding allocates rows x block values
+            need_int(enc.meta, "block", 1, max(4096, last), where)
+        exp_shape = check_shape(enc.meta.get("exp_shape"), f"{where}: exp_shape", count + 1)
+        need_length(enc.sections["mantissas"], packed_size(count, bits), f"{where}: section 'mantissas'")
+        need_length(enc.sections["exponents"], int(np.prod(exp_shape)), f"{where}: section 'exponents'")
+
     def decode(self, enc: EncodedTensor) -> torch.Tensor:
+        self.check(enc)
         try:
             bits, block = int(enc.meta["mantissa_bits"]), enc.meta["block"]
             exp_shape = [int(s) for s in enc.meta["exp_shape"]]

@@ -16,6 +16,7 @@ from nncompress.codec.sparse_index import decode_relative, encode_relative
 from nncompress.codec.streams import pack_stream, unpack_stream
 from nncompress.errors import ConfigError, FormatError
 from nncompress.format.codecs import EncodedTensor, TensorCodec, register_codec
+from nncompress.format.schema import need_choice, need_int, need_length, need_sections
 
 _DTYPES = {str(d).removeprefix("torch."): d for d in (
     torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.int64, torch.int32,
@@ -64,6 +65,11 @@ class RawCodec(TensorCodec):
         return EncodedTensor(self.name, list(tensor.shape), dtype_name(tensor.dtype),
                              {"bits": {"weights": 8 * len(data)}}, {"data": data})
 
+    def check(self, enc):
+        need_sections(enc.sections, ["data"], "codec 'raw'")
+        itemsize = torch.empty(0, dtype=dtype_from_name(enc.dtype)).element_size()
+        need_length(enc.sections["data"], math.prod(enc.shape) * itemsize, "codec 'raw': section 'data'")
+
     def decode(self, enc):
         return tensor_from_bytes(enc.sections["data"], dtype_from_name(enc.dtype), enc.shape)
 
@@ -84,6 +90,12 @@ class CastCodec(TensorCodec):
         data = tensor_to_bytes(tensor.to(self.storage))
         return EncodedTensor(self.name, list(tensor.shape), dtype_name(tensor.dtype),
                              {"bits": {"weights": 8 * len(data)}}, {"data": data})
+
+    def check(self, enc):
+        need_sections(enc.sections, ["data"], f"codec {self.name!r}")
+        if not dtype_from_name(enc.dtype).is_floating_point:
+            raise FormatError(f"codec {self.name!r}: dtype {enc.dtype!r} is not a float dtype")
+        need_length(enc.sections["data"], 2 * math.prod(enc.shape), f"codec {self.name!r}: section 'data'")
 
     def decode(self, enc):
         t = tensor_from_bytes(enc.sections["data"], self.storage, enc.shape)
@@ -113,13 +125,15 @@ class Int8Codec(TensorCodec):
         return EncodedTensor(self.name, list(tensor.shape), dtype_name(tensor.dtype),
                              {"exponent": exponent, "bits": {"weights": 8 * len(data)}}, {"data": data})
 
+    def check(self, enc):
+        need_sections(enc.sections, ["data"], "codec 'int8'")
+        if not dtype_from_name(enc.dtype).is_floating_point:
+            raise FormatError(f"codec 'int8': dtype {enc.dtype!r} is not a float dtype")
+        need_int(enc.meta, "exponent", -160, 121, "codec 'int8'")
+        need_length(enc.sections["data"], math.prod(enc.shape), "codec 'int8': section 'data'")
+
     def decode(self, enc):
-        try:
-            exponent = int(enc.meta["exponent"])
-        except (KeyError, TypeError, ValueError) as exc:
-            raise FormatError(f"codec 'int8': bad metadata {enc.meta!r}") from exc
-        if not -160 <= exponent <= 130:
-            raise FormatError(f"codec 'int8': exponent {exponent} is outside -160..130")
+        exponent = need_int(enc.meta, "exponent", -160, 121, "codec 'int8'")
         codes = tensor_from_bytes(enc.sections["data"], torch.int8, enc.shape)
         return (codes.to(torch.float64) * 2.0**exponent).to(dtype_from_name(enc.dtype))
 
@@ -211,12 +225,32 @@ class SparseCodec(TensorCodec):
                          "weight_bits_pqh": val_bits, "index_bits_pqh": gap_bits}
         return EncodedTensor(self.name, shape, "float32", meta, sections)
 
+    def check(self, enc):
+        m, s, where = enc.meta, enc.sections, f"codec {self.name!r}"
+        if enc.dtype != "float32":
+            raise FormatError(f"{where}: dtype {enc.dtype!r}; this codec stores float32 only")
+        n = math.prod(enc.shape)
+        index_bits = need_int(m, "index_bits", 1, 16, where)
+        entries = need_int(m, "entries", 0, n + n // (1 << index_bits) + 1, where)
+        need_int(m, "nnz", 0, min(n, entries), where, default=0)
+        need_choice(m, "gaps", ("fixed", "huffman"), where)
+        if self.shared:
+            need_sections(s, ["gaps", "values", "codebook"], where)
+            size = need_int(m, "codebook_size", 0, 65536, where)
+            alphabet = need_int(m, "alphabet", size, size + 1, where)
+            need_int(m, "value_bits", max(1, math.ceil(math.log2(max(alphabet, 2)))), 17, where)
+            need_choice(m, "values", ("fixed", "huffman"), where)
+            cb = need_choice(m, "codebook_dtype", ("float32", "float16"), where, default="float32")
+            need_length(s["codebook"], size * (2 if cb == "float16" else 4), f"{where}: section 'codebook'")
+        else:
+            need_sections(s, ["gaps", "values"], where)
+            need_choice(m, "values", ("fp32",), where)
+            need_length(s["values"], 4 * entries, f"{where}: section 'values'")
+
     def decode(self, enc):
         m, s = enc.meta, enc.sections
-        try:
-            entries, index_bits = int(m["entries"]), int(m["index_bits"])
-        except (KeyError, TypeError, ValueError) as exc:
-            raise FormatError(f"codec {self.name!r}: bad metadata {m!r}") from exc
+        self.check(enc)
+        entries, index_bits = int(m["entries"]), int(m["index_bits"])
         n = math.prod(enc.shape)
         gaps = unpack_stream(s["gaps"], m["gaps"], index_bits, entries)
         if gaps.size and (gaps.min() < 0 or gaps.max() >= 1 << index_bits):

@@ -47,6 +47,12 @@ class TensorCodec:
     def decode(self, enc: EncodedTensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def check(self, enc: EncodedTensor) -> None:
+        """Validate a stored tensor's metadata and section lengths before ``decode``
+        (``enc`` comes from an untrusted file; its name, shape and dtype are already
+        validated). Raise ``FormatError`` naming the field; the default checks nothing,
+        so a codec that reads metadata overrides it."""
+
 
 class CodecRegistry:
     """Name -> codec. One default instance, ``CODECS``, holds the built-ins; techniques add

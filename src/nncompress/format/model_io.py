@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from nncompress import __version__
-from nncompress.errors import ConfigError, FormatError
+from nncompress.errors import ConfigError, FormatError, NNCompressError
 from nncompress.format import bfp_codec, builtin_codecs  # noqa: F401  (register the built-in codecs)
 from nncompress.format.codecs import (
     CodecChoice,
@@ -30,6 +30,7 @@ from nncompress.format.codecs import (
 )
 from nncompress.format.container import pack_container, unpack_container
 from nncompress.format.resize import resize_to_state
+from nncompress.format.schema import check_header, param_budget
 from nncompress.models.registry import arch_of, build_model
 from nncompress.prune.targets import PRUNABLE_TYPES
 from nncompress.train.checkpoint import atomic_write_bytes
@@ -109,7 +110,8 @@ def encode_state(model: nn.Module, plan: Mapping[str, tuple[str, dict[str, Any]]
 
 
 def save(model: nn.Module, path: str | Path, *, codecs: Mapping[str, CodecChoice] | None = None,
-         metadata: Mapping[str, Any] | None = None, verify: bool = True) -> FileInfo:
+         metadata: Mapping[str, Any] | None = None, verify: bool = True,
+         input_shape: list[int] | None = None) -> FileInfo:
     """Write ``model`` to ``path`` in the ``.nnc`` format (atomically: temp file + rename).
 
     Args:
@@ -117,6 +119,9 @@ def save(model: nn.Module, path: str | Path, *, codecs: Mapping[str, CodecChoice
             tensors not named use the model's hints, else ``auto`` (weights) / ``raw``.
         metadata: JSON-able extras stored in the header (accuracy, recipe, ...).
         verify: decode every tensor again before writing and fail on a mismatch.
+        input_shape: one sample's input shape (no batch dimension), recorded so that
+            ``load`` can check the loaded model runs; default: the built-in
+            architecture's, when the model runs on it.
 
     Example:
         >>> info = save(model, "lenet.nnc", metadata={"accuracy": 0.98})  # doctest: +SKIP
@@ -144,10 +149,42 @@ def save(model: nn.Module, path: str | Path, *, codecs: Mapping[str, CodecChoice
     blocks = _removed_blocks(model)
     if blocks:
         meta["removed_blocks"] = blocks
+    shape = _input_shape(model, input_shape)
+    if shape is not None:
+        meta["input_shape"] = shape
     blob = pack_container(meta, sections)
     atomic_write_bytes(path, blob)
     log.info("saved %s (%d bytes, %d tensors)", path, len(blob), len(tensors))
     return _file_info(str(path), len(blob), meta, sections)
+
+
+def _input_shape(model: nn.Module, given: list[int] | None) -> list[int] | None:
+    """The input shape to record: ``given`` (validated), else the built-in architecture's
+    when the model runs on it and gives finite outputs, else None."""
+    from nncompress.models.registry import default_input_shape
+
+    if given is not None:
+        shape = list(given) if isinstance(given, (list, tuple, torch.Size)) else None
+        if not shape or len(shape) > 5 or any(isinstance(d, bool) or not isinstance(d, int) or d < 1
+                                              for d in shape):
+            raise ConfigError(f"input_shape={given!r} is not allowed; use 1..5 positive ints "
+                              "(one sample, no batch dimension)")
+        return shape
+    shape = default_input_shape(arch_of(model))
+    if shape is None:
+        return None
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            p = next(model.parameters(), None)
+            out = model(torch.zeros(1, *shape, device=p.device if p is not None else "cpu"))
+        ok = isinstance(out, torch.Tensor) and bool(torch.isfinite(out).all())
+    except Exception:  # noqa: BLE001 - the model does not take that shape: record none
+        ok = False
+    finally:
+        model.train(was_training)
+    return shape if ok else None
 
 
 def _activation_spec(model: nn.Module) -> dict[str, Any]:
@@ -185,32 +222,85 @@ def _file_info(path: str, size: int, meta: dict[str, Any], sections: Mapping[str
         raise FormatError(f"{path}: tensor table is damaged ({exc!r})") from exc
 
 
-def _read(path: str | Path):
+DECODE_ERRORS = (KeyError, TypeError, ValueError, IndexError, OverflowError, RuntimeError,
+                 AttributeError, ZeroDivisionError, RecursionError, MemoryError)
+"""What decoding or rebuilding from a damaged record may raise besides ``FormatError``;
+``load`` reports each as ``FormatError`` naming the tensor or record."""
+
+
+def _read(path: str | Path, verify_key=None, max_params: int | None = None):
+    """Container, validated header and ``FileInfo`` of ``path``; with ``verify_key`` the
+    signature is checked before anything else is looked at."""
     path = Path(path)
+    budget = param_budget(1, max_params)  # validates max_params before any work
     if not path.is_file():
         raise FormatError(f"{path}: no such file")
+    key = None
+    if verify_key is not None:
+        from nncompress.format.signing import read_key
+
+        key = read_key(verify_key)
     blob = path.read_bytes()
     container = unpack_container(blob, str(path))
-    return container, _file_info(str(path), len(blob), container.meta, container.sections)
+    if key is not None:
+        from nncompress.format.signing import verify_container
+
+        verify_container(container, key, str(path))
+    budget = param_budget(len(blob), max_params)
+    check_header(container.meta, container.sections, str(path), budget)
+    return container, _file_info(str(path), len(blob), container.meta, container.sections), budget
 
 
-def read_info(path: str | Path) -> FileInfo:
-    """Parse and verify a ``.nnc`` file's header and checksums without building a model."""
-    return _read(path)[1]
+def read_info(path: str | Path, *, verify_key=None, max_params: int | None = None) -> FileInfo:
+    """Parse and verify a ``.nnc`` file's header and checksums without building a model.
+
+    Args:
+        verify_key: key bytes or a key file: reject the file unless it is signed with it
+            (see ``nncompress.format.signing``).
+        max_params: most tensor elements the file may declare (default: from its size,
+            see ``nncompress.format.schema.param_budget``).
+    """
+    return _read(path, verify_key, max_params)[1]
 
 
-def load_state(path: str | Path) -> tuple[dict[str, torch.Tensor], FileInfo]:
-    """Decode every tensor of a ``.nnc`` file into a state dict."""
-    container, info = _read(path)
-    state = {}
-    for t in container.meta["tensors"]:
-        enc = EncodedTensor(t["codec"], info_shape(t), t["dtype"], t["meta"],
-                            {k: container.sections[v] for k, v in t["sections"].items()})
-        tensor = get_codec(enc.codec).decode(enc)
-        if list(tensor.shape) != enc.shape:
-            raise FormatError(f"{path}: tensor {t['name']!r} decoded to shape {list(tensor.shape)}, "
-                              f"header says {enc.shape}")
-        state[t["name"]] = tensor
+def _decode_tensor(t: Mapping[str, Any], container, where: str) -> torch.Tensor:
+    """Decode one validated tensor entry: the codec checks its own metadata and sections,
+    and the result must have the declared shape and dtype and finite values."""
+    from nncompress.format.builtin_codecs import dtype_from_name
+
+    try:
+        codec = get_codec(t["codec"])
+    except ConfigError as exc:
+        raise FormatError(f"{where}: {exc}") from None
+    if t["codec"] == "auto":
+        raise FormatError(f"{where}: codec 'auto' is not a stored codec")
+    enc = EncodedTensor(t["codec"], list(t["shape"]), t["dtype"], t["meta"],
+                        {k: container.sections[v] for k, v in t["sections"].items()})
+    try:
+        codec.check(enc)
+        tensor = codec.decode(enc)
+    except FormatError as exc:
+        raise FormatError(f"{where}: {exc}") from None
+    except (*DECODE_ERRORS, NNCompressError) as exc:
+        raise FormatError(f"{where}: codec {t['codec']!r} cannot decode it "
+                          f"({type(exc).__name__}: {str(exc)[:200]})") from None
+    if not isinstance(tensor, torch.Tensor) or list(tensor.shape) != enc.shape:
+        raise FormatError(f"{where}: decoded to shape {list(getattr(tensor, 'shape', []))}, "
+                          f"header says {enc.shape}")
+    if tensor.dtype != dtype_from_name(enc.dtype):
+        raise FormatError(f"{where}: decoded to dtype {tensor.dtype}, header says {enc.dtype}")
+    if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+        raise FormatError(f"{where}: decoded values are not all finite")
+    return tensor
+
+
+def load_state(path: str | Path, *, verify_key=None, max_params: int | None = None
+               ) -> tuple[dict[str, torch.Tensor], FileInfo]:
+    """Decode every tensor of a ``.nnc`` file into a state dict (``verify_key`` and
+    ``max_params`` as in :func:`read_info`)."""
+    container, info, _ = _read(path, verify_key, max_params)
+    state = {t["name"]: _decode_tensor(t, container, f"{path}: tensor {t['name']!r}")
+             for t in container.meta["tensors"]}
     return state, info
 
 
@@ -218,7 +308,48 @@ def info_shape(entry: Mapping[str, Any]) -> list[int]:
     return [int(d) for d in entry["shape"]]
 
 
-def load(path: str | Path, model: nn.Module | None = None) -> nn.Module:
+def _build_arch(arch: Mapping[str, Any], budget: int, source: str) -> nn.Module:
+    """Build the architecture a file names, after checking on torch's meta device (no
+    memory) that its parameters and buffers fit ``budget``."""
+    name, kwargs = arch["name"], dict(arch.get("kwargs", {}))
+    where = f"{source}: architecture {name!r}"
+    try:
+        with torch.device("meta"):
+            skeleton = build_model(name, **kwargs)
+        declared = sum(t.numel() for t in (*skeleton.parameters(), *skeleton.buffers()))
+        del skeleton
+        if declared > budget:
+            raise FormatError(f"{where} with arguments {str(kwargs)[:120]} has {declared:,} parameters "
+                              f"and buffers, more than the {budget:,} this file may declare "
+                              "(pass max_params= / --max-params to load a larger model)")
+        return build_model(name, **kwargs)
+    except FormatError:
+        raise
+    except NNCompressError as exc:
+        raise FormatError(f"{where} cannot be built from its record: {str(exc)[:300]}") from None
+    except DECODE_ERRORS as exc:
+        raise FormatError(f"{where} cannot be built from its record "
+                          f"({type(exc).__name__}: {str(exc)[:200]})") from None
+
+
+def _check_forward(model: nn.Module, input_shape: list[int], source: str) -> None:
+    """One forward pass on zeros of the recorded input shape (batch 1): a loaded model
+    must run and give finite outputs."""
+    try:
+        with torch.no_grad():
+            out = model(torch.zeros(1, *input_shape))
+    except (*DECODE_ERRORS, NNCompressError) as exc:
+        raise FormatError(f"{source}: the model fails on its recorded input shape {input_shape} "
+                          f"({type(exc).__name__}: {str(exc)[:200]})") from None
+    outs = out if isinstance(out, (tuple, list)) else [out]
+    for o in outs:
+        if isinstance(o, torch.Tensor) and o.is_floating_point() and not bool(torch.isfinite(o).all()):
+            raise FormatError(f"{source}: the model gives non-finite outputs on its recorded "
+                              f"input shape {input_shape}")
+
+
+def load(path: str | Path, model: nn.Module | None = None, *, verify_key=None,
+         max_params: int | None = None) -> nn.Module:
     """Rebuild the model stored in ``path``.
 
     Built-in architectures are rebuilt from the file; for any other model pass a skeleton
@@ -227,21 +358,50 @@ def load(path: str | Path, model: nn.Module | None = None) -> nn.Module:
     stored by a low-bit method are re-attached; layers replaced by ``decompose`` are
     rebuilt from the file's low-rank record. Never unpickles anything.
 
+    The file is untrusted input: its header is validated against the schema, what it
+    declares must fit ``max_params`` (default: from the file's size), every tensor must
+    decode to its declared shape and dtype with finite values, and a model whose file
+    records its input shape must run on it. Anything wrong raises ``FormatError``.
+
+    Args:
+        verify_key: key bytes or a key file; reject the file unless it is signed with it.
+        max_params: most elements the file may declare (tensors, and the parameters and
+            buffers of the model it builds).
+
     Example:
         >>> model = load("lenet.nnc")  # doctest: +SKIP
     """
-    state, info = load_state(path)
+    source = str(path)
+    container, info, budget = _read(path, verify_key, max_params)
+    if model is None and not info.arch:
+        raise ConfigError(f"{path} holds a user-defined model; pass a skeleton: load(path, model=MyNet())")
     if model is None:
-        if not info.arch:
-            raise ConfigError(f"{path} holds a user-defined model; pass a skeleton: load(path, model=MyNet())")
-        model = build_model(info.arch["name"], **info.arch.get("kwargs", {}))
+        model = _build_arch(info.arch, budget, source)
+    state = {t["name"]: _decode_tensor(t, container, f"{source}: tensor {t['name']!r}")
+             for t in container.meta["tensors"]}
+    try:
+        _restore_records(model, info, state)
+    except (*DECODE_ERRORS, NNCompressError) as exc:
+        if isinstance(exc, FormatError):
+            raise
+        raise FormatError(f"{source}: {type(exc).__name__}: {str(exc)[:300]}") from None
+    model.eval()
+    if "input_shape" in container.meta:
+        _check_forward(model, container.meta["input_shape"], source)
+    return model
+
+
+def _restore_records(model: nn.Module, info: FileInfo, state: dict[str, torch.Tensor]) -> None:
+    """Apply the file's records (removed blocks, low rank, activation quantizers) and its
+    tensors to ``model``; damaged records raise ``FormatError`` naming the record."""
+    path = info.path
     if info.removed_blocks:  # residual blocks removed by depth pruning: their shells
         try:
             from nncompress.prune.structured.blocks import restore_block_shells
 
             restore_block_shells(model, info.removed_blocks)
         except ConfigError as exc:
-            raise FormatError(f"{path}: {exc}") from exc
+            raise FormatError(f"{path}: removed-blocks record: {exc}") from exc
     if info.lowrank:
         from nncompress.decompose.api import apply_lowrank_spec
 
@@ -249,12 +409,18 @@ def load(path: str | Path, model: nn.Module | None = None) -> nn.Module:
         try:  # decomposed layers: rebuild their module tree
             apply_lowrank_spec(model, info.lowrank, max_dim)
         except ConfigError as exc:
-            raise FormatError(f"{path}: {exc}") from exc
-    expected = set(model.state_dict())
-    if expected != set(state):  # checked before resizing, which assumes the same tensors
-        raise FormatError(f"{path} does not match the model: missing {sorted(expected - set(state))},"
-                          f" unexpected {sorted(set(state) - expected)} (a model whose layers were replaced,"
-                          " e.g. by hash_model, loads into a skeleton of the same kind: load(path, model=...))")
+            raise FormatError(f"{path}: low-rank record: {exc}") from exc
+    expected = model.state_dict()
+    if set(expected) != set(state):  # checked before resizing, which assumes the same tensors
+        raise FormatError(f"{path} does not match the model: missing {sorted(set(expected) - set(state))[:10]},"
+                          f" unexpected {sorted(set(state) - set(expected))[:10]} (a model whose layers were "
+                          "replaced, e.g. by hash_model, loads into a skeleton of the same kind: "
+                          "load(path, model=...))")
+    wrong = [k for k, v in state.items() if v.dtype != expected[k].dtype]
+    if wrong:
+        k = wrong[0]
+        raise FormatError(f"{path}: tensor {k!r} is stored as {state[k].dtype}, the model holds "
+                          f"{expected[k].dtype} there")
     resize_to_state(model, {k: v.shape for k, v in state.items()})
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
@@ -262,6 +428,7 @@ def load(path: str | Path, model: nn.Module | None = None) -> nn.Module:
     if info.activations:
         from nncompress.quantize.api import apply_activation_spec
 
-        apply_activation_spec(model, info.activations)
-    model.eval()
-    return model
+        try:
+            apply_activation_spec(model, info.activations)
+        except ConfigError as exc:
+            raise FormatError(f"{path}: activation record: {exc}") from exc

@@ -36,6 +36,24 @@ def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
     setattr(parent, child, module)
 
 
+def _check_record(name: str, rec: Any) -> None:
+    """Types and ranges of one hashed layer record (from an untrusted file)."""
+    if not isinstance(rec, Mapping) or set(rec) != {"in", "out", "buckets", "seed", "sign_hash", "bias"}:
+        raise ConfigError(f"hashed layer {name[:80]!r}: record {str(rec)[:120]} must have exactly the "
+                          "keys bias, buckets, in, out, seed, sign_hash")
+    for key, hi in (("in", MAX_VIRTUAL), ("out", MAX_VIRTUAL), ("buckets", MAX_VIRTUAL), ("seed", 2**63 - 1)):
+        value = rec[key]
+        if type(value) is not int or not (0 if key == "seed" else 1) <= value <= hi:
+            raise ConfigError(f"hashed layer {name[:80]!r}: field {key!r} = {str(value)[:40]} is not an "
+                              f"integer in {0 if key == 'seed' else 1}..{hi}")
+    for key in ("sign_hash", "bias"):
+        if type(rec[key]) is not bool:
+            raise ConfigError(f"hashed layer {name[:80]!r}: field {key!r} = {str(rec[key])[:40]} is not a bool")
+    if rec["in"] * rec["out"] > MAX_VIRTUAL or rec["buckets"] > rec["in"] * rec["out"]:
+        raise ConfigError(f"hashed layer {name[:80]!r}: {rec['buckets']} buckets for a {rec['out']} x "
+                          f"{rec['in']} weight (at most {MAX_VIRTUAL} virtual weights, buckets <= weights)")
+
+
 def build_hashed(base: Mapping[str, Any], layers: Mapping[str, Mapping[str, Any]]) -> nn.Module:
     """The base built-in model with a placeholder ``HashedLinear`` at every recorded layer
     (the factory registered as ``hashed``; ``nncompress.load`` calls it from the file's
@@ -53,12 +71,12 @@ def build_hashed(base: Mapping[str, Any], layers: Mapping[str, Mapping[str, Any]
             raise ConfigError("a hashed architecture cannot wrap another hashed one")
         model = build_model(name, **kwargs)
         for layer_name, rec in layers.items():
-            n_in, n_out, buckets = int(rec["in"]), int(rec["out"]), int(rec["buckets"])
-            if not (n_in >= 1 and n_out >= 1 and n_in * n_out <= MAX_VIRTUAL):
-                raise ConfigError(f"hashed layer {layer_name!r}: bad shape {n_out} x {n_in}")
-            layer = HashedLinear(n_in, n_out, buckets, int(rec["seed"]), bool(rec["sign_hash"]),
-                                 bias=bool(rec["bias"]))
+            _check_record(str(layer_name), rec)
+            n_in, n_out, buckets = rec["in"], rec["out"], rec["buckets"]
+            layer = HashedLinear(n_in, n_out, buckets, rec["seed"], rec["sign_hash"], bias=rec["bias"])
             _set_module(model, str(layer_name), layer)
+    except ConfigError:
+        raise
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise ConfigError(f"hashed architecture record is damaged ({exc!r})") from exc
     return model

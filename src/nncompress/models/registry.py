@@ -25,6 +25,41 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
 ARCH_ATTR = "_nncompress_arch"
 
 
+def _image(kwargs: dict[str, Any]) -> list[int]:
+    return [int(kwargs.get("in_channels", 1)), 28, 28]
+
+
+INPUT_SHAPES: dict[str, Callable[[dict[str, Any]], list[int]]] = {
+    "lenet300": lambda kw: [int(kw.get("in_features", 784))],
+    **{name: _image for name in ("lenet5", "resnet20", "vgg-small", "mobilenet-small",
+                                 "shufflenet-small", "squeezenet-small")},
+}
+"""Built-in architecture -> the per-sample input shape it was designed for (a 28x28
+image, or the flattened vector of LeNet-300-100), from its kwargs. ``save`` records it
+(after checking the model runs on it) so that ``load`` can check a loaded model runs."""
+
+
+def default_input_shape(arch: dict[str, Any] | None) -> list[int] | None:
+    """The input shape of a built-in architecture record (a ``hashed`` record: its base's),
+    or None when unknown.
+
+    Example:
+        >>> default_input_shape({"name": "lenet5", "kwargs": {}})
+        [1, 28, 28]
+    """
+    if not arch:
+        return None
+    if arch.get("name") == "hashed":
+        arch = arch.get("kwargs", {}).get("base")
+        if not isinstance(arch, dict):
+            return None
+    shape_of = INPUT_SHAPES.get(str(arch.get("name")))
+    try:
+        return shape_of(dict(arch.get("kwargs", {}))) if shape_of else None
+    except (TypeError, ValueError):
+        return None
+
+
 def register_model(name: str, factory: Callable[..., nn.Module]) -> None:
     """Add a user architecture so that ``nncompress.load`` can rebuild it by name."""
     MODELS[name] = factory

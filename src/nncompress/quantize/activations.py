@@ -189,8 +189,33 @@ def make_activation(spec: dict[str, Any]) -> ActQuantizer:
         >>> make_activation({"kind": "dorefa", "bits": 2}).bits
         2
     """
+    if not isinstance(spec, dict):
+        raise ConfigError(f"activation spec {str(spec)[:80]} is not an object")
     spec = dict(spec)
     kind = spec.pop("kind", None)
-    if kind not in ACTIVATIONS:
-        raise ConfigError(f"unknown activation quantizer {kind!r}; allowed: {sorted(ACTIVATIONS)}")
+    if not isinstance(kind, str) or kind not in ACTIVATIONS:
+        raise ConfigError(f"unknown activation quantizer {str(kind)[:40]!r}; allowed: {sorted(ACTIVATIONS)}")
+    allowed = set(_PARAMS.get(kind, ()))
+    if set(spec) - allowed:
+        raise ConfigError(f"activation quantizer {kind!r} takes {sorted(allowed)}, got "
+                          f"{sorted(str(k)[:40] for k in spec)}")
+    if "bits" in spec:
+        bits = spec["bits"]
+        if isinstance(bits, bool) or not isinstance(bits, int) or not MIN_ACT_BITS <= bits <= MAX_ACT_BITS:
+            raise ConfigError(f"activation quantizer {kind!r}: bits={str(bits)[:40]} is not allowed; "
+                              f"use an int in {MIN_ACT_BITS}..{MAX_ACT_BITS}")
+    for key in ("lo", "hi"):
+        value = spec.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                  or not math.isfinite(value) or abs(value) > 1e30):
+            raise ConfigError(f"activation quantizer {kind!r}: {key}={str(value)[:40]} is not a finite number")
+    if spec.get("lo") is not None and spec.get("hi") is not None and spec["lo"] > spec["hi"]:
+        raise ConfigError(f"activation quantizer {kind!r}: lo={spec['lo']} > hi={spec['hi']}")
     return ACTIVATIONS[kind](**spec)
+
+
+MIN_ACT_BITS, MAX_ACT_BITS = 1, 16
+"""Activation bit widths a spec may name (a 1-bit DoReFa/linear/log grid degenerates, but
+is well defined)."""
+_PARAMS = {"sign": (), "xnor": (), "dorefa": ("bits",), "affine": ("bits", "lo", "hi"),
+           "linear": ("bits", "lo", "hi"), "log": ("bits", "lo", "hi")}

@@ -183,9 +183,13 @@ def apply_activation_spec(model: nn.Module, spec: dict[str, dict[str, Any]]) -> 
     for handle in getattr(model, HOOKS_ATTR, []):
         handle.remove()
     handles = []
+    layers = dict(model.named_modules())
     for name, s in spec.items():
         aq = make_activation(s)
-        mod = model.get_submodule(name)
+        mod = layers.get(name)
+        if mod is None or mod is model or next(mod.children(), None) is not None:
+            raise ConfigError(f"activation spec names layer {str(name)[:80]!r}, which is not a "
+                              "layer (leaf module) of the model")
         handles.append(
             mod.register_forward_pre_hook(lambda m, args, aq=aq: (aq(args[0]), *args[1:]))
         )

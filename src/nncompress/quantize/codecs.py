@@ -10,8 +10,9 @@ from typing import Any
 
 import torch
 
+from nncompress.errors import FormatError
 from nncompress.format.codecs import EncodedTensor, TensorCodec, register_codec
-from nncompress.quantize.packing import FORMATS, Packed
+from nncompress.quantize.packing import CHECKS, FORMATS, Packed
 
 
 class PackingCodec(TensorCodec):
@@ -26,6 +27,11 @@ class PackingCodec(TensorCodec):
     def encode(self, tensor: torch.Tensor, **params: Any) -> EncodedTensor:
         p = self._encode(tensor.detach().cpu().contiguous(), **params)
         return EncodedTensor(self.name, list(tensor.shape), "float32", p.meta, p.sections)
+
+    def check(self, enc: EncodedTensor) -> None:
+        if enc.dtype != "float32":
+            raise FormatError(f"format {self.name!r}: dtype {enc.dtype!r}; it stores float32 only")
+        CHECKS[self.name](Packed(dict(enc.meta), dict(enc.sections)), list(enc.shape))
 
     def decode(self, enc: EncodedTensor) -> torch.Tensor:
         return self._decode(Packed(dict(enc.meta), dict(enc.sections)), list(enc.shape))

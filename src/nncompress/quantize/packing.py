@@ -27,6 +27,7 @@ import torch
 from nncompress.codec import bitpack
 from nncompress.codec.streams import pack_stream, unpack_stream
 from nncompress.errors import ConfigError, FormatError
+from nncompress.format.schema import need_bool, need_choice, need_int, need_length, need_sections
 from nncompress.quantize.pow2 import shift_codes, shift_scale
 
 
@@ -387,6 +388,82 @@ def decode_shift(p: Packed, shape: list[int]) -> torch.Tensor:
     )
     cs = shift_values(sym).reshape([n] + list(shape))
     return s * cs.sum(dim=0)
+
+
+# ---- validation of stored metadata (untrusted files) --------------------------------
+
+
+def _rows_of(meta: dict[str, Any], shape: list[int], where: str) -> int:
+    pc = need_bool(meta, "per_channel", where)
+    return shape[0] if pc and len(shape) > 1 else 1
+
+
+def _stream(meta: dict[str, Any], where: str, lo: int, hi: int) -> int:
+    need_choice(meta, "stream", ("fixed", "huffman"), where)
+    return need_int(meta, "width", lo, hi, where)
+
+
+def _check_codes(p: Packed, count: int, width: int, where: str) -> None:
+    if p.meta["stream"] == "fixed":
+        need_length(p.sections["codes"], bitpack.packed_size(count, width), f"{where}: section 'codes'")
+
+
+def check_binary(p: Packed, shape: list[int]) -> None:
+    """Validate a stored ``binary`` packing before decoding (``FormatError`` names the field)."""
+    where = "format 'binary'"
+    need_sections(p.sections, ["signs", "scale"], where)
+    rows = _rows_of(p.meta, shape, where)
+    need_length(p.sections["signs"], bitpack.packed_size(math.prod(shape), 1), f"{where}: section 'signs'")
+    need_length(p.sections["scale"], 4 * rows, f"{where}: section 'scale'")
+
+
+def check_lut(p: Packed, shape: list[int]) -> None:
+    """Validate a stored ``lut`` packing before decoding."""
+    where = "format 'lut'"
+    need_sections(p.sections, ["codes", "codebook"], where)
+    rows = _rows_of(p.meta, shape, where)
+    k = need_int(p.meta, "k", 1, 65536, where)
+    width = _stream(p.meta, where, width_for(k), 16)
+    need_length(p.sections["codebook"], 4 * rows * k, f"{where}: section 'codebook'")
+    _check_codes(p, math.prod(shape), width, where)
+
+
+def check_int(p: Packed, shape: list[int]) -> None:
+    """Validate a stored ``int`` packing before decoding."""
+    where = "format 'int'"
+    need_sections(p.sections, ["codes", "scale", "zero_point"], where)
+    rows = _rows_of(p.meta, shape, where)
+    width = _stream(p.meta, where, 2, 16)
+    need_bool(p.meta, "symmetric", where, default=False)
+    need_length(p.sections["scale"], 4 * rows, f"{where}: section 'scale'")
+    need_length(p.sections["zero_point"], 4 * rows, f"{where}: section 'zero_point'")
+    _check_codes(p, math.prod(shape), width, where)
+
+
+def check_pow2(p: Packed, shape: list[int]) -> None:
+    """Validate a stored ``pow2`` packing before decoding (exponents within float32's)."""
+    where = "format 'pow2'"
+    need_sections(p.sections, ["codes"], where)
+    n_max = need_int(p.meta, "n_max", -149, 127, where)
+    n_min = need_int(p.meta, "n_min", -149, n_max, where)
+    width = _stream(p.meta, where, width_for(2 * (n_max - n_min + 1) + 1), 16)
+    _check_codes(p, math.prod(shape), width, where)
+
+
+def check_shift(p: Packed, shape: list[int]) -> None:
+    """Validate a stored ``shift`` packing before decoding."""
+    where = "format 'shift'"
+    need_sections(p.sections, ["codes", "scale"], where)
+    rows = _rows_of(p.meta, shape, where)
+    n = need_int(p.meta, "n", 1, 8, where)
+    width = _stream(p.meta, where, 2, 8)
+    need_length(p.sections["scale"], 4 * rows, f"{where}: section 'scale'")
+    _check_codes(p, n * math.prod(shape), width, where)
+
+
+CHECKS = {"binary": check_binary, "lut": check_lut, "int": check_int, "pow2": check_pow2,
+          "shift": check_shift}
+"""Format name -> validation of a stored packing (run before its decoder)."""
 
 
 FORMATS = {
