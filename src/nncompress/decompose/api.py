@@ -280,12 +280,13 @@ def lowrank_spec(model: nn.Module) -> dict[str, dict[str, Any]]:
 
 
 def apply_lowrank_spec(model: nn.Module, spec: Mapping[str, Mapping[str, Any]],
-                       max_dim: int | None = None) -> nn.Module:
+                       max_dim: int | None = None, max_elements: int | None = None) -> nn.Module:
     """Rebuild the module tree of a decomposed model from its record (placeholder
     weights, to be overwritten by ``load_state_dict``). Used by ``nncompress.load``,
     which passes ``max_dim`` (the largest dimension of any stored tensor: every rank,
     channel count and kernel size of a genuine record is one) so that a hostile record
-    cannot make it allocate huge placeholders.
+    cannot make it allocate huge placeholders, and ``max_elements`` (the file's budget:
+    the replacement modules are first built on torch's meta device and counted).
 
     Example:
         >>> from nncompress.models import build_model
@@ -295,6 +296,15 @@ def apply_lowrank_spec(model: nn.Module, spec: Mapping[str, Mapping[str, Any]],
         torch.Size([4, 800])
     """
     try:
+        if max_elements is not None:
+            with torch.device("meta"):
+                declared = sum(p.numel() for entry in spec.values()
+                               for p in skeleton(entry["method"], entry["geometry"],
+                                                 [int(r) for r in entry["ranks"]],
+                                                 int(entry.get("groups", 1))).parameters())
+            if declared > max_elements:
+                raise ConfigError(f"the low-rank layers declare {declared:,} parameters, more than "
+                                  f"the {max_elements:,} allowed")
         for name, entry in spec.items():
             geom = entry["geometry"]
             sizes = [*entry["ranks"], entry.get("groups", 1), geom["in"], geom["out"], *geom.get("kernel", [])]
@@ -307,7 +317,9 @@ def apply_lowrank_spec(model: nn.Module, spec: Mapping[str, Mapping[str, Any]],
             if p is not None:
                 seq = seq.to(p.device, p.dtype)
             _set_module(model, name, seq)
-    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+    except ConfigError:
+        raise
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError, RuntimeError, OverflowError) as exc:
         raise ConfigError(f"low-rank record is damaged ({exc!r})") from exc
     setattr(model, LOWRANK_ATTR, {k: dict(v) for k, v in spec.items()})
     return model

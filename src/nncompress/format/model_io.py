@@ -380,7 +380,7 @@ def load(path: str | Path, model: nn.Module | None = None, *, verify_key=None,
     state = {t["name"]: _decode_tensor(t, container, f"{source}: tensor {t['name']!r}")
              for t in container.meta["tensors"]}
     try:
-        _restore_records(model, info, state)
+        _restore_records(model, info, state, budget)
     except (*DECODE_ERRORS, NNCompressError) as exc:
         if isinstance(exc, FormatError):
             raise
@@ -391,7 +391,7 @@ def load(path: str | Path, model: nn.Module | None = None, *, verify_key=None,
     return model
 
 
-def _restore_records(model: nn.Module, info: FileInfo, state: dict[str, torch.Tensor]) -> None:
+def _restore_records(model: nn.Module, info: FileInfo, state: dict[str, torch.Tensor], budget: int) -> None:
     """Apply the file's records (removed blocks, low rank, activation quantizers) and its
     tensors to ``model``; damaged records raise ``FormatError`` naming the record."""
     path = info.path
@@ -407,7 +407,7 @@ def _restore_records(model: nn.Module, info: FileInfo, state: dict[str, torch.Te
 
         max_dim = max((max(v.shape, default=1) for v in state.values()), default=1)
         try:  # decomposed layers: rebuild their module tree
-            apply_lowrank_spec(model, info.lowrank, max_dim)
+            apply_lowrank_spec(model, info.lowrank, max_dim, budget)
         except ConfigError as exc:
             raise FormatError(f"{path}: low-rank record: {exc}") from exc
     expected = model.state_dict()
