@@ -1,27 +1,230 @@
 """The ``nncompress`` command: run recipes, inspect, evaluate and export compressed files.
 
-The CLI owns the terminal (progress bars, tables); the library only logs.
+The CLI owns the terminal (progress bars, tables); the library only logs. Every command
+checks its arguments and paths before it loads a model or data; bad input ends with one
+line ``nncompress: error: ...`` naming the value and what is allowed, and exit status 2
+(a traceback only with ``-v``).
 """
 
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import logging
+import math
+import os
 import shlex
+import stat
 import sys
 from pathlib import Path
+from typing import Any, NoReturn
 
 DEFAULT_RECIPE = "deep-compression-lenet300"
+EXIT_BAD_INPUT = 2
+EXIT_INTERNAL = 1
+EXIT_INTERRUPTED = 130
+MAX_INPUT_ELEMENTS = 2**24  # --input-shape: 64 MiB of fp32 zeros at most
+MAX_INPUT_DIMS = 4
+DEFAULT_INPUT_SHAPE = (1, 28, 28)
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _bad(message: str) -> NoReturn:
+    from nncompress.errors import ConfigError
+
+    raise ConfigError(message)
+
+
+def _path_text(value: Any, what: str) -> str:
+    if not isinstance(value, str) or not value:
+        _bad(f"{what} must be a path, got {value!r}")
+    if "\0" in value:
+        _bad(f"{what} {value!r} is not a valid path (NUL byte)")
+    return value
+
+
+def _input_file(value: str, what: str) -> Path:
+    """An existing, readable regular file."""
+    _path_text(value, what)
+    path = Path(value)
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        _bad(f"{what} {value!r} does not exist; expected an existing file")
+    except NotADirectoryError:
+        _bad(f"{what} {value!r} does not exist (a folder in the path is a file); expected an existing file")
+    except OSError as exc:
+        _bad(f"{what} {value!r} cannot be read: {exc.strerror or exc}")
+    if stat.S_ISDIR(st.st_mode):
+        _bad(f"{what} {value!r} is a directory; expected a file")
+    if not stat.S_ISREG(st.st_mode):
+        _bad(f"{what} {value!r} is not a regular file; expected a file")
+    if not os.access(path, os.R_OK):
+        _bad(f"{what} {value!r} is not readable (permission denied)")
+    return path
+
+
+def _creatable_folder(folder: Path, what: str, value: str) -> None:
+    """``folder`` exists as a writable directory, or can be created: its nearest existing
+    ancestor is a writable directory (not a file)."""
+    d = folder if str(folder) else Path(".")
+    while True:
+        try:
+            if d.is_symlink() and not d.exists():
+                _bad(f"{what} {value!r}: {str(d)!r} is a broken symbolic link")
+            if d.exists():
+                if not d.is_dir():
+                    _bad(f"{what} {value!r}: {str(d)!r} is a file, not a folder; choose a path in a folder")
+                if not os.access(d, os.W_OK | os.X_OK):
+                    _bad(f"{what} {value!r}: folder {str(d)!r} is not writable")
+                return
+        except OSError as exc:
+            _bad(f"{what} {value!r} is not a usable path: {exc.strerror or exc}")
+        if d.parent == d:
+            return
+        d = d.parent
+
+
+def _output_file(value: str, what: str, *, not_same_as: tuple[Path, ...] = ()) -> Path:
+    """A file path to write: not a directory or special file, in a folder that exists or
+    can be created, and not one of the inputs."""
+    _path_text(value, what)
+    path = Path(value)
+    try:
+        if path.is_dir():
+            _bad(f"{what} {value!r} is a directory; expected a file path (e.g. {str(path / 'model.nnc')!r})")
+        if path.exists() and not path.is_file():
+            _bad(f"{what} {value!r} exists and is not a regular file; expected a file path")
+    except OSError as exc:
+        _bad(f"{what} {value!r} is not a usable path: {exc.strerror or exc}")
+    if value.endswith(("/", os.sep)):
+        _bad(f"{what} {value!r} ends with a path separator; expected a file path, not a folder")
+    _creatable_folder(path.parent, what, value)
+    for other in not_same_as:
+        if path.exists() and other.exists() and os.path.samefile(path, other):
+            _bad(f"{what} {value!r} is the input file itself; choose another path")
+    return path
+
+
+def _output_dir(value: str, what: str) -> Path:
+    """A folder to write into: an existing directory, or a path that can be created."""
+    _path_text(value, what)
+    path = Path(value)
+    try:
+        if path.exists() and not path.is_dir():
+            _bad(f"{what} {value!r} is a file; expected a folder (existing or to be created)")
+    except OSError as exc:
+        _bad(f"{what} {value!r} is not a usable path: {exc.strerror or exc}")
+    _creatable_folder(path, what, value)
+    return path
+
+
+def _positive_int(value: int | None, what: str) -> None:
+    if value is not None and value < 1:
+        _bad(f"{what} must be a positive integer, got {value}")
+
+
+def _fraction(value: float, what: str, *, low_open: bool, allowed: str) -> None:
+    ok = (0.0 < value < 1.0) if low_open else (0.0 <= value < 1.0)
+    if not ok or math.isnan(value):
+        _bad(f"{what} must be {allowed}, got {value:g}")
+
+
+def _check_data(args: argparse.Namespace) -> None:
+    """--data one of the built-in sets, --root an existing folder, and the set present."""
+    from nncompress.data.datasets import DEBIAN_ROOTS, check_data_args, find_idx_root
+
+    check_data_args(args.data, args.root, name_key="--data", root_key="--root")
+    if args.data in DEBIAN_ROOTS:
+        find_idx_root(args.data, args.root)  # DataNotFoundError says how to get it
+
+
+def _check_format_options(args: argparse.Namespace) -> None:
+    """--max-params and --verify-key of the commands that read a .nnc file."""
+    _positive_int(args.max_params, "--max-params")
+    args.key_bytes = None
+    if args.verify_key is not None:
+        key_path = _input_file(args.verify_key, "--verify-key file")
+        args.key_bytes = _read_key(key_path)
+
+
+def _read_key(path: Path) -> bytes:
+    try:
+        from nncompress.format.signing import read_key
+    except ImportError:  # TODO(format rewrite): remove once nncompress.format.signing has landed
+        _bad(f"cannot use key file {str(path)!r}: signing is not available in this build "
+             "(nncompress.format.signing is missing)")
+    return read_key(path)
+
+
+def _format_call(fn: Any, *fargs: Any, max_params: int | None = None, verify_key: bytes | None = None) -> Any:
+    """Call a reader of ``nncompress.format`` with --max-params / --verify-key when given."""
+    extra = {k: v for k, v in (("max_params", max_params), ("verify_key", verify_key)) if v is not None}
+    if extra:
+        # TODO(format rewrite): drop this check once load/load_state/read_info take these keywords
+        params = inspect.signature(fn).parameters
+        missing = [k for k in extra if k not in params]
+        if missing:
+            _bad(f"--{missing[0].replace('_', '-')} is not supported by this build's nncompress.format."
+                 f"{fn.__name__}")
+    return fn(*fargs, **extra)
+
+
+def _read_nnc(fn: Any, args: argparse.Namespace, *fargs: Any) -> Any:
+    """Read the .nnc file ``args.file`` with ``fn``; a file that breaks the reader in any
+    other way than ``FormatError`` is still bad input, reported as such."""
+    from nncompress.errors import FormatError, NNCompressError
+
+    try:
+        return _format_call(fn, args.file, *fargs, max_params=args.max_params, verify_key=args.key_bytes)
+    except FormatError as exc:
+        if args.max_params is not None and "max_params" not in str(exc) and "max-params" not in str(exc):
+            raise FormatError(f"{exc} (read with --max-params {args.max_params})") from exc
+        raise
+    except (NNCompressError, KeyboardInterrupt):
+        raise
+    except Exception as exc:  # noqa: BLE001 - a damaged or hostile file, whatever it broke
+        logging.getLogger(__name__).debug("reading %s failed", args.file, exc_info=True)
+        raise FormatError(f"{args.file}: not a readable .nnc file ({type(exc).__name__}: {exc})") from exc
+
+
+def _check_model_fits(model: Any, x: Any, file: str, data: str) -> None:
+    """Run one image through the model before the real work."""
+    import torch
+
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(x[:1])
+    except Exception as exc:  # noqa: BLE001 - the file's model and the data do not match
+        _bad(f"the model in {file!r} does not accept {data!r} images of shape {list(x.shape[1:])}: "
+             f"{type(exc).__name__}: {exc}")
+
+
+# --------------------------------------------------------------------------- commands
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from nncompress.recipes import load_recipe
     from nncompress.recipes.runner import run_recipe
 
-    recipe = load_recipe(args.recipe)
-    out = Path(args.out or f"runs/{recipe.name}/model.nnc")
-    report_dir = Path(args.report or out.parent / "report")
+    if args.out is not None:
+        _output_file(args.out, "--out")
+    if args.report is not None:
+        _output_dir(args.report, "--report")
+    recipe = load_recipe(args.recipe)  # checks keys, values, model arguments and data root
+    out = _output_file(args.out or f"runs/{recipe.name}/model.nnc", "--out" if args.out else
+                       f"output file (from the recipe name {recipe.name!r})")
+    report_dir = _output_dir(args.report or str(out.parent / "report"), "--report")
+    if out.absolute() == report_dir.absolute():
+        _bad(f"--out {str(out)!r} and --report {str(report_dir)!r} are the same path; the report is a folder")
+    from nncompress.data.datasets import DEBIAN_ROOTS, find_idx_root
+
+    if recipe.data.name in DEBIAN_ROOTS:
+        find_idx_root(recipe.data.name, recipe.data.root)  # before any training
     command = "nncompress " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     report = run_recipe(recipe, out, report_dir, progress=not args.quiet, command=command)
     s = report["summary"]
@@ -37,16 +240,20 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def _original_fp32_bytes(arch: dict | None) -> int | None:
     """fp32 bytes of the built-in model a file's architecture record names, as built (before
-    neuron or channel removal, hashing or decomposition); None for a user-defined model."""
-    from nncompress.analysis.accounting import count_parameters
+    neuron or channel removal, hashing or decomposition); None for a user-defined model.
+    Built on the meta device: a hostile record cannot make it allocate anything."""
+    import torch
+
     from nncompress.models import build_model
 
-    if not arch:
+    if not isinstance(arch, dict):
         return None
     if arch.get("name") == "hashed":
-        arch = arch.get("kwargs", {}).get("base", {})
+        arch = (arch.get("kwargs") or {}).get("base") or {}
     try:
-        return count_parameters(build_model(str(arch["name"]), **dict(arch.get("kwargs", {}))))["dense_fp32_bytes"]
+        with torch.device("meta"):
+            model = build_model(str(arch["name"]), **dict(arch.get("kwargs", {})))
+        return sum(4 * t.numel() for t in model.state_dict().values() if t.is_floating_point())
     except Exception:  # noqa: BLE001 - unknown or damaged record: no original figure
         return None
 
@@ -56,22 +263,43 @@ def _cmd_info(args: argparse.Namespace) -> int:
     from nncompress.analysis.file_table import compression_table, table_markdown
     from nncompress.format import load, read_info
 
-    info = read_info(args.file)
-    table = compression_table(info)
+    _input_file(args.file, ".nnc file")
+    shape = args.input_shape if args.input_shape is not None else DEFAULT_INPUT_SHAPE
+    if not 1 <= len(shape) <= MAX_INPUT_DIMS or any(d < 1 for d in shape):
+        _bad(f"--input-shape {' '.join(map(str, shape))}: expected 1 to {MAX_INPUT_DIMS} positive sizes "
+             "of one input without the batch dimension, e.g. 1 28 28")
+    if math.prod(shape) > MAX_INPUT_ELEMENTS:
+        _bad(f"--input-shape {' '.join(map(str, shape))} has {math.prod(shape):,} elements; at most "
+             f"{MAX_INPUT_ELEMENTS:,} allowed")
+    _check_format_options(args)
+    info = _read_nnc(read_info, args)
+    try:
+        table = compression_table(info)
+    except Exception as exc:  # noqa: BLE001 - a header that parsed but does not add up
+        _bad(f"{args.file}: the tensor table cannot be summarised ({type(exc).__name__}: {exc})")
     original = _original_fp32_bytes(info.arch)
     if original is not None:  # the model before pruning / hashing / decomposition
         table["total"].update(original_fp32_bytes=original, ratio_vs_original=original / max(info.file_bytes, 1))
     out = {"file": args.file, "file_bytes": info.file_bytes, "arch": info.arch,
            "metadata": info.metadata, "table": table}
-    try:
-        import torch
+    import torch
 
-        model = load(args.file)
-        rows = layer_stats(model, torch.zeros(1, *args.input_shape))
-        out["layers"] = [r.to_dict() for r in rows]
-        out["totals"] = totals(rows)
-    except Exception as exc:  # a user model cannot be rebuilt without its class
+    from nncompress.errors import ConfigError
+
+    try:
+        model = _read_nnc(load, args)  # a damaged file: FormatError, exit 2
+    except ConfigError as exc:  # a user-defined model cannot be rebuilt without its class
         out["layers_error"] = str(exc)
+    else:
+        try:
+            rows = layer_stats(model, torch.zeros(1, *shape))
+            out["layers"] = [r.to_dict() for r in rows]
+            out["totals"] = totals(rows)
+        except Exception as exc:  # noqa: BLE001 - the model does not take this input shape
+            if args.input_shape is not None:
+                _bad(f"--input-shape {' '.join(map(str, shape))}: the model in {args.file!r} does not accept "
+                     f"an input of this shape ({type(exc).__name__}: {exc})")
+            out["layers_error"] = f"{type(exc).__name__}: {exc} (set --input-shape to the model's input)"
     energy = _energy_rows(out.get("layers"))
     if energy is not None:
         out["energy"] = energy
@@ -87,6 +315,8 @@ def _cmd_info(args: argparse.Namespace) -> int:
                   f"{r['sparse_macs']:,} |")
         t = out["totals"]
         print(f"| **total** | | {t['weights']:,} | {t['nonzeros']:,} | {t['macs']:,} | {t['sparse_macs']:,} |")
+    elif "layers_error" in out:
+        print(f"\n(no per-layer table: {out['layers_error']})")
     if energy is not None:
         print("\nEnergy estimate (45 nm, Horowitz 2014), per inference:")
         for r in energy["rows"]:
@@ -118,8 +348,13 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from nncompress.format import load
     from nncompress.train import evaluate
 
-    model = load(args.file)
-    result = evaluate(model, load_dataset(args.data, "test", args.root))
+    _input_file(args.file, ".nnc file")
+    _check_data(args)
+    _check_format_options(args)
+    model = _read_nnc(load, args)
+    test = load_dataset(args.data, "test", args.root)
+    _check_model_fits(model, test.tensors[0], args.file, args.data)
+    result = evaluate(model, test)
     result.update(file=args.file, data=args.data)
     if args.json:
         print(json.dumps(result))
@@ -130,18 +365,22 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from safetensors.torch import save_file
+    from safetensors.torch import save as safetensors_bytes
 
     from nncompress.format import load_state
     from nncompress.train.checkpoint import atomic_write_bytes
 
-    state, info = load_state(args.file)
-    tmp = Path(args.out).with_suffix(".tmp-export")
-    save_file({k: v.contiguous() for k, v in state.items()}, str(tmp),
-              metadata={"source": args.file, "arch": json.dumps(info.arch)})
-    atomic_write_bytes(args.out, tmp.read_bytes())
-    tmp.unlink()
-    print(f"wrote {args.out} ({Path(args.out).stat().st_size:,} bytes, dense safetensors)")
+    source = _input_file(args.file, ".nnc file")
+    out = _output_file(args.out, "export output", not_same_as=(source,))
+    _check_format_options(args)
+    state, info = _read_nnc(load_state, args)
+    try:
+        blob = safetensors_bytes({k: v.contiguous() for k, v in state.items()},
+                                 metadata={"source": args.file, "arch": json.dumps(info.arch)})
+    except Exception as exc:  # noqa: BLE001 - tensors safetensors cannot hold: the file's fault
+        _bad(f"{args.file}: its tensors cannot be written as safetensors ({type(exc).__name__}: {exc})")
+    atomic_write_bytes(out, blob)  # through a temp file that is never left behind
+    print(f"wrote {args.out} ({len(blob):,} bytes, dense safetensors)")
     return 0
 
 
@@ -150,16 +389,28 @@ def _cmd_sensitivity(args: argparse.Namespace) -> int:
 
     from nncompress.data import load_dataset
     from nncompress.format import load
-    from nncompress.prune.structured import sensitivity_analysis
+    from nncompress.prune.structured import CRITERIA, sensitivity_analysis
     from nncompress.report.writer import write_json
 
-    model = load(args.file)
+    _input_file(args.file, ".nnc file")
+    _check_data(args)
+    if args.criterion not in CRITERIA:
+        _bad(f"--criterion {args.criterion!r} is not known; allowed: {', '.join(CRITERIA)}")
+    if not args.ratios:
+        _bad("--ratios needs at least one fraction in (0, 1)")
+    for r in args.ratios:
+        _fraction(r, "--ratios", low_open=True, allowed="fractions in (0, 1) (channels removed per layer)")
+    _fraction(args.mac_target, "--mac-target", low_open=False, allowed="a fraction in [0, 1) (MACs removed)")
+    _positive_int(args.samples, "--samples")
+    out = _output_dir(args.out, "--out")
+    _check_format_options(args)
+    model = _read_nnc(load, args)
     test = load_dataset(args.data, "test", args.root)
     g = torch.Generator().manual_seed(0)
     idx = torch.randperm(len(test), generator=g)[: args.samples]
     x, y = test.tensors[0][idx], test.tensors[1][idx]
+    _check_model_fits(model, x, args.file, args.data)
     res = sensitivity_analysis(model, (x, y), args.ratios, criterion=args.criterion)
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     res.plot(out / "sensitivity.png")
     suggested = res.suggest_ratios(args.mac_target)
@@ -175,6 +426,22 @@ def _cmd_sensitivity(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_sign(args: argparse.Namespace) -> int:
+    source = _input_file(args.file, ".nnc file")
+    key_path = _input_file(args.key, "--key file")
+    out = _output_file(args.out, "--out") if args.out is not None else source
+    if os.path.samefile(source, key_path):
+        _bad(f"the .nnc file {args.file!r} and the --key file {args.key!r} are the same file")
+    if out.exists() and os.path.samefile(out, key_path):
+        _bad(f"--out {args.out!r} is the key file; choose another path")
+    key = _read_key(key_path)
+    from nncompress.format.signing import sign_file
+
+    written = sign_file(source, key, out=None if args.out is None else out)
+    print(f"signed {args.file} -> {written}")
+    return 0
+
+
 def _cmd_recipes(args: argparse.Namespace) -> int:
     from nncompress.recipes import STAGES, builtin_recipes
 
@@ -183,10 +450,18 @@ def _cmd_recipes(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_format_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--max-params", type=int, metavar="N",
+                   help="refuse a file that would decode to more than N parameters")
+    p.add_argument("--verify-key", metavar="KEYFILE",
+                   help="refuse a file not signed with this key (see 'nncompress sign')")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``nncompress`` command."""
     p = argparse.ArgumentParser(prog="nncompress", description=__doc__.splitlines()[0])
-    p.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
+    p.add_argument("-v", "--verbose", action="count", default=0,
+                   help="more logging (-vv for debug) and a traceback on errors")
     sub = p.add_subparsers(dest="command")
     r = sub.add_parser("run", help="run a YAML recipe (default: the Deep Compression LeNet-300-100 job)")
     r.add_argument("recipe", nargs="?", default=DEFAULT_RECIPE, help="YAML path or built-in name")
@@ -197,47 +472,111 @@ def build_parser() -> argparse.ArgumentParser:
     i = sub.add_parser("info", help="per-layer table of a .nnc file")
     i.add_argument("file")
     i.add_argument("--json", action="store_true")
-    i.add_argument("--input-shape", type=int, nargs="+", default=[1, 28, 28])
+    i.add_argument("--input-shape", type=int, nargs="+",
+                   help=f"one input without the batch dimension (1-{MAX_INPUT_DIMS} positive sizes; "
+                        "default 1 28 28)")
+    _add_format_options(i)
     i.set_defaults(fn=_cmd_info)
     e = sub.add_parser("eval", help="accuracy of a .nnc file on a dataset's test split")
     e.add_argument("file")
     e.add_argument("--data", default="fashion-mnist", help="fashion-mnist, mnist or digits")
     e.add_argument("--root", help="folder with the IDX files")
     e.add_argument("--json", action="store_true")
+    _add_format_options(e)
     e.set_defaults(fn=_cmd_eval)
     x = sub.add_parser("export", help="write the dense weights as safetensors")
     x.add_argument("file")
     x.add_argument("out")
+    _add_format_options(x)
     x.set_defaults(fn=_cmd_export)
     sv = sub.add_parser("sensitivity", help="per-layer channel-pruning sensitivity curves of a .nnc model")
     sv.add_argument("file")
-    sv.add_argument("--data", default="fashion-mnist")
-    sv.add_argument("--root")
+    sv.add_argument("--data", default="fashion-mnist", help="fashion-mnist, mnist or digits")
+    sv.add_argument("--root", help="folder with the IDX files")
     sv.add_argument("--criterion", default="l1")
-    sv.add_argument("--ratios", type=float, nargs="+", default=[0.25, 0.5, 0.75])
-    sv.add_argument("--samples", type=int, default=2000, help="test images to evaluate on")
-    sv.add_argument("--mac-target", type=float, default=0.5, help="fraction of MACs to remove")
+    sv.add_argument("--ratios", type=float, nargs="+", default=[0.25, 0.5, 0.75],
+                    help="fractions of channels removed, each in (0, 1)")
+    sv.add_argument("--samples", type=int, default=2000, help="test images to evaluate on (>= 1)")
+    sv.add_argument("--mac-target", type=float, default=0.5, help="fraction of MACs to remove, in [0, 1)")
     sv.add_argument("--out", default="sensitivity", help="output folder")
+    _add_format_options(sv)
     sv.set_defaults(fn=_cmd_sensitivity)
+    sg = sub.add_parser("sign", help="sign a .nnc file with a key (then check it with --verify-key)",
+                        description="Sign a .nnc file with a secret key. Make a key with "
+                                    "`head -c 32 /dev/urandom > key` and keep it private; "
+                                    "info/eval/export/sensitivity --verify-key key then refuse "
+                                    "files not signed with it.")
+    sg.add_argument("file")
+    sg.add_argument("--key", required=True, metavar="KEYFILE",
+                    help="secret key file (make one with: head -c 32 /dev/urandom > key)")
+    sg.add_argument("--out", help="write the signed copy here (default: sign FILE in place)")
+    sg.set_defaults(fn=_cmd_sign)
     ls = sub.add_parser("recipes", help="list built-in recipes and stages")
     ls.set_defaults(fn=_cmd_recipes)
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of the console script."""
+def _error_line(exc: BaseException) -> str:
+    """One line for an error caused by the input."""
+    if isinstance(exc, OSError) and exc.filename is not None:
+        names = repr(str(exc.filename)) + (f" -> {str(exc.filename2)!r}" if exc.filename2 is not None else "")
+        return f"{names}: {exc.strerror or type(exc).__name__}"
+    if isinstance(exc, MemoryError):
+        return f"not enough memory for this input ({exc or 'MemoryError'})"
+    if isinstance(exc, RecursionError):
+        return f"input nested too deeply ({exc})"
+    text = str(exc).strip()
     from nncompress.errors import NNCompressError
 
-    args = build_parser().parse_args(argv)
+    if not isinstance(exc, NNCompressError):
+        text = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    return " ".join(text.split("\n")) if len(text) < 2000 else text[:2000] + "..."
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the console script: 0 on success, 2 for bad input (one line on
+    stderr naming the value), 1 for an internal error, 130 when interrupted. ``-v`` adds
+    the traceback."""
+    import traceback
+
+    from nncompress.errors import NNCompressError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
     logging.basicConfig(level=[logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)],
                         format="%(levelname)s %(name)s: %(message)s")
     if args.command is None:
-        args = build_parser().parse_args(["run", *(argv or [])])
+        verbose = args.verbose
+        args = parser.parse_args(["run"])
+        args.verbose = verbose
+    bad_input: tuple[type[BaseException], ...] = (NNCompressError, OSError, ValueError, MemoryError,
+                                                  RecursionError, OverflowError)
+    try:
+        import yaml
+
+        bad_input += (yaml.YAMLError,)
+    except ImportError:  # pragma: no cover
+        pass
     try:
         return args.fn(args)
-    except NNCompressError as exc:
-        print(f"nncompress: error: {exc}", file=sys.stderr)
-        return 2
+    except KeyboardInterrupt:
+        if args.verbose:
+            traceback.print_exc()
+        print("nncompress: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except bad_input as exc:
+        if args.verbose:
+            traceback.print_exc()
+        print(f"nncompress: error: {_error_line(exc)}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except Exception as exc:  # noqa: BLE001 - a bug: one line, the traceback with -v
+        if args.verbose:
+            traceback.print_exc()
+            print(f"nncompress: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        else:
+            print(f"nncompress: internal error: {type(exc).__name__}: {exc} (run with -v for the traceback)",
+                  file=sys.stderr)
+        return EXIT_INTERNAL
 
 
 if __name__ == "__main__":

@@ -34,6 +34,28 @@ _HOW_TO_GET = {
 }
 
 
+def check_data_args(name: str, root: str | Path | None = None, *, name_key: str = "name",
+                    root_key: str = "root", check_name: bool = True) -> None:
+    """``ConfigError`` unless ``name`` is a built-in dataset and ``root`` (when given) an
+    existing folder; the message names the key (``name_key`` / ``root_key``), the value and
+    what is allowed. A root that does not exist is never passed over silently."""
+    if check_name and (not isinstance(name, str) or name not in DATASETS):
+        raise ConfigError(f"{name_key}: unknown dataset {name!r}; allowed: {', '.join(DATASETS)}")
+    if root is None:
+        return
+    if not isinstance(root, (str, os.PathLike)) or not str(root):
+        raise ConfigError(f"{root_key} must be a folder path, got {root!r}")
+    folder = Path(root)
+    try:
+        exists, is_dir = folder.exists(), folder.is_dir()
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{root_key} {str(root)!r} is not a usable path ({exc})") from exc
+    if not is_dir:
+        what = "is not a directory" if exists else "does not exist"
+        raise ConfigError(f"{root_key} {str(root)!r} {what}; give an existing folder with the dataset's IDX "
+                          "files, or leave it out to use $NNCOMPRESS_DATA or the Debian location")
+
+
 def _find_file(folder: Path, stem: str) -> Path | None:
     for name in (stem + ".gz", stem, stem.replace("-idx", ".idx")):
         if (folder / name).is_file():
@@ -116,6 +138,7 @@ def load_dataset(name: str, split: str = "train", root: str | Path | None = None
     """
     if split not in ("train", "test"):
         raise ConfigError(f"split {split!r} is not allowed; use 'train' or 'test'")
+    check_data_args(name, root, check_name=False)
     if name == "digits":
         return load_digits_dataset(split)
     if name in DEBIAN_ROOTS:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -13,11 +14,19 @@ from nncompress.errors import ConfigError
 from nncompress.recipes.stages import STAGES
 from nncompress.recipes.validate import from_dict
 
+MAX_RECIPE_BYTES = 1 << 20  # a recipe is a page of YAML; anything near this is not one
+MAX_MODEL_PARAMETERS = 1 << 30  # 4 GiB of fp32 weights: model arguments beyond this are a typo
+CPU_CHECK_PARAMETERS = 1 << 26  # up to 256 MiB of fp32 weights: built and run once on the CPU
+NUM_CLASSES = 10  # every built-in dataset (fashion-mnist, mnist, digits) has 10 classes
+
 
 @dataclass
 class ModelSpec:
     name: str = "lenet300"
     kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        check_model_spec(self.name, self.kwargs)
 
 
 @dataclass
@@ -25,6 +34,75 @@ class DataSpec:
     name: str = "fashion-mnist"
     root: str | None = None
     train_subset: int | None = None
+
+    def __post_init__(self) -> None:
+        from nncompress.data.datasets import check_data_args
+
+        check_data_args(self.name, self.root)
+        n = self.train_subset
+        if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+            raise ConfigError(f"train_subset must be a positive integer (training images to use), got {n!r}")
+
+
+def check_model_spec(name: str, kwargs: dict[str, Any]) -> None:
+    """Build the model and run one batch of 1x28x28 images through it, so that an unknown
+    model, an unknown or bad argument (a negative width, a dropout of 2) or a model that does
+    not fit the data fails when the recipe is read, before any training. The parameter count
+    comes from a build on torch's meta device (no memory), so absurd widths are refused
+    without allocating; a model of sane size is then built and run on the CPU (milliseconds
+    for the built-in nets; a forward pass on the meta device would cost a second of torch's
+    decomposition machinery). ``ConfigError`` names the model and its arguments."""
+    import torch
+
+    from nncompress.models import MODELS, build_model
+
+    if not isinstance(name, str) or name not in MODELS:
+        raise ConfigError(f"name: unknown model {name!r}; allowed: {', '.join(sorted(MODELS))}")
+    shown = f"model {name!r} with kwargs {_short(dict(kwargs), 200)}"
+    _no_negative_counts(kwargs, "kwargs")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                with torch.device("meta"):
+                    n = sum(p.numel() for p in build_model(name, **kwargs).parameters())
+            except ConfigError:
+                raise
+            except Exception:  # noqa: BLE001 - a constructor that reads real values: count on the CPU below
+                n = None
+            if n is not None and n > MAX_MODEL_PARAMETERS:
+                raise ConfigError(f"it has {n:,} parameters, more than the {MAX_MODEL_PARAMETERS:,} allowed: "
+                                  "check the widths")
+            if n is not None and n > CPU_CHECK_PARAMETERS:
+                return  # large but allowed: not worth building twice just to check
+            model = build_model(name, **kwargs)
+            model.eval()
+            with torch.no_grad():
+                out = model(torch.zeros(2, 1, 28, 28))
+    except ConfigError as exc:
+        raise ConfigError(f"bad {shown}: {exc}") from exc
+    except (TypeError, ValueError, RuntimeError, IndexError, KeyError, ZeroDivisionError) as exc:
+        raise ConfigError(f"bad {shown}: {type(exc).__name__}: {exc}") from exc
+    if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[1] < NUM_CLASSES:
+        shape = list(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ConfigError(f"bad {shown}: it maps a batch of 1x28x28 images to {shape}, not to (batch, "
+                          f">= {NUM_CLASSES}) class scores")
+
+
+def _no_negative_counts(value: Any, where: str) -> None:
+    """Model arguments are widths, counts, sizes and probabilities: none is negative (a
+    ``seed`` may be anything)."""
+    if isinstance(value, bool):
+        return
+    if isinstance(value, (int, float)) and value < 0:
+        raise ConfigError(f"{where} must be >= 0 (a width, count or size), got {value!r}")
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if str(k) != "seed":
+                _no_negative_counts(v, f"{where}.{k}")
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            _no_negative_counts(v, f"{where}[{i}]")
 
 
 @dataclass
@@ -54,7 +132,8 @@ def parse_recipe(raw: Any, source: str = "recipe") -> Recipe:
         'evaluate'
     """
     if not isinstance(raw, dict):
-        raise ConfigError(f"{source}: a recipe is a mapping with keys {sorted(_TOP_KEYS)}")
+        raise ConfigError(f"{source}: a recipe is a YAML mapping with keys {sorted(_TOP_KEYS)}, "
+                          f"got {type(raw).__name__} {_short(raw)}")
     unknown = sorted(set(raw) - _TOP_KEYS)
     if unknown:
         raise ConfigError(f"{source}: unknown key(s) {unknown}; allowed: {sorted(_TOP_KEYS)}")
@@ -71,8 +150,8 @@ def parse_recipe(raw: Any, source: str = "recipe") -> Recipe:
         spec = STAGES.get(name)
         stages.append(Stage(name, from_dict(spec.config, opts, f"{source}: stages[{i}].{name}")))
     seed = raw.get("seed", 0)
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise ConfigError(f"{source}: seed must be an integer, got {seed!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
+        raise ConfigError(f"{source}: seed must be an integer in [0, 2**63), got {seed!r}")
     return Recipe(
         name=str(raw.get("name", Path(source).stem)),
         model=from_dict(ModelSpec, raw.get("model"), f"{source}: model"),
@@ -87,13 +166,47 @@ def builtin_recipes() -> list[str]:
     return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
 
 
+def _short(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _recipe_text(path: Path) -> str:
+    """The text of a recipe file; ``ConfigError`` naming the file when it is not YAML text."""
+    try:
+        size = path.stat().st_size
+        if size > MAX_RECIPE_BYTES:
+            raise ConfigError(f"recipe file {path} is {size:,} bytes; a recipe is a YAML text file of at "
+                              f"most {MAX_RECIPE_BYTES:,} bytes")
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"recipe file {path} cannot be read: {exc.strerror or exc}") from exc
+    if b"\0" in data:
+        raise ConfigError(f"recipe file {path} is a binary file (it holds NUL bytes), not YAML text")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"recipe file {path} is not UTF-8 text (bad byte 0x{data[exc.start]:02x} at offset "
+                          f"{exc.start}); a recipe is a YAML text file") from exc
+
+
 def load_recipe(name_or_path: str | Path) -> Recipe:
-    """Load a built-in recipe by name or a YAML file by path."""
+    """Load a built-in recipe by name or a YAML file by path.
+
+    Anything that is not a recipe raises ``ConfigError`` naming the file: a missing path, a
+    folder, a binary or non-UTF-8 file, YAML that does not parse or is not a mapping.
+    """
     path = Path(name_or_path)
-    if path.suffix in (".yaml", ".yml") or path.exists():
+    if path.suffix in (".yaml", ".yml") or path.exists() or path.is_symlink() or "/" in str(name_or_path):
+        if not path.exists():
+            raise ConfigError(f"recipe file {path} does not exist; give a YAML file or a built-in name "
+                              f"({', '.join(builtin_recipes())})")
+        if path.is_dir():
+            raise ConfigError(f"recipe {path} is a directory; give a YAML file or a built-in name "
+                              f"({', '.join(builtin_recipes())})")
         if not path.is_file():
-            raise ConfigError(f"recipe file {path} does not exist")
-        text, source = path.read_text(), str(path)
+            raise ConfigError(f"recipe {path} is not a regular file; give a YAML file")
+        text, source = _recipe_text(path), str(path)
     else:
         names = builtin_recipes()
         if str(name_or_path) not in names:
@@ -104,4 +217,6 @@ def load_recipe(name_or_path: str | Path) -> Recipe:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{source}: invalid YAML ({exc})") from exc
+    except RecursionError as exc:
+        raise ConfigError(f"{source}: YAML nested too deeply to be a recipe") from exc
     return parse_recipe(raw, source)
