@@ -50,7 +50,7 @@ def test_user_model_needs_skeleton_and_resizes(tmp_path):
     small = nn.Sequential(nn.Conv2d(1, 6, 3), nn.BatchNorm2d(6), nn.ReLU(), nn.Flatten(), nn.Linear(6 * 4, 5))
     small[1].running_mean.uniform_()
     nncompress.save(small, tmp_path / "s.nnc")
-    with pytest.raises(ConfigError, match="skeleton"):
+    with pytest.raises(FormatError, match="skeleton"):
         nncompress.load(tmp_path / "s.nnc")
     back = nncompress.load(tmp_path / "s.nnc", model=model)
     assert back[0].out_channels == 6 and back[1].num_features == 6 and back[4].in_features == 24

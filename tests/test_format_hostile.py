@@ -254,3 +254,47 @@ def test_committed_files_still_load_bit_identically():
         state, _ = nncompress.format.load_state(f)
         model = nncompress.load(f)
         assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+
+
+def test_second_campaign_findings(tmp_path, small_file):
+    """What the 10,000-file campaign still found after the first hardening."""
+    def no_arch(meta, sections):
+        meta["arch"] = None
+    _rejects(_edit(small_file, no_arch), "skeleton")
+
+    def on_dropout(meta, sections):
+        meta["activations"] = {"drop0": {"kind": "xnor"}}
+    _rejects(_edit(small_file, on_dropout), "drop0")
+
+    resnet = build_model("resnet20", widths=[4, 4, 4], blocks=1)
+    path = tmp_path / "r.nnc"
+    nncompress.save(resnet, path)
+
+    def many_blocks(meta, sections):
+        meta["arch"]["kwargs"]["blocks"] = 10000
+    _rejects(_edit(path, many_blocks), "blocks")
+
+
+def test_lowrank_geometry_and_hashed_buckets(tmp_path):
+    from nncompress.decompose import decompose
+    from nncompress.models.hashed_arch import record_hashed_arch
+    from nncompress.quantize.hashed import hash_model
+
+    model, _ = decompose(build_model("lenet5"), {"conv1": {"method": "separable", "rank": 2}})
+    path = tmp_path / "lr.nnc"
+    nncompress.save(model, path)
+    assert nncompress.load(path) is not None
+    for key, value in (("padding", [1000000, 1000000]), ("padding", [True, 0]), ("stride", [10**9, 1])):
+        def geom(meta, sections, key=key, value=value):
+            meta["lowrank"]["conv1"]["geometry"][key] = value
+        _rejects(_edit(path, geom), key)
+
+    hashed = build_model("lenet300", in_features=16)
+    hash_model(hashed, buckets={"fc3": 20})
+    record_hashed_arch(hashed)
+    hpath = tmp_path / "h.nnc"
+    nncompress.save(hashed, hpath)
+
+    def one_bucket(meta, sections):
+        meta["arch"]["kwargs"]["layers"]["fc3"]["buckets"] = 1
+    _rejects(_edit(hpath, one_bucket), "cannot be resized")

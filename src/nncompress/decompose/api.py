@@ -21,6 +21,7 @@ from torch import nn
 from nncompress.decompose.btd import btd_conv
 from nncompress.decompose.common import (
     check_fraction,
+    check_geometry,
     check_rank,
     count_macs,
     count_params,
@@ -297,6 +298,8 @@ def apply_lowrank_spec(model: nn.Module, spec: Mapping[str, Mapping[str, Any]],
     """
     try:
         if max_elements is not None:
+            for name, entry in spec.items():
+                check_geometry(entry["geometry"], str(name)[:80])
             with torch.device("meta"):
                 declared = sum(p.numel() for entry in spec.values()
                                for p in skeleton(entry["method"], entry["geometry"],
@@ -306,7 +309,7 @@ def apply_lowrank_spec(model: nn.Module, spec: Mapping[str, Mapping[str, Any]],
                 raise ConfigError(f"the low-rank layers declare {declared:,} parameters, more than "
                                   f"the {max_elements:,} allowed")
         for name, entry in spec.items():
-            geom = entry["geometry"]
+            geom = check_geometry(entry["geometry"], str(name)[:80])
             sizes = [*entry["ranks"], entry.get("groups", 1), geom["in"], geom["out"], *geom.get("kernel", [])]
             if max_dim is not None and any(int(v) < 1 or int(v) > max_dim for v in sizes):
                 raise ValueError(f"{name}: sizes {sizes} outside [1, {max_dim}]")

@@ -38,6 +38,47 @@ def layer_geometry(layer: nn.Module, name: str = "layer") -> dict[str, Any]:
     raise ConfigError(f"{name}: {type(layer).__name__} cannot be decomposed; allowed: Linear, Conv2d")
 
 
+def check_geometry(geom: Any, name: str = "layer") -> dict[str, Any]:
+    """Validate a geometry record read from a file (what :func:`layer_geometry` writes):
+    exact keys, ``in``/``out`` >= 1, and for a conv 2-element kernel, stride, padding and
+    dilation lists of ints with kernel, stride, dilation in 1..64 and padding in
+    0..max(16, dilation x (kernel - 1)) (beyond that a layer mostly sees zeros). Raises ``ConfigError``.
+
+    Example:
+        >>> check_geometry({"type": "linear", "in": 4, "out": 3, "bias": True})["out"]
+        3
+    """
+    def ints(key: str, lo: int, hi: int, n: int | None = None) -> list[int]:
+        value = geom.get(key)
+        values = value if n is not None else [value]
+        if n is not None and (type(value) is not list or len(value) != n):
+            raise ConfigError(f"{name}: geometry {key} = {str(value)[:40]} is not a list of {n} ints")
+        for v in values:
+            if type(v) is not int or not lo <= v <= hi:
+                raise ConfigError(f"{name}: geometry {key} = {str(value)[:40]} is outside {lo}..{hi}")
+        return values
+
+    if not isinstance(geom, dict) or geom.get("type") not in ("linear", "conv2d"):
+        raise ConfigError(f"{name}: geometry {str(geom)[:80]} is not a linear or conv2d record")
+    keys = {"type", "in", "out", "bias"} | ({"kernel", "stride", "padding", "dilation"}
+                                            if geom["type"] == "conv2d" else set())
+    if set(geom) != keys:
+        raise ConfigError(f"{name}: geometry keys {sorted(geom)} are not {sorted(keys)}")
+    ints("in", 1, 2**31)
+    ints("out", 1, 2**31)
+    if type(geom["bias"]) is not bool:
+        raise ConfigError(f"{name}: geometry bias = {str(geom['bias'])[:40]} is not true or false")
+    if geom["type"] == "conv2d":
+        kernel = ints("kernel", 1, 64, 2)
+        ints("stride", 1, 64, 2)
+        dilation = ints("dilation", 1, 64, 2)
+        for axis, pad in enumerate(ints("padding", 0, 64 * 63, 2)):
+            if pad > max(dilation[axis] * (kernel[axis] - 1), 16):
+                raise ConfigError(f"{name}: geometry padding {geom['padding']} exceeds max(16, dilation "
+                                  f"x (kernel - 1) = {dilation[axis] * (kernel[axis] - 1)})")
+    return geom
+
+
 def require_conv(geom: dict[str, Any], method: str, name: str = "layer") -> None:
     """Raise ``ConfigError`` unless ``geom`` describes a Conv2d (``method`` needs one)."""
     if geom["type"] != "conv2d":

@@ -374,7 +374,8 @@ def load(path: str | Path, model: nn.Module | None = None, *, verify_key=None,
     source = str(path)
     container, info, budget = _read(path, verify_key, max_params)
     if model is None and not info.arch:
-        raise ConfigError(f"{path} holds a user-defined model; pass a skeleton: load(path, model=MyNet())")
+        raise FormatError(f"{path} holds a user-defined model (no architecture record); pass a "
+                          "skeleton: load(path, model=MyNet())")
     if model is None:
         model = _build_arch(info.arch, budget, source)
     state = {t["name"]: _decode_tensor(t, container, f"{source}: tensor {t['name']!r}")

@@ -8,8 +8,13 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
+from nncompress.errors import FormatError
+
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _NORM = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.LayerNorm, nn.GroupNorm)
+RESIZABLE = (nn.Linear, *_CONV, *_NORM)
+"""Modules whose tensors may take the stored shapes (structured pruning); a stored shape
+that differs anywhere else (e.g. a hashed layer's buckets) is a damaged file."""
 
 
 def _set_tensor(module: nn.Module, name: str, shape: torch.Size) -> None:
@@ -39,6 +44,10 @@ def resize_to_state(model: nn.Module, shapes: Mapping[str, torch.Size]) -> list[
         if key in current and tuple(current[key].shape) != tuple(shape):
             mod_name, _, attr = key.rpartition(".")
             mod = model.get_submodule(mod_name) if mod_name else model
+            if not isinstance(mod, RESIZABLE):
+                raise FormatError(f"tensor {key!r} has shape {list(shape)}, the model's "
+                                  f"{type(mod).__name__} holds {list(current[key].shape)} and cannot "
+                                  f"be resized (only {', '.join(t.__name__ for t in RESIZABLE)} can)")
             _set_tensor(mod, attr, torch.Size(shape))
             changed[mod_name] = mod
     for mod in changed.values():

@@ -7,6 +7,12 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from nncompress.errors import ConfigError
+
+MAX_BLOCKS = 64
+"""Most blocks per stage (ResNet-20 has 3; ResNet-110 on CIFAR has 18)."""
+MAX_STAGES = 8
+
 
 def projection_shortcut(in_ch: int, out_ch: int, stride: int) -> nn.Module:
     """Identity when shapes match, else a strided 1x1 conv + BatchNorm (ResNet option B).
@@ -55,6 +61,10 @@ class ResNet20(nn.Module):
         blocks: int = 3,
     ):
         super().__init__()
+        if isinstance(blocks, bool) or not isinstance(blocks, int) or not 1 <= blocks <= MAX_BLOCKS:
+            raise ConfigError(f"blocks={blocks!r} is not allowed; use an int in 1..{MAX_BLOCKS}")
+        if not isinstance(widths, (list, tuple)) or not 1 <= len(widths) <= MAX_STAGES:
+            raise ConfigError(f"widths={str(widths)[:60]} is not allowed; use 1..{MAX_STAGES} ints")
         self.conv1 = nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(widths[0])
         layers: list[nn.Module] = []

@@ -173,6 +173,15 @@ def activation_spec(model: nn.Module) -> dict[str, dict[str, Any]]:
     return dict(getattr(model, ACT_ATTR, {}))
 
 
+def _quantizable(mod: nn.Module | None) -> bool:
+    """A layer that can carry an input quantizer: Linear/Conv (or a subclass / a layer with
+    a weight of its own, such as a hashed layer)."""
+    if isinstance(mod, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+        return True
+    return mod is not None and next(mod.children(), None) is None and \
+        isinstance(getattr(mod, "weight", None), torch.Tensor) and not isinstance(mod, nn.modules.batchnorm._NormBase)
+
+
 def apply_activation_spec(model: nn.Module, spec: dict[str, dict[str, Any]]) -> nn.Module:
     """(Re-)attach input quantizers to plain layers as forward pre-hooks (replacing any
     attached before); ``spec`` comes from ``activation_spec``. Returns ``model``.
@@ -187,9 +196,9 @@ def apply_activation_spec(model: nn.Module, spec: dict[str, dict[str, Any]]) -> 
     for name, s in spec.items():
         aq = make_activation(s)
         mod = layers.get(name)
-        if mod is None or mod is model or next(mod.children(), None) is not None:
+        if not _quantizable(mod):
             raise ConfigError(f"activation spec names layer {str(name)[:80]!r}, which is not a "
-                              "layer (leaf module) of the model")
+                              "Linear or Conv layer of the model")
         handles.append(
             mod.register_forward_pre_hook(lambda m, args, aq=aq: (aq(args[0]), *args[1:]))
         )
