@@ -9,7 +9,6 @@ line ``nncompress: error: ...`` naming the value and what is allowed, and exit s
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import logging
 import math
@@ -152,25 +151,9 @@ def _check_format_options(args: argparse.Namespace) -> None:
 
 
 def _read_key(path: Path) -> bytes:
-    try:
-        from nncompress.format.signing import read_key
-    except ImportError:  # TODO(format rewrite): remove once nncompress.format.signing has landed
-        _bad(f"cannot use key file {str(path)!r}: signing is not available in this build "
-             "(nncompress.format.signing is missing)")
-    return read_key(path)
+    from nncompress.format.signing import read_key
 
-
-def _format_call(fn: Any, *fargs: Any, max_params: int | None = None, verify_key: bytes | None = None) -> Any:
-    """Call a reader of ``nncompress.format`` with --max-params / --verify-key when given."""
-    extra = {k: v for k, v in (("max_params", max_params), ("verify_key", verify_key)) if v is not None}
-    if extra:
-        # TODO(format rewrite): drop this check once load/load_state/read_info take these keywords
-        params = inspect.signature(fn).parameters
-        missing = [k for k in extra if k not in params]
-        if missing:
-            _bad(f"--{missing[0].replace('_', '-')} is not supported by this build's nncompress.format."
-                 f"{fn.__name__}")
-    return fn(*fargs, **extra)
+    return read_key(path)  # ConfigError naming the file for a missing, empty or odd-sized key
 
 
 def _read_nnc(fn: Any, args: argparse.Namespace, *fargs: Any) -> Any:
@@ -179,7 +162,7 @@ def _read_nnc(fn: Any, args: argparse.Namespace, *fargs: Any) -> Any:
     from nncompress.errors import FormatError, NNCompressError
 
     try:
-        return _format_call(fn, args.file, *fargs, max_params=args.max_params, verify_key=args.key_bytes)
+        return fn(args.file, *fargs, max_params=args.max_params, verify_key=args.key_bytes)
     except FormatError as exc:
         if args.max_params is not None and "max_params" not in str(exc) and "max-params" not in str(exc):
             raise FormatError(f"{exc} (read with --max-params {args.max_params})") from exc
