@@ -241,7 +241,7 @@ def _seed_builders() -> dict[str, tuple[list[int], Callable[[Path], None]]]:
         nncompress.save(m.eval(), p)
 
     def hashed(p):
-        from nncompress.quantize.hashed import hash_model
+        from nncompress.quantize.hashed_arch import hash_model
 
         nncompress.save(hash_model(lenet300(), ratio=1 / 16, seed=3).eval(), p)
 

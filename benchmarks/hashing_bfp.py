@@ -33,7 +33,7 @@ from torch import nn
 from nncompress.data import load_dataset
 from nncompress.models import build_model
 from nncompress.quantize.bfp import bfp_round, bfp_storage_bits
-from nncompress.quantize.hashed import hash_model
+from nncompress.quantize.hashed_arch import hash_model
 from nncompress.train import TrainConfig, evaluate, fit
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

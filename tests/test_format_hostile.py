@@ -169,8 +169,7 @@ def test_activation_record_ranges(tmp_path, small_file):
 
 
 def test_hashed_record_ranges(tmp_path):
-    from nncompress.models.hashed_arch import record_hashed_arch
-    from nncompress.quantize.hashed import hash_model
+    from nncompress.quantize.hashed_arch import hash_model, record_hashed_arch
 
     model = build_model("lenet300", in_features=16)
     hash_model(model, buckets={"fc1": 50})
@@ -188,11 +187,11 @@ def test_hashed_record_ranges(tmp_path):
 def test_removed_blocks_and_lowrank_records(tmp_path, small_file):
     def blocks(meta, sections):
         meta["removed_blocks"] = ["layers.99"]
-    _rejects(_edit(small_file, blocks), "removed-blocks")
+    _rejects(_edit(small_file, blocks), "removed_blocks record")
 
     def lowrank(meta, sections):
         meta["lowrank"] = {"fc1": {"method": "svd", "ranks": [10**9], "geometry": {"in": 16, "out": 300}}}
-    _rejects(_edit(small_file, lowrank), "low-rank")
+    _rejects(_edit(small_file, lowrank), "lowrank record")
 
 
 def test_forward_check_on_recorded_input_shape(small_file):
@@ -277,8 +276,7 @@ def test_second_campaign_findings(tmp_path, small_file):
 
 def test_lowrank_geometry_and_hashed_buckets(tmp_path):
     from nncompress.decompose import decompose
-    from nncompress.models.hashed_arch import record_hashed_arch
-    from nncompress.quantize.hashed import hash_model
+    from nncompress.quantize.hashed_arch import hash_model, record_hashed_arch
 
     model, _ = decompose(build_model("lenet5"), {"conv1": {"method": "separable", "rank": 2}})
     path = tmp_path / "lr.nnc"

@@ -9,10 +9,10 @@ from nncompress.quantize.hashed import (
     HashedConv2d,
     HashedLinear,
     hash_index,
-    hash_model,
     hash_sign,
     hashed_from_linear,
 )
+from nncompress.quantize.hashed_arch import hash_model
 
 
 def test_hash_deterministic_and_seed_dependent():

@@ -43,6 +43,8 @@ from nncompress.decompose.tucker import (
     tucker2_ratio_ranks,
 )
 from nncompress.errors import ConfigError
+from nncompress.format.records import ModelRecord, RestoreContext, register_record
+from nncompress.modules import set_submodule
 
 log = logging.getLogger(__name__)
 METHODS = ("svd", "separable", "tucker2", "cp", "btd")
@@ -229,12 +231,6 @@ def _input_shapes(model: nn.Module, names: list[str], example_input: torch.Tenso
     return shapes
 
 
-def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    setattr(parent, child, module)
-
-
 def decompose(model: nn.Module, spec: Mapping[str, LowRankConfig | Mapping[str, Any]],
               example_input: torch.Tensor | None = None) -> tuple[nn.Module, DecomposeReport]:
     """Replace the layers named in ``spec`` (module name or glob -> config) in place by
@@ -264,7 +260,7 @@ def decompose(model: nn.Module, spec: Mapping[str, LowRankConfig | Mapping[str, 
         rep = LayerReport(name, cfg.method, ranks, count_params(layer), count_params(new))
         if name in shapes:
             rep.macs_before, rep.macs_after = count_macs(layer, shapes[name]), count_macs(new, shapes[name])
-        _set_module(model, name, new)
+        set_submodule(model, name, new)
         record[name] = {"method": cfg.method, "ranks": ranks, "groups": cfg.groups, "geometry": geom}
         report.layers.append(rep)
         log.info("%s: %s ranks %s, params %d -> %d", name, cfg.method, ranks, rep.params_before, rep.params_after)
@@ -319,10 +315,22 @@ def apply_lowrank_spec(model: nn.Module, spec: Mapping[str, Mapping[str, Any]],
             p = next(old.parameters(), None)
             if p is not None:
                 seq = seq.to(p.device, p.dtype)
-            _set_module(model, name, seq)
+            set_submodule(model, name, seq)
     except ConfigError:
         raise
     except (KeyError, TypeError, ValueError, AttributeError, IndexError, RuntimeError, OverflowError) as exc:
         raise ConfigError(f"low-rank record is damaged ({exc!r})") from exc
     setattr(model, LOWRANK_ATTR, {k: dict(v) for k, v in spec.items()})
     return model
+
+
+def _restore_record(model: nn.Module, spec: Any, ctx: RestoreContext) -> None:
+    """The ``lowrank`` record of a file -> the decomposed module tree (sizes bounded by the
+    largest stored dimension and the file's budget)."""
+    if not isinstance(spec, dict):
+        raise ConfigError(f"low-rank record {str(spec)[:80]} is not an object")
+    apply_lowrank_spec(model, spec, ctx.max_dim, ctx.budget)
+
+
+register_record(ModelRecord("lowrank", capture=lowrank_spec, restore=_restore_record,
+                            phase="structure", order=10, kind=dict))

@@ -80,17 +80,12 @@ class CodecRegistry:
 
 CODECS = CodecRegistry()
 
-PLUGIN_MODULES = ("nncompress.quantize.codecs",)
-"""Modules that register further codecs; imported on the first unknown codec name, so a
-fresh process can load any file nncompress wrote without importing them by hand."""
-
-
 def load_plugins() -> None:
-    """Import every module of ``PLUGIN_MODULES`` (each registers its codecs)."""
-    import importlib
+    """Import the modules that register further codecs (``records.PLUGIN_MODULES``), so a
+    fresh process can load any file nncompress wrote without importing them by hand."""
+    from nncompress.format.records import load_plugins as _load
 
-    for module in PLUGIN_MODULES:
-        importlib.import_module(module)
+    _load()
 
 
 def register_codec(codec: TensorCodec) -> TensorCodec:

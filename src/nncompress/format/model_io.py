@@ -18,9 +18,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from nncompress import __version__
+from nncompress._version import __version__
 from nncompress.errors import ConfigError, FormatError, NNCompressError
-from nncompress.format import bfp_codec, builtin_codecs  # noqa: F401  (register the built-in codecs)
+from nncompress.format import builtin_codecs  # noqa: F401  (register the built-in codecs)
 from nncompress.format.codecs import (
     CodecChoice,
     EncodedTensor,
@@ -29,11 +29,13 @@ from nncompress.format.codecs import (
     normalise_choice,
 )
 from nncompress.format.container import pack_container, unpack_container
+from nncompress.format.records import RestoreContext, architectures, load_plugins, records
 from nncompress.format.resize import resize_to_state
 from nncompress.format.schema import check_header, param_budget
-from nncompress.models.registry import arch_of, build_model
-from nncompress.prune.targets import PRUNABLE_TYPES
 from nncompress.train.checkpoint import atomic_write_bytes
+
+WEIGHTED_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+"""Layers whose ``weight`` gets the ``auto`` codec by default."""
 
 log = logging.getLogger(__name__)
 
@@ -64,14 +66,25 @@ class FileInfo:
     metadata: dict[str, Any]
     tensors: list[TensorEntry] = field(default_factory=list)
     version: str = ""
-    activations: dict[str, Any] = field(default_factory=dict)
-    lowrank: dict[str, Any] = field(default_factory=dict)
-    removed_blocks: list[str] = field(default_factory=list)
+    records: dict[str, Any] = field(default_factory=dict)
+    """Technique records in the header (``activations``, ``lowrank``, ``removed_blocks``...)."""
+
+    @property
+    def activations(self) -> dict[str, Any]:
+        return self.records.get("activations") or {}
+
+    @property
+    def lowrank(self) -> dict[str, Any]:
+        return self.records.get("lowrank") or {}
+
+    @property
+    def removed_blocks(self) -> list[str]:
+        return [str(n) for n in self.records.get("removed_blocks") or []]
 
 
 def _weight_names(model: nn.Module) -> set[str]:
     return {f"{n}.weight" for n, m in model.named_modules()
-            if isinstance(m, PRUNABLE_TYPES) and getattr(m, "weight", None) is not None}
+            if isinstance(m, WEIGHTED_TYPES) and getattr(m, "weight", None) is not None}
 
 
 def plan_codecs(model: nn.Module, codecs: Mapping[str, CodecChoice] | None = None,
@@ -138,17 +151,14 @@ def save(model: nn.Module, path: str | Path, *, codecs: Mapping[str, CodecChoice
             keys[sec_name] = key
         tensors.append({"name": name, "codec": enc.codec, "shape": enc.shape, "dtype": enc.dtype,
                         "meta": enc.meta, "sections": keys})
-    meta = {"nncompress": __version__, "arch": arch_of(model), "metadata": dict(metadata or {}),
+    load_plugins()
+    arch = architectures()
+    meta = {"nncompress": __version__, "arch": arch.capture(model), "metadata": dict(metadata or {}),
             "tensors": tensors}
-    acts = _activation_spec(model)
-    if acts:
-        meta["activations"] = acts
-    lowrank = _lowrank_spec(model)
-    if lowrank:
-        meta["lowrank"] = lowrank
-    blocks = _removed_blocks(model)
-    if blocks:
-        meta["removed_blocks"] = blocks
+    for record in records():
+        value = record.capture(model)
+        if value:
+            meta[record.key] = value
     shape = _input_shape(model, input_shape)
     if shape is not None:
         meta["input_shape"] = shape
@@ -161,8 +171,6 @@ def save(model: nn.Module, path: str | Path, *, codecs: Mapping[str, CodecChoice
 def _input_shape(model: nn.Module, given: list[int] | None) -> list[int] | None:
     """The input shape to record: ``given`` (validated), else the built-in architecture's
     when the model runs on it and gives finite outputs, else None."""
-    from nncompress.models.registry import default_input_shape
-
     if given is not None:
         shape = list(given) if isinstance(given, (list, tuple, torch.Size)) else None
         if not shape or len(shape) > 5 or any(isinstance(d, bool) or not isinstance(d, int) or d < 1
@@ -170,7 +178,8 @@ def _input_shape(model: nn.Module, given: list[int] | None) -> list[int] | None:
             raise ConfigError(f"input_shape={given!r} is not allowed; use 1..5 positive ints "
                               "(one sample, no batch dimension)")
         return shape
-    shape = default_input_shape(arch_of(model))
+    arch = architectures()
+    shape = arch.input_shape(arch.capture(model))
     if shape is None:
         return None
     was_training = model.training
@@ -187,27 +196,6 @@ def _input_shape(model: nn.Module, given: list[int] | None) -> list[int] | None:
     return shape if ok else None
 
 
-def _activation_spec(model: nn.Module) -> dict[str, Any]:
-    """Activation quantizers attached by a low-bit method (JSON spec), if any."""
-    from nncompress.quantize.api import activation_spec
-
-    return activation_spec(model)
-
-
-def _lowrank_spec(model: nn.Module) -> dict[str, Any]:
-    """Layers replaced by ``nncompress.decompose`` (JSON record), if any."""
-    from nncompress.decompose.api import lowrank_spec
-
-    return lowrank_spec(model)
-
-
-def _removed_blocks(model: nn.Module) -> list[str]:
-    """Residual blocks replaced by their shortcut (depth pruning), if any."""
-    from nncompress.prune.structured.blocks import removed_blocks
-
-    return removed_blocks(model)
-
-
 def _file_info(path: str, size: int, meta: dict[str, Any], sections: Mapping[str, bytes]) -> FileInfo:
     entries = []
     try:
@@ -216,8 +204,7 @@ def _file_info(path: str, size: int, meta: dict[str, Any], sections: Mapping[str
             entries.append(TensorEntry(t["name"], t["codec"], [int(d) for d in t["shape"]],
                                        t["dtype"], nbytes, t["meta"]))
         return FileInfo(path, size, meta.get("arch"), meta.get("metadata", {}), entries,
-                        meta.get("nncompress", ""), meta.get("activations") or {},
-                        meta.get("lowrank") or {}, [str(n) for n in meta.get("removed_blocks") or []])
+                        meta.get("nncompress", ""), {r.key: meta[r.key] for r in records() if r.key in meta})
     except (KeyError, TypeError, ValueError) as exc:
         raise FormatError(f"{path}: tensor table is damaged ({exc!r})") from exc
 
@@ -247,7 +234,9 @@ def _read(path: str | Path, verify_key=None, max_params: int | None = None):
 
         verify_container(container, key, str(path))
     budget = param_budget(len(blob), max_params)
-    check_header(container.meta, container.sections, str(path), budget)
+    load_plugins()
+    check_header(container.meta, container.sections, str(path), budget,
+                 {r.key: r.kind for r in records()})
     return container, _file_info(str(path), len(blob), container.meta, container.sections), budget
 
 
@@ -314,15 +303,16 @@ def _build_arch(arch: Mapping[str, Any], budget: int, source: str) -> nn.Module:
     name, kwargs = arch["name"], dict(arch.get("kwargs", {}))
     where = f"{source}: architecture {name!r}"
     try:
+        build = architectures().build
         with torch.device("meta"):
-            skeleton = build_model(name, **kwargs)
+            skeleton = build(name, **kwargs)
         declared = sum(t.numel() for t in (*skeleton.parameters(), *skeleton.buffers()))
         del skeleton
         if declared > budget:
             raise FormatError(f"{where} with arguments {str(kwargs)[:120]} has {declared:,} parameters "
                               f"and buffers, more than the {budget:,} this file may declare "
                               "(pass max_params= / --max-params to load a larger model)")
-        return build_model(name, **kwargs)
+        return build(name, **kwargs)
     except FormatError:
         raise
     except NNCompressError as exc:
@@ -393,24 +383,23 @@ def load(path: str | Path, model: nn.Module | None = None, *, verify_key=None,
 
 
 def _restore_records(model: nn.Module, info: FileInfo, state: dict[str, torch.Tensor], budget: int) -> None:
-    """Apply the file's records (removed blocks, low rank, activation quantizers) and its
-    tensors to ``model``; damaged records raise ``FormatError`` naming the record."""
+    """Apply the file's records and its tensors to ``model``: the ``structure`` records
+    (removed blocks, low rank...), then the tensors, then the ``behaviour`` records
+    (activation quantizers); a damaged record raises ``FormatError`` naming it."""
     path = info.path
-    if info.removed_blocks:  # residual blocks removed by depth pruning: their shells
-        try:
-            from nncompress.prune.structured.blocks import restore_block_shells
+    ctx = RestoreContext(path, budget, {k: v.shape for k, v in state.items()})
 
-            restore_block_shells(model, info.removed_blocks)
-        except ConfigError as exc:
-            raise FormatError(f"{path}: removed-blocks record: {exc}") from exc
-    if info.lowrank:
-        from nncompress.decompose.api import apply_lowrank_spec
+    def apply(phase: str) -> None:
+        for record in records(phase):
+            if info.records.get(record.key):
+                try:
+                    record.restore(model, info.records[record.key], ctx)
+                except FormatError as exc:
+                    raise FormatError(f"{path}: {record.key} record: {exc}") from None
+                except (*DECODE_ERRORS, NNCompressError) as exc:
+                    raise FormatError(f"{path}: {record.key} record: {str(exc)[:300]}") from None
 
-        max_dim = max((max(v.shape, default=1) for v in state.values()), default=1)
-        try:  # decomposed layers: rebuild their module tree
-            apply_lowrank_spec(model, info.lowrank, max_dim, budget)
-        except ConfigError as exc:
-            raise FormatError(f"{path}: low-rank record: {exc}") from exc
+    apply("structure")
     expected = model.state_dict()
     if set(expected) != set(state):  # checked before resizing, which assumes the same tensors
         raise FormatError(f"{path} does not match the model: missing {sorted(set(expected) - set(state))[:10]},"
@@ -426,10 +415,4 @@ def _restore_records(model: nn.Module, info: FileInfo, state: dict[str, torch.Te
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise FormatError(f"{path} does not match the model: missing {missing}, unexpected {unexpected}")
-    if info.activations:
-        from nncompress.quantize.api import apply_activation_spec
-
-        try:
-            apply_activation_spec(model, info.activations)
-        except ConfigError as exc:
-            raise FormatError(f"{path}: activation record: {exc}") from exc
+    apply("behaviour")

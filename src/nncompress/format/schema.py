@@ -27,8 +27,8 @@ ELEMENTS_PER_BYTE = 256
 """Declared elements allowed per stored byte beyond ``MIN_BUDGET``."""
 MAX_DIMS = 8
 MAX_NAME = 512
-TOP_KEYS = {"nncompress", "arch", "metadata", "tensors", "activations", "lowrank",
-            "removed_blocks", "input_shape", "signature"}
+TOP_KEYS = {"nncompress", "arch", "metadata", "tensors", "input_shape", "signature"}
+"""Header fields of the format itself; techniques' records add theirs (``records.py``)."""
 TENSOR_KEYS = {"name", "codec", "shape", "dtype", "meta", "sections"}
 DTYPES = ("float32", "float64", "float16", "bfloat16", "int64", "int32", "int16", "int8",
           "uint8", "bool")
@@ -154,22 +154,24 @@ def _accounting(meta: Mapping[str, Any], where: str) -> None:
             need_int(meta, key, 0, 2**62, where)
 
 
-def check_header(meta: Any, sections: Mapping[str, bytes], source: str, budget: int) -> None:
+def check_header(meta: Any, sections: Mapping[str, bytes], source: str, budget: int,
+                 record_kinds: Mapping[str, type] | None = None) -> None:
     """Validate a header against the schema ``save`` writes: the top-level keys, every
     tensor entry (name, codec, shape, dtype, metadata types, section references: each
-    section used by exactly one tensor) and the shapes of the optional records. The total
+    section used by exactly one tensor) and the JSON type of each technique record
+    (``record_kinds``: header field -> ``dict`` or ``list``). The total
     of declared tensor elements must fit ``budget``. Codec- and record-specific fields are
     checked by their owners before they decode or build."""
     if not isinstance(meta, dict):
         raise FormatError(f"{source}: header meta is not an object")
-    unknown = sorted(set(meta) - TOP_KEYS)
+    record_kinds = dict(record_kinds or {})
+    unknown = sorted(set(meta) - TOP_KEYS - set(record_kinds))
     if unknown:
         raise FormatError(f"{source}: unknown header field(s) {[_short(k) for k in unknown]}; "
-                          f"allowed: {sorted(TOP_KEYS)}")
+                          f"allowed: {sorted(TOP_KEYS | set(record_kinds))}")
     if "nncompress" in meta and (type(meta["nncompress"]) is not str or len(meta["nncompress"]) > 64):
         raise FormatError(f"{source}: field 'nncompress' (writer version) is not a short string")
-    for key, kind in (("metadata", dict), ("activations", dict), ("lowrank", dict),
-                      ("removed_blocks", list)):
+    for key, kind in (("metadata", dict), *record_kinds.items()):
         if key in meta:
             need_type(meta[key], kind, f"{source}: field {key!r}")
     if meta.get("arch") is not None:
@@ -178,8 +180,6 @@ def check_header(meta: Any, sections: Mapping[str, bytes], source: str, budget: 
             raise FormatError(f"{source}: architecture record {_short(arch)} must be "
                               "{'name': str, 'kwargs': {...}}")
         need_type(arch.get("kwargs", {}), dict, f"{source}: architecture kwargs")
-    for name in meta.get("removed_blocks", []):
-        need_type(name, str, f"{source}: a removed block name")
     if "input_shape" in meta:
         shape = meta["input_shape"]
         if type(shape) is not list or not 1 <= len(shape) <= 5 or any(type(d) is not int or not 1 <= d <= 2**16

@@ -10,16 +10,13 @@ from nncompress.models.blocks import (
     channel_shuffle,
 )
 from nncompress.models.efficient import MobileNetSmall, ShuffleNetSmall, SqueezeNetSmall
-from nncompress.models.hashed_arch import (
-    build_hashed,  # registers the 'hashed' architecture (Q13 files)
-)
 from nncompress.models.lenet import LeNet5, LeNet300100
 from nncompress.models.registry import MODELS, arch_of, build_model, register_model
 from nncompress.models.resnet import ResNet20
 from nncompress.models.vgg import SmallVGG
 
 __all__ = [
-    "MODELS", "LeNet5", "build_hashed", "LeNet300100", "ResNet20", "SmallVGG",
+    "MODELS", "LeNet5", "LeNet300100", "ResNet20", "SmallVGG",
     "arch_of", "build_model", "register_model",
     "Bottleneck", "DepthwiseSeparable", "Fire", "MobileNetSmall", "ShuffleNetSmall", "ShuffleUnit",
     "SqueezeNetSmall", "channel_shuffle",

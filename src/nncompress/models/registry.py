@@ -72,8 +72,12 @@ def build_model(name: str, **kwargs: Any) -> nn.Module:
         >>> build_model("lenet300").fc1.weight.shape
         torch.Size([300, 784])
     """
+    if name not in MODELS:  # architectures registered by techniques (e.g. 'hashed')
+        from nncompress.format.records import load_plugins
+
+        load_plugins()
     if name not in MODELS:
-        raise ConfigError(f"unknown model {name!r}; allowed: {', '.join(sorted(MODELS))}")
+        raise ConfigError(f"unknown model {str(name)[:60]!r}; allowed: {', '.join(sorted(MODELS))}")
     try:
         model = MODELS[name](**kwargs)
     except TypeError as exc:
@@ -85,3 +89,13 @@ def build_model(name: str, **kwargs: Any) -> nn.Module:
 def arch_of(model: nn.Module) -> dict[str, Any] | None:
     """The (name, kwargs) a model was built with, or None for a user-defined model."""
     return getattr(model, ARCH_ATTR, None)
+
+
+def _register() -> None:
+    from nncompress.format.records import Architectures, register_architectures
+
+    register_architectures(Architectures(capture=arch_of, build=build_model,
+                                         input_shape=default_input_shape))
+
+
+_register()

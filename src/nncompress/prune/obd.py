@@ -30,6 +30,7 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from nncompress.errors import ConfigError
+from nncompress.modules import calibration_batches, layer_inputs_2d
 from nncompress.prune.magnitude import SCOPES, check_sparsity, finish_masks, select_masks
 from nncompress.prune.mask import Masks
 from nncompress.prune.targets import module_of, prunable_weights
@@ -47,18 +48,6 @@ def obd_saliency(weight: torch.Tensor, hessian_diag: torch.Tensor) -> torch.Tens
         [2.0, 2.0]
     """
     return 0.5 * hessian_diag * weight.detach() ** 2
-
-
-def _batches(data: Dataset | DataLoader, batch_size: int, n_samples: int | None):
-    loader = data if isinstance(data, DataLoader) else DataLoader(data, batch_size=batch_size)
-    seen = 0
-    for x, y in loader:
-        if n_samples is not None:
-            if seen >= n_samples:
-                return
-            x, y = x[: n_samples - seen], y[: n_samples - seen]
-        seen += len(y)
-        yield x, y
 
 
 def diag_fisher(
@@ -97,7 +86,7 @@ def diag_fisher(
     was_training = model.training
     model.eval()
     try:
-        for x, y in _batches(data, batch_size, n_samples):
+        for x, y in calibration_batches(data, batch_size, n_samples):
             x, y = x.to(device), y.to(device)
             if labels == "model":
                 with torch.no_grad():
@@ -141,7 +130,7 @@ def diag_hessian_hutchinson(
     was_training = model.training
     model.eval()
     try:
-        for x, y in _batches(data, batch_size, n_samples):
+        for x, y in calibration_batches(data, batch_size, n_samples):
             x, y = x.to(device), y.to(device)
             loss = F.cross_entropy(model(x), y)
             grads = torch.autograd.grad(loss, ps, create_graph=True)
@@ -175,7 +164,6 @@ def diag_layerwise(
     Example:
         >>> h = diag_layerwise(model, train_set, n_samples=2048)  # doctest: +SKIP
     """
-    from nncompress.prune.obs import layer_inputs_2d
 
     names = list(names) if names is not None else list(prunable_weights(model))
     owners = {n: module_of(model, n) for n in names}
@@ -184,7 +172,7 @@ def diag_layerwise(
 
     def hook_for(name: str):
         def hook(mod, inputs):
-            x2 = layer_inputs_2d(mod, inputs[0].detach()).double()
+            x2 = layer_inputs_2d(mod, inputs[0].detach(), "layer-wise OBS").double()
             sums[name] = sums.get(name, 0) + x2.pow(2).sum(0)
             rows[name] += x2.shape[0]
         return hook
@@ -194,7 +182,7 @@ def diag_layerwise(
     model.eval()
     device = next(model.parameters()).device
     try:
-        for x, _ in _batches(data, batch_size, n_samples):
+        for x, _ in calibration_batches(data, batch_size, n_samples):
             model(x.to(device))
     finally:
         for h in handles:

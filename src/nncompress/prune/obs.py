@@ -31,6 +31,7 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from nncompress.errors import ConfigError
+from nncompress.modules import calibration_batches, layer_inputs_2d
 from nncompress.prune.magnitude import check_sparsity
 from nncompress.prune.mask import Masks
 from nncompress.prune.targets import prunable_weights
@@ -146,34 +147,15 @@ def damped_inverse(h: torch.Tensor, damp: float) -> torch.Tensor:
     return torch.cholesky_inverse(torch.linalg.cholesky(hd))
 
 
-def layer_inputs_2d(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """The layer's inputs as rows ``(M, d)`` such that output = rows @ W.reshape(out, d).T.
-
-    Linear: (N, in). Conv2d: ``unfold`` patches (N*L, C*kh*kw).
-    """
-    if isinstance(module, nn.Linear):
-        return x.reshape(-1, x.shape[-1])
-    if isinstance(module, nn.Conv2d):
-        if module.groups != 1:
-            raise ConfigError(f"layer-wise OBS supports groups=1 convolutions, got groups={module.groups}")
-        if isinstance(module.padding, str) or module.padding_mode != "zeros":
-            raise ConfigError("layer-wise OBS needs numeric zero padding on Conv2d")
-        cols = F.unfold(x, module.kernel_size, module.dilation, module.padding, module.stride)  # (N, Ckk, L)
-        return cols.transpose(1, 2).reshape(-1, cols.shape[1])  # (N*L, Ckk)
-    raise ConfigError(f"layer-wise OBS supports Linear and Conv2d, got {type(module).__name__}")
-
-
 @torch.no_grad()
 def layer_hessian(model: nn.Module, module: nn.Module, data, *, n_samples: int | None = 1024,
                   batch_size: int = 256) -> torch.Tensor:
     """``H = X X^T / M`` (float64) of ``module``'s inputs over the calibration data,
     accumulated with running sums over batches."""
-    from nncompress.prune.obd import _batches
-
     state: dict[str, torch.Tensor | int] = {"h": 0, "m": 0}
 
     def hook(mod, inputs):
-        rows = layer_inputs_2d(mod, inputs[0].detach()).double()  # (M, d)
+        rows = layer_inputs_2d(mod, inputs[0].detach(), "layer-wise OBS").double()  # (M, d)
         state["h"] = state["h"] + rows.T @ rows
         state["m"] = state["m"] + rows.shape[0]
 
@@ -182,7 +164,7 @@ def layer_hessian(model: nn.Module, module: nn.Module, data, *, n_samples: int |
     model.eval()
     device = module.weight.device
     try:
-        for x, _ in _batches(data, batch_size, n_samples):
+        for x, _ in calibration_batches(data, batch_size, n_samples):
             model(x.to(device))
     finally:
         handle.remove()

@@ -19,6 +19,7 @@ __all__ = [
 ]
 
 # --- low-bit quantizers (Q3-Q12): quantize_ / finalize / quantize_model, METHODS registry
+from nncompress.quantize import bfp_codec as _bfp_codec  # noqa: F401  (registers bfp)
 from nncompress.quantize import codecs as _lowbit_codecs  # noqa: F401  (registers binary/lut/int/pow2/shift)
 from nncompress.quantize.api import (
     activation_spec,
@@ -49,10 +50,10 @@ from nncompress.quantize.hashed import (  # noqa: E402
     HashedConv2d,
     HashedLinear,
     hash_index,
-    hash_model,
     hash_sign,
     hashed_from_linear,
 )
+from nncompress.quantize.hashed_arch import hash_model  # noqa: E402
 
 __all__ += [
     "HashedConv2d", "HashedLinear", "bfp_bits_per_value", "bfp_dequantize", "bfp_max_relative_error",

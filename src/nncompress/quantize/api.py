@@ -22,6 +22,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from nncompress.errors import ConfigError
+from nncompress.format.records import ModelRecord, RestoreContext, register_record
 from nncompress.quantize.activations import ActQuantizer, make_activation
 from nncompress.quantize.inq import INQ
 from nncompress.quantize.layers import QUANT_LAYERS, is_quant_layer, set_submodule
@@ -287,3 +288,14 @@ def _run_inq(model: nn.Module, config: INQConfig, train_data: Dataset, cfg, extr
         inq.step(frac)
         if frac < 1.0:
             fit(model, train_data, cfg, callbacks=[inq.callback()] + extra)
+
+
+def _restore_record(model: nn.Module, spec: Any, ctx: RestoreContext) -> None:
+    """The ``activations`` record of a file -> input quantizers re-attached (validated)."""
+    if not isinstance(spec, dict):
+        raise ConfigError(f"activation record {str(spec)[:80]} is not an object")
+    apply_activation_spec(model, spec)
+
+
+register_record(ModelRecord("activations", capture=activation_spec, restore=_restore_record,
+                            phase="behaviour", order=0, kind=dict))

@@ -11,7 +11,7 @@ xi(p) dL/dV_p``. Compression factor of the weights: ``numel(V) / K``.
 a saved hashed layer needs only its ``K`` bucket values, its bias and the seed (the index
 and sign buffers are not persistent; ``state_dict`` holds ``weight`` (K,), ``bias`` and
 ``hash_seed``). ``nncompress.save`` stores that state dict as it is; ``hash_model`` on a built-in model
-records its hashed layers in the architecture (``nncompress.models.hashed_arch``), so its
+records its hashed layers in the architecture (``nncompress.quantize.hashed_arch``), so its
 file loads back without a skeleton.
 
 BWNH (hashing for binary weights, the other half of Q13) is ``nncompress.quantize.bwnh``.
@@ -20,7 +20,6 @@ BWNH (hashing for binary weights, the other half of Q13) is ``nncompress.quantiz
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
 
 import torch
 import torch.nn.functional as F
@@ -208,45 +207,3 @@ def hashed_from_linear(linear: nn.Linear, buckets: int, seed: int = 0,
         with torch.no_grad():
             layer.bias.copy_(linear.bias)
     return layer
-
-
-def hash_model(model: nn.Module, ratio: float | None = None,
-               buckets: Mapping[str, int] | None = None, seed: int = 0,
-               sign_hash: bool = True) -> nn.Module:
-    """Replace ``nn.Linear`` layers by :class:`HashedLinear` (in place; returns ``model``).
-
-    ``ratio`` (in ``(0, 1]``) gives every Linear ``K = max(1, round(ratio * in * out))``
-    buckets; ``buckets`` maps layer names to ``K`` and, when given, only those layers are
-    hashed (``ratio`` then fills in nothing). Layer ``k`` (in module order) uses seed
-    ``seed + k``. Buckets start as the sign-corrected average of the original weights.
-
-    Example:
-        >>> m = hash_model(nn.Sequential(nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 2)), ratio=0.25)
-        >>> [p.numel() for p in m.parameters()]
-        [32, 8, 4, 2]
-    """
-    if (ratio is None) == (buckets is None):
-        raise ConfigError("hash_model needs exactly one of ratio= or buckets=")
-    if ratio is not None and not (isinstance(ratio, (int, float)) and 0 < ratio <= 1):
-        raise ConfigError(f"ratio={ratio!r} is not allowed; use a number in (0, 1]")
-    linears = [(n, m) for n, m in model.named_modules() if type(m) is nn.Linear]
-    if buckets is not None:
-        unknown = sorted(set(buckets) - {n for n, _ in linears})
-        if unknown:
-            raise ConfigError(f"unknown Linear layer(s) {unknown}; allowed: {[n for n, _ in linears]}")
-    for k, (name, linear) in enumerate(linears):
-        if buckets is not None and name not in buckets:
-            continue
-        numel = linear.in_features * linear.out_features
-        kb = buckets[name] if buckets is not None else max(1, round(ratio * numel))
-        new = hashed_from_linear(linear, kb, seed + k, sign_hash)
-        parent_name, _, child = name.rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, child, new)
-    # a built-in model's file records its hashed layers, so it loads without a skeleton
-    from nncompress.models.hashed_arch import record_hashed_arch  # (models imports this module)
-    from nncompress.models.registry import arch_of
-
-    if arch_of(model) is not None:
-        record_hashed_arch(model)
-    return model

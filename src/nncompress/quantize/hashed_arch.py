@@ -1,4 +1,4 @@
-"""The ``hashed`` architecture record: how ``nncompress.load`` rebuilds a built-in model
+"""``hash_model`` and the ``hashed`` architecture record: how ``nncompress.load`` rebuilds a built-in model
 whose Linear layers the recipe's ``quantize: {method: hashed}`` replaced by HashedNets
 layers (Q13).
 
@@ -21,7 +21,8 @@ from torch import nn
 
 from nncompress.errors import ConfigError
 from nncompress.models.registry import ARCH_ATTR, arch_of, build_model, register_model
-from nncompress.quantize.hashed import HashedLinear
+from nncompress.modules import set_submodule
+from nncompress.quantize.hashed import HashedLinear, hashed_from_linear
 
 log = logging.getLogger(__name__)
 HASHED_ARCH = "hashed"
@@ -29,11 +30,10 @@ MAX_VIRTUAL = 2**31  # a genuine hashed layer is far smaller; refuses hostile re
 
 
 def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    if not hasattr(parent, child):
-        raise ConfigError(f"hashed record names layer {name!r}, which the base model lacks")
-    setattr(parent, child, module)
+    try:
+        set_submodule(model, name, module)
+    except ConfigError:
+        raise ConfigError(f"hashed record names layer {name!r}, which the base model lacks") from None
 
 
 def _check_record(name: str, rec: Any) -> None:
@@ -101,6 +101,43 @@ def record_hashed_arch(model: nn.Module) -> bool:
     base = arch["kwargs"]["base"] if arch.get("name") == HASHED_ARCH else arch
     setattr(model, ARCH_ATTR, {"name": HASHED_ARCH, "kwargs": {"base": base, "layers": hashed_layers(model)}})
     return True
+
+
+def hash_model(model: nn.Module, ratio: float | None = None,
+               buckets: Mapping[str, int] | None = None, seed: int = 0,
+               sign_hash: bool = True) -> nn.Module:
+    """Replace ``nn.Linear`` layers by :class:`HashedLinear` (in place; returns ``model``).
+
+    ``ratio`` (in ``(0, 1]``) gives every Linear ``K = max(1, round(ratio * in * out))``
+    buckets; ``buckets`` maps layer names to ``K`` and, when given, only those layers are
+    hashed (``ratio`` then fills in nothing). Layer ``k`` (in module order) uses seed
+    ``seed + k``. Buckets start as the sign-corrected average of the original weights.
+
+    Example:
+        >>> m = hash_model(nn.Sequential(nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 2)), ratio=0.25)
+        >>> [p.numel() for p in m.parameters()]
+        [32, 8, 4, 2]
+    """
+    if (ratio is None) == (buckets is None):
+        raise ConfigError("hash_model needs exactly one of ratio= or buckets=")
+    if ratio is not None and not (isinstance(ratio, (int, float)) and 0 < ratio <= 1):
+        raise ConfigError(f"ratio={ratio!r} is not allowed; use a number in (0, 1]")
+    linears = [(n, m) for n, m in model.named_modules() if type(m) is nn.Linear]
+    if buckets is not None:
+        unknown = sorted(set(buckets) - {n for n, _ in linears})
+        if unknown:
+            raise ConfigError(f"unknown Linear layer(s) {unknown}; allowed: {[n for n, _ in linears]}")
+    for k, (name, linear) in enumerate(linears):
+        if buckets is not None and name not in buckets:
+            continue
+        numel = linear.in_features * linear.out_features
+        kb = buckets[name] if buckets is not None else max(1, round(ratio * numel))
+        new = hashed_from_linear(linear, kb, seed + k, sign_hash)
+        set_submodule(model, name, new)
+    # a built-in model's file records its hashed layers, so it loads without a skeleton
+    if arch_of(model) is not None:
+        record_hashed_arch(model)
+    return model
 
 
 register_model(HASHED_ARCH, build_hashed)

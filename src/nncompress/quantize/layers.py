@@ -12,6 +12,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from nncompress.modules import set_submodule  # noqa: F401  (re-exported)
 from nncompress.quantize.activations import ActQuantizer
 from nncompress.quantize.quantizers import WeightQuantizer
 from nncompress.quantize.ste import quantize_grad
@@ -139,8 +140,3 @@ def is_quant_layer(mod: nn.Module) -> bool:
     return isinstance(mod, (QuantLinear, QuantConv2d))
 
 
-def set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
-    """Replace the submodule called ``name`` (``layers.0.conv1``) by ``new``."""
-    parent_name, _, child = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    setattr(parent, child, new)

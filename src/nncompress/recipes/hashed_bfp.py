@@ -7,7 +7,7 @@ point, Q15), plus the registry of these extra methods (``bwnh``, Q13's binary ha
 Linear layers (those matched by ``include``/``exclude``, or the keys of ``buckets``) become
 ``HashedLinear`` layers whose buckets start as the average of the trained weights;
 ``finetune`` (optionally with ``distill``) then trains the buckets. The file stores the
-buckets, biases and seeds; its architecture record (``nncompress.models.hashed_arch``)
+buckets, biases and seeds; its architecture record (``nncompress.quantize.hashed_arch``)
 lets ``nncompress.load`` rebuild the hashed model.
 
 ``method: bfp``: ``params: {mantissa_bits, block, biases}``; every weight (and, with
@@ -32,7 +32,8 @@ from nncompress.errors import ConfigError
 from nncompress.prune.mask import MaskCallback
 from nncompress.prune.targets import prunable_weights
 from nncompress.quantize.bfp import bfp_round, bfp_storage_bits, check_bfp_args
-from nncompress.quantize.hashed import HashedLinear, hash_model
+from nncompress.quantize.hashed import HashedLinear
+from nncompress.quantize.hashed_arch import hash_model
 from nncompress.recipes.bwnh_method import BWNHParams, run_bwnh
 from nncompress.recipes.context import RunContext
 from nncompress.recipes.teacher import distill_loss, distill_summary

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from nncompress.errors import ConfigError
+from nncompress.modules import set_submodule
 from nncompress.prune.targets import module_of, prunable_weights
 from nncompress.sparse.modules import SparseConv2d, SparseLinear, conv2d_unsupported
 from nncompress.sparse.threads import check_threads
@@ -122,11 +123,6 @@ def _max_abs_diff(a: Any, b: Any) -> float | None:
     return max(diffs) if diffs else None
 
 
-def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
-
-
 def to_sparse_inference(
     model: nn.Module,
     example_input: Any,
@@ -216,7 +212,7 @@ def to_sparse_inference(
         if mode == "sparse" or (mode == "auto" and row.speedup >= min_speedup):
             row.choice = "sparse"
             row.reason = "forced" if mode == "sparse" else f"{row.speedup:.2f}x >= {min_speedup}"
-            _replace(model, name, candidates[best])
+            set_submodule(model, name, candidates[best])
         else:
             row.reason = "mode=dense" if mode == "dense" else f"{row.speedup:.2f}x < {min_speedup}"
         logger.info("%s: sparsity %.3f dense %.3f ms sparse %.3f ms -> %s", name, row.sparsity,

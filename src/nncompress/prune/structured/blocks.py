@@ -26,11 +26,14 @@ from __future__ import annotations
 import copy
 import logging
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
 from nncompress.errors import ConfigError
+from nncompress.format.records import ModelRecord, RestoreContext, register_record
+from nncompress.modules import set_submodule
 from nncompress.prune.structured.scoring import run_hooked
 
 log = logging.getLogger(__name__)
@@ -90,12 +93,6 @@ def residual_blocks(model: nn.Module) -> list[str]:
 def removed_blocks(model: nn.Module) -> list[str]:
     """Names of the blocks already replaced by :class:`ResidualShortcut`."""
     return [name for name, mod in model.named_modules() if isinstance(mod, ResidualShortcut)]
-
-
-def _set_module(model: nn.Module, name: str, new: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    setattr(parent, child, new)
 
 
 def _check_names(model: nn.Module, names: Iterable[str]) -> list[str]:
@@ -199,7 +196,7 @@ def remove_blocks(model: nn.Module, names: Iterable[str], x: torch.Tensor, batch
         raise ConfigError("remove_blocks needs a non-empty data sample for the branch fits")
     fits = _branch_fits(model, names, x, batch_size, fit)
     for name in names:
-        _set_module(model, name, _shell(model.get_submodule(name), *fits[name]))
+        set_submodule(model, name, _shell(model.get_submodule(name), *fits[name]))
         log.info("removed residual block %s (%s fit)", name, fit)
     return model
 
@@ -211,7 +208,7 @@ def restore_block_shells(model: nn.Module, names: Iterable[str]) -> None:
         block = model.get_submodule(name)
         norms = [m.num_features for m in block.modules() if isinstance(m, nn.BatchNorm2d)]
         channels = norms[-1] if norms else 1  # the stored tensors resize the shell anyway
-        _set_module(model, name, ResidualShortcut(block.shortcut, channels))
+        set_submodule(model, name, ResidualShortcut(block.shortcut, channels))
 
 
 @torch.no_grad()
@@ -245,7 +242,7 @@ def block_damage(model: nn.Module, x: torch.Tensor, y: torch.Tensor, blocks: Seq
         out = {}
         for name in names:
             trial = copy.deepcopy(model)
-            _set_module(trial, name, _shell(trial.get_submodule(name), *fits[name]))
+            set_submodule(trial, name, _shell(trial.get_submodule(name), *fits[name]))
             out[name] = loss_of(trial) - base
     finally:
         model.train(was_training)
@@ -263,3 +260,14 @@ def least_damaging_blocks(damage: dict[str, float], count: int) -> list[str]:
         raise ConfigError(f"blocks={count} out of range; allowed: 0..{len(damage)} (the removable blocks)")
     order = sorted(damage, key=lambda n: damage[n])  # stable: module order on ties
     return order[:count]
+
+
+def _restore_record(model: nn.Module, names: Any, ctx: RestoreContext) -> None:
+    """The ``removed_blocks`` record of a file: block names (validated) -> shells."""
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise ConfigError(f"removed blocks {str(names)[:80]} must be a list of block names")
+    restore_block_shells(model, names)
+
+
+register_record(ModelRecord("removed_blocks", capture=removed_blocks, restore=_restore_record,
+                            phase="structure", order=0, kind=list))

@@ -28,8 +28,8 @@ from nncompress.analysis.energy import layer_energy
 from nncompress.errors import ConfigError
 from nncompress.prune.structured.cost import layer_costs, plan_cost
 from nncompress.prune.structured.groups import ChannelGroup, build_graph, groups_from_graph
-from nncompress.prune.structured.pruner import StructuredResult, _summary
 from nncompress.prune.structured.removal import remove_channels
+from nncompress.prune.structured.result import StructuredResult, summary
 from nncompress.prune.structured.scoring import ScoreData, score
 from nncompress.prune.structured.selection import _lowest, budget_for, check_kind, check_ratio
 from nncompress.train import TrainConfig, fit
@@ -135,7 +135,7 @@ def energy_aware_prune(
     if target_kind == "channels":
         raise ConfigError("energy-aware pruning takes target_kind 'macs' or 'params'")
     example = (example_inputs if example_inputs is not None else data.x)[:1]
-    dense = _summary(model, example)
+    dense = summary(model, example)
     groups = groups_from_graph(model, build_graph(model, example))
     costs = layer_costs(model, example)
     _, budget = budget_for(costs, groups, target, target_kind)
@@ -169,5 +169,5 @@ def energy_aware_prune(
         if train_data is None:
             raise ConfigError("finetune was given without train_data")
         fit(model, train_data, finetune)
-    result.pruned = _summary(model, example)
+    result.pruned = summary(model, example)
     return result

@@ -9,11 +9,9 @@ between steps.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, replace
-from typing import Any
+from dataclasses import replace
 
 import torch
 from torch import nn
@@ -26,11 +24,12 @@ from nncompress.prune.structured.blocks import (
     least_damaging_blocks,
     remove_blocks,
 )
-from nncompress.prune.structured.cost import layer_costs, total
+from nncompress.prune.structured.cost import layer_costs
 from nncompress.prune.structured.fading import ChannelFade, fade_steps_for
 from nncompress.prune.structured.groups import build_graph, groups_from_graph
 from nncompress.prune.structured.latency import measure_latency
 from nncompress.prune.structured.removal import remove_channels
+from nncompress.prune.structured.result import StructuredResult, summary
 from nncompress.prune.structured.scoring import ScoreData, as_score_data, get_criterion, score
 from nncompress.prune.structured.selection import (
     budget_for,
@@ -44,35 +43,6 @@ from nncompress.train import TrainConfig, fit
 
 log = logging.getLogger(__name__)
 MODES = ("global", "layer")
-
-
-@dataclass
-class StructuredResult:
-    """What ``structured_prune`` did: the pruned model (also changed in place) and figures."""
-
-    model: nn.Module
-    criterion: str
-    target: float
-    target_kind: str
-    dense: dict[str, int]
-    pruned: dict[str, int]
-    steps: list[dict[str, Any]] = field(default_factory=list)
-    blocks: dict[str, float | None] = field(default_factory=dict)  # removed block -> damage (None: named)
-
-    @property
-    def mac_reduction(self) -> float:
-        """Dense MACs / pruned MACs (2.0 = twice fewer)."""
-        return self.dense["macs"] / max(1, self.pruned["macs"])
-
-    def to_json(self) -> str:
-        d = {k: v for k, v in asdict(self).items() if k != "model"}
-        d["mac_reduction"] = self.mac_reduction
-        return json.dumps(d, indent=2)
-
-
-def _summary(model: nn.Module, example: torch.Tensor) -> dict[str, int]:
-    costs = layer_costs(model, example)
-    return {"macs": total(costs, "macs"), "params": sum(p.numel() for p in model.parameters())}
 
 
 def _remove_blocks(model: nn.Module, blocks: int | Sequence[str], data: ScoreData | None,
@@ -213,7 +183,7 @@ def structured_prune(
             raise ConfigError(f"fade_epochs must be in (0, {finetune.epochs}] (the fine-tuning epochs), "
                               f"got {fade_epochs}")
     example = _example(data, example_inputs)
-    dense = _summary(model, example)
+    dense = summary(model, example)
     dg = build_graph(model, example)
     groups = _groups(model, dg, skip, keep_coupled)
     timed = by_latency or target_kind == "latency"
@@ -255,7 +225,7 @@ def structured_prune(
         remove_channels(model, module_plan, example, optimizer=optimizer)
         if on_removed is not None:
             on_removed(step, model)
-        info = {"step": step, **_summary(model, example),
+        info = {"step": step, **summary(model, example),
                 "removed": {g: len(v) for g, v in plan.items()}}
         if finetune is not None and not fade_epochs:
             hist = fit(model, train_data, finetune, optimizer=optimizer, loss_fn=loss_fn)
@@ -263,5 +233,5 @@ def structured_prune(
             info["train_accuracy"] = hist.epochs[-1]["train_accuracy"]
         result.steps.append(info)
         log.info("step %d: %s", step, info)
-    result.pruned = _summary(model, example)
+    result.pruned = summary(model, example)
     return result
