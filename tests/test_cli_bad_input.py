@@ -320,3 +320,18 @@ def test_atomic_write_to_a_directory_is_refused(tmp_path):
     with pytest.raises(IsADirectoryError):
         atomic_write_bytes(tmp_path, b"x")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_info_on_a_user_model_file_prints_the_table(tmp_path, capsys):
+    """A file without an architecture record is not bad input: info prints its tensor table
+    and says the per-layer table needs the model's class."""
+    import torch
+
+    import nncompress
+    from nncompress.cli import main
+
+    path = tmp_path / "user.nnc"
+    nncompress.save(torch.nn.Sequential(torch.nn.Linear(4, 3)), path)
+    assert main(["info", str(path), "--json"]) == 0
+    out = capsys.readouterr().out
+    assert "0.weight" in out and "user-defined model" in out

@@ -267,13 +267,11 @@ def _cmd_info(args: argparse.Namespace) -> int:
            "metadata": info.metadata, "table": table}
     import torch
 
-    from nncompress.errors import ConfigError
-
-    try:
-        model = _read_nnc(load, args)  # a damaged file: FormatError, exit 2
-    except ConfigError as exc:  # a user-defined model cannot be rebuilt without its class
-        out["layers_error"] = str(exc)
+    if not info.arch:  # a user-defined model cannot be rebuilt without its class
+        out["layers_error"] = (f"{args.file} holds a user-defined model (no architecture record); "
+                               "the per-layer table needs nncompress.load(path, model=MyNet())")
     else:
+        model = _read_nnc(load, args)  # a damaged file: FormatError, exit 2
         try:
             rows = layer_stats(model, torch.zeros(1, *shape))
             out["layers"] = [r.to_dict() for r in rows]
