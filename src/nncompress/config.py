@@ -1,9 +1,21 @@
-"""Build typed config dataclasses from YAML dicts, rejecting unknown keys and bad types
-with messages that name the key, the value and what is allowed."""
+"""Typed config dataclasses: built from plain mappings (YAML) with key and type checks, and
+documented by their fields.
+
+A technique's config is a dataclass whose fields each carry a docstring (a string literal
+right below the field, as in PEP 257's attribute docstrings) or ``metadata={"doc": ...}``;
+``field_docs`` reads them, so ``nncompress recipes --describe`` documents every option from
+the one place it is defined. ``from_dict`` rejects unknown keys and wrong types with
+messages that name the key, the value and what is allowed; range checks are the
+dataclass's own (``__post_init__``, with ``nncompress.checks``).
+"""
 
 from __future__ import annotations
 
+import ast
 import dataclasses
+import functools
+import inspect
+import textwrap
 import types
 import typing
 from collections.abc import Mapping
@@ -89,3 +101,66 @@ def from_dict(cls: type[T], data: Any, where: str = "config") -> T:
         raise ConfigError(f"{where}: {exc}") from exc
     except TypeError as exc:
         raise ConfigError(f"{where}: {exc}") from exc
+
+
+@functools.cache
+def _attribute_docs(cls: type) -> dict[str, str]:
+    """``{field: docstring}`` of the string literals right below annotated fields in the
+    source of ``cls`` itself (not its bases); {} when the source is not available."""
+    try:
+        tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+    except (OSError, TypeError, SyntaxError):
+        return {}
+    node = tree.body[0]
+    if not isinstance(node, ast.ClassDef):
+        return {}
+    docs = {}
+    for a, b in zip(node.body, node.body[1:]):
+        if (isinstance(a, ast.AnnAssign) and isinstance(a.target, ast.Name) and isinstance(b, ast.Expr)
+                and isinstance(b.value, ast.Constant) and isinstance(b.value.value, str)):
+            docs[a.target.id] = inspect.cleandoc(b.value.value)
+    return docs
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """The documentation of every init field of dataclass ``cls`` (inherited ones included):
+    ``metadata["doc"]`` if set, else the field's attribute docstring, else "".
+
+    Example:
+        >>> @dataclasses.dataclass
+        ... class C:
+        ...     n: int = 1
+        ...     \"\"\"How many.\"\"\"
+        >>> field_docs(C)  # doctest: +SKIP
+        {'n': 'How many.'}
+    """
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if dataclasses.is_dataclass(klass):
+            docs.update(_attribute_docs(klass))
+    out = {}
+    for f in dataclasses.fields(cls):
+        if f.init:
+            out[f.name] = f.metadata.get("doc", docs.get(f.name, ""))
+    return out
+
+
+def type_name(tp: Any) -> str:
+    """A short readable name of a field type (``float | dict[str, float] | None``).
+
+    Example:
+        >>> type_name(int | None)
+        'int | None'
+    """
+    origin = typing.get_origin(tp)
+    if tp is type(None):
+        return "None"
+    if origin in (typing.Union, types.UnionType):
+        return " | ".join(type_name(a) for a in typing.get_args(tp))
+    if origin is not None:
+        args = typing.get_args(tp)
+        base = getattr(origin, "__name__", str(origin))
+        return f"{base}[{', '.join(type_name(a) for a in args)}]" if args else base
+    if tp is Any:
+        return "any"
+    return getattr(tp, "__name__", str(tp))

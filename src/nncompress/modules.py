@@ -1,9 +1,11 @@
-"""Module-tree helpers shared by the techniques: replacing a submodule by dotted name,
-a layer's input as an im2col matrix, and calibration batches from a dataset."""
+"""Module-tree helpers shared by the techniques: selecting layers by name globs and type,
+replacing a submodule by dotted name, a layer's input as an im2col matrix, and calibration
+batches from a dataset."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import fnmatch
+from collections.abc import Iterable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -11,6 +13,35 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from nncompress.errors import ConfigError
+
+
+def name_matches(name: str, patterns: Iterable[str]) -> bool:
+    """True when module name ``name`` matches one of the glob ``patterns`` (``fc*``,
+    ``layers.0.*``; case-sensitive).
+
+    Example:
+        >>> name_matches("layers.0.conv1", ["layers.0.*"]), name_matches("fc1", [])
+        (True, False)
+    """
+    return any(fnmatch.fnmatchcase(name, p) for p in patterns)
+
+
+def select_layers(model: nn.Module, include: Iterable[str] | None = None, exclude: Iterable[str] = (),
+                  types: type[nn.Module] | tuple[type[nn.Module], ...] = nn.Module) -> dict[str, nn.Module]:
+    """``{module name: module}`` of the modules of ``types`` whose name matches a glob of
+    ``include`` (every name when None) and none of ``exclude``, in registration order. The
+    model itself is named ``""``.
+
+    Example:
+        >>> m = nn.Sequential(nn.Linear(2, 2), nn.ReLU(), nn.Linear(2, 2))
+        >>> list(select_layers(m, types=nn.Linear, exclude=["2"]))
+        ['0']
+    """
+    include = list(include) if include is not None else None
+    exclude = list(exclude)
+    return {name: mod for name, mod in model.named_modules()
+            if isinstance(mod, types) and (include is None or name_matches(name, include))
+            and not name_matches(name, exclude)}
 
 
 def set_submodule(model: nn.Module, name: str, new: nn.Module, must_exist: bool = True) -> None:

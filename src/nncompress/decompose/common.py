@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from nncompress.checks import check_fraction, check_int
 from nncompress.errors import ConfigError
 
 
@@ -92,16 +93,7 @@ def check_rank(rank: int, full: int, what: str = "rank") -> int:
         >>> check_rank(3, 5)
         3
     """
-    if isinstance(rank, bool) or int(rank) != rank or not 1 <= int(rank) <= full:
-        raise ConfigError(f"{what} must be an integer in [1, {full}], got {rank!r}")
-    return int(rank)
-
-
-def check_fraction(value: float, what: str) -> float:
-    """``value`` in (0, 1], else ``ConfigError`` naming it."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < value <= 1.0:
-        raise ConfigError(f"{what} must be in (0, 1], got {value!r}")
-    return float(value)
+    return check_int(rank, what, 1, full)
 
 
 def rank_for_energy(values: torch.Tensor, energy: float) -> int:

@@ -16,7 +16,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from nncompress.decompose.common import check_fraction, check_rank
+from nncompress.checks import check_fraction
+from nncompress.decompose.common import check_rank
 from nncompress.decompose.tucker import unfold
 
 log = logging.getLogger(__name__)

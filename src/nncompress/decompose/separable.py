@@ -15,7 +15,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from nncompress.decompose.common import check_fraction, check_rank, rank_for_energy
+from nncompress.checks import check_fraction
+from nncompress.decompose.common import check_rank, rank_for_energy
 
 
 def _matrix(weight: torch.Tensor) -> torch.Tensor:

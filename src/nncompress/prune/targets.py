@@ -2,14 +2,30 @@
 
 from __future__ import annotations
 
-import fnmatch
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 
 from torch import nn
 
 from nncompress.errors import ConfigError
+from nncompress.modules import select_layers
 
 PRUNABLE_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+@dataclass(kw_only=True)
+class LayerSelection:
+    """The layers a pruning config applies to (a base of the pruners' configs).
+
+    Example:
+        >>> LayerSelection(exclude=["fc3"]).include is None
+        True
+    """
+
+    include: list[str] | None = None
+    """Glob patterns of the layers to prune (default: every Linear/Conv layer)."""
+    exclude: list[str] = field(default_factory=list)
+    """Glob patterns of layers left dense."""
 
 
 def is_conv(module: nn.Module) -> bool:
@@ -34,15 +50,9 @@ def prunable_weights(
     """
     include = list(include) if include is not None else None
     exclude = list(exclude)
-    out: dict[str, nn.Parameter] = {}
-    for name, mod in model.named_modules():
-        if not isinstance(mod, types) or getattr(mod, "weight", None) is None:
-            continue
-        if include is not None and not any(fnmatch.fnmatch(name, p) for p in include):
-            continue
-        if any(fnmatch.fnmatch(name, p) for p in exclude):
-            continue
-        out[f"{name}.weight" if name else "weight"] = mod.weight
+    out = {f"{name}.weight" if name else "weight": mod.weight
+           for name, mod in select_layers(model, include, exclude, types).items()
+           if getattr(mod, "weight", None) is not None}
     if not out:
         kinds = ", ".join(t.__name__ for t in types)
         raise ConfigError(

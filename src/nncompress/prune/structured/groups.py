@@ -21,6 +21,7 @@ import torch_pruning as tp
 from torch import nn
 
 from nncompress.errors import ConfigError
+from nncompress.modules import name_matches
 
 log = logging.getLogger(__name__)
 
@@ -112,8 +113,6 @@ def groups_from_graph(
     Groups whose channels reach the model output (the classifier's outputs) are left out,
     and so is every group that contains a module named in ``skip`` (names or globs).
     """
-    import fnmatch
-
     skip = list(skip)
     names = _module_names(model)
     out: list[ChannelGroup] = []
@@ -147,7 +146,7 @@ def groups_from_graph(
         members = set(producers) | set(consumers)
         if reaches_output:
             continue
-        if any(fnmatch.fnmatch(m, p) for m in members for p in skip):
+        if any(name_matches(m, skip) for m in members):
             log.debug("skipping group %s (matched %s)", gname, skip)
             continue
         out.append(ChannelGroup(gname, channels, producers, consumers,
