@@ -2,6 +2,7 @@
 
 from nncompress.decompose.api import (
     METHODS,
+    DecomposeConfig,
     DecomposeReport,
     LayerReport,
     LowRankConfig,
@@ -16,7 +17,7 @@ from nncompress.decompose.svd import svd_factors
 from nncompress.decompose.tucker import tucker2_factors, tucker2_reconstruct
 
 __all__ = [
-    "METHODS", "DecomposeReport", "LayerReport", "LowRankConfig", "apply_lowrank_spec",
+    "METHODS", "DecomposeConfig", "DecomposeReport", "LayerReport", "LowRankConfig", "apply_lowrank_spec",
     "btd_factors", "cp_als", "cp_reconstruct", "decompose", "lowrank_spec", "separable_factors",
     "svd_factors", "tucker2_factors", "tucker2_reconstruct",
 ]

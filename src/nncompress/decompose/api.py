@@ -9,7 +9,6 @@ before loading the weights.
 
 from __future__ import annotations
 
-import fnmatch
 import logging
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
@@ -18,9 +17,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from nncompress.checks import check_fraction, check_int
 from nncompress.decompose.btd import btd_conv
 from nncompress.decompose.common import (
-    check_fraction,
     check_geometry,
     check_rank,
     count_macs,
@@ -44,7 +43,7 @@ from nncompress.decompose.tucker import (
 )
 from nncompress.errors import ConfigError
 from nncompress.format.records import ModelRecord, RestoreContext, register_record
-from nncompress.modules import set_submodule
+from nncompress.modules import select_layers, set_submodule
 
 log = logging.getLogger(__name__)
 METHODS = ("svd", "separable", "tucker2", "cp", "btd")
@@ -53,10 +52,8 @@ LOWRANK_ATTR = "_nncompress_lowrank"
 
 @dataclass(frozen=True)
 class LowRankConfig:
-    """How to factorise one layer: ``method`` in ``METHODS`` and exactly one of ``rank``
-    (int; for tucker2/btd an int or ``(rank_out, rank_in)``, per block for btd),
-    ``energy`` (kept squared singular value fraction in (0, 1]; svd, separable, tucker2)
-    or ``ratio`` (target parameter fraction in (0, 1]). ``groups``: btd blocks.
+    """How to factorise one layer: ``method`` and exactly one of ``rank``, ``energy`` or
+    ``ratio``.
 
     Example:
         >>> LowRankConfig("svd", energy=0.9).method
@@ -64,11 +61,18 @@ class LowRankConfig:
     """
 
     method: str
+    """svd (L1, Linear), separable (L2), tucker2 (L3), cp (L4) or btd (L5; Conv2d)."""
     rank: int | tuple[int, int] | None = None
+    """Rank >= 1 (at most the layer's full rank); tucker2/btd also ``[rank_out, rank_in]``
+    (per block for btd)."""
     energy: float | None = None
+    """Kept fraction of the squared singular values, in (0, 1] (svd, separable, tucker2)."""
     ratio: float | None = None
+    """Target parameter fraction of the layer, in (0, 1]."""
     groups: int = 1
+    """Number of blocks of btd (>= 1; 1 for every other method)."""
     seed: int = 0
+    """Seed of cp's random initialisation."""
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -83,8 +87,7 @@ class LowRankConfig:
         if self.ratio is not None:
             check_fraction(self.ratio, "ratio")
         if self.method == "btd":
-            if isinstance(self.groups, bool) or not isinstance(self.groups, int) or self.groups < 1:
-                raise ConfigError(f"groups must be an integer >= 1, got {self.groups!r}")
+            check_int(self.groups, "groups", 1)
         elif self.groups != 1:
             raise ConfigError(f"groups={self.groups!r} only applies to 'btd'")
 
@@ -96,6 +99,36 @@ class LowRankConfig:
         if unknown:
             raise ConfigError(f"unknown low-rank keys {sorted(unknown)}; allowed: {sorted(allowed)}")
         return cls(**data)
+
+
+@dataclass
+class DecomposeConfig:
+    """Which layers ``decompose`` factorises, and how.
+
+    Example:
+        >>> DecomposeConfig({"fc1": {"method": "svd", "rank": 16}}).layers["fc1"].rank
+        16
+    """
+
+    layers: dict[str, LowRankConfig] = field(default_factory=dict)
+    """Module name or glob (``conv*``) -> ``{method, rank | energy | ratio, groups, seed}``
+    (``LowRankConfig``)."""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.layers, Mapping) or not self.layers:
+            raise ConfigError(f"'layers' must map at least one layer to a method ({', '.join(METHODS)}), "
+                              f"e.g. {{fc1: {{method: svd, rank: 32}}}}")
+        self.layers = {k: v if isinstance(v, LowRankConfig) else LowRankConfig.from_dict(v)
+                       for k, v in self.layers.items()}
+        for name, cfg in self.layers.items():  # before any layer is known: the range the type allows
+            ranks = cfg.rank if isinstance(cfg.rank, (list, tuple)) else [cfg.rank]
+            for r in ranks:
+                if r is not None and (isinstance(r, bool) or not isinstance(r, int) or r < 1):
+                    raise ConfigError(f"layers.{name}: rank={cfg.rank!r} out of range; allowed: integers "
+                                      f">= 1 (at most the layer's full rank)")
+            if isinstance(cfg.rank, (list, tuple)) and cfg.method not in ("tucker2", "btd"):
+                raise ConfigError(f"layers.{name}: rank={cfg.rank!r} is a pair, which only tucker2 and btd "
+                                  f"take; use one integer for {cfg.method!r}")
 
 
 @dataclass
@@ -203,10 +236,9 @@ def _targets(model: nn.Module, spec: Mapping[str, LowRankConfig]) -> dict[str, L
             layer_geometry(modules[pattern], pattern)  # raises for unsupported layers
             chosen[pattern] = cfg
             continue
-        hits = [n for n, m in modules.items() if n and fnmatch.fnmatchcase(n, pattern)
-                and isinstance(m, (nn.Linear, nn.Conv2d))]
+        hits = [n for n in select_layers(model, [pattern], types=(nn.Linear, nn.Conv2d)) if n]
         if not hits:
-            layers = [n for n, m in modules.items() if isinstance(m, (nn.Linear, nn.Conv2d))]
+            layers = list(select_layers(model, types=(nn.Linear, nn.Conv2d)))
             raise ConfigError(f"layer pattern {pattern!r} matches no Linear/Conv2d layer; layers: {layers}")
         for n in hits:
             chosen[n] = cfg
@@ -231,11 +263,12 @@ def _input_shapes(model: nn.Module, names: list[str], example_input: torch.Tenso
     return shapes
 
 
-def decompose(model: nn.Module, spec: Mapping[str, LowRankConfig | Mapping[str, Any]],
+def decompose(model: nn.Module, spec: DecomposeConfig | Mapping[str, LowRankConfig | Mapping[str, Any]],
               example_input: torch.Tensor | None = None) -> tuple[nn.Module, DecomposeReport]:
-    """Replace the layers named in ``spec`` (module name or glob -> config) in place by
-    their low-rank pipelines (``nn.Sequential``); returns ``(model, report)``. With
-    ``example_input`` the report also counts MACs per sample.
+    """Replace the layers named in ``spec`` (a ``DecomposeConfig``, or its ``layers``:
+    module name or glob -> config) in place by their low-rank pipelines
+    (``nn.Sequential``); returns ``(model, report)``. With ``example_input`` the report
+    also counts MACs per sample.
 
     Example:
         >>> from nncompress.models import build_model
@@ -243,6 +276,8 @@ def decompose(model: nn.Module, spec: Mapping[str, LowRankConfig | Mapping[str, 
         >>> rep.layers[0].params_after == 16 * (800 + 500) + 500
         True
     """
+    if isinstance(spec, DecomposeConfig):
+        spec = spec.layers
     cfgs = {k: v if isinstance(v, LowRankConfig) else LowRankConfig.from_dict(v) for k, v in spec.items()}
     targets = _targets(model, cfgs)
     shapes = _input_shapes(model, list(targets), example_input) if example_input is not None else {}

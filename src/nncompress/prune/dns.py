@@ -31,14 +31,16 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from nncompress.checks import check_float, check_fraction
 from nncompress.errors import ConfigError
+from nncompress.prune.magnitude import check_sparsities
 from nncompress.prune.mask import Masks
-from nncompress.prune.targets import prunable_weights
+from nncompress.prune.targets import LayerSelection, prunable_weights
 from nncompress.train.callbacks import Callback
 
 log = logging.getLogger(__name__)
@@ -67,8 +69,7 @@ def c_rate_for_sparsity(weight: torch.Tensor, sparsity: float, low: float = 0.9)
         >>> round(c_rate_for_sparsity(torch.tensor([1.0, 3.0]), 0.5, low=1.0), 6)  # a = 2 = mean
         0.0
     """
-    if not 0.0 <= sparsity < 1.0:
-        raise ConfigError(f"sparsity must be in [0, 1), got {sparsity}")
+    check_fraction(sparsity, "sparsity", zero=True, one=False)
     a = weight.detach().abs().float().reshape(-1)
     srt = torch.sort(a).values
     k = int(round(sparsity * a.numel()))
@@ -103,20 +104,41 @@ def update_probability(step: int, gamma: float, power: float) -> float:
 
 
 @dataclass
-class DNSConfig:
-    """DNS hyper-parameters. Give ``c_rate`` or ``sparsity`` (per-layer dicts allowed,
-    with a ``'default'`` key); ``sparsity`` wins when both are set."""
+class DNSConfig(LayerSelection):
+    """DNS hyper-parameters: ``c_rate`` or ``sparsity`` sets each layer's thresholds.
 
-    c_rate: float | Mapping[str, float] | None = None
-    sparsity: float | Mapping[str, float] | None = None
+    Example:
+        >>> DNSConfig(sparsity={"default": 0.9, "fc3.weight": 0.5}).low
+        0.9
+    """
+
+    c_rate: float | dict[str, float] | None = None
+    """Threshold ``mean|W| + c_rate * std|W|`` (one number or ``{param name: c, default:
+    c}``)."""
+    sparsity: float | dict[str, float] | None = None
+    """Instead of ``c_rate``: the share of weights the first mask update prunes, in [0, 1)
+    (one number or per layer); wins over ``c_rate``."""
     low: float = 0.9
+    """Prune threshold a = low * t."""
     high: float = 1.1
+    """Splice threshold b = high * t (>= low)."""
     gamma: float = 1e-4
+    """Mask-update probability ``(1 + gamma * step) ** -power``: its decay rate (>= 0)."""
     power: float = 1.0
+    """Exponent of the mask-update probability (>= 0)."""
     stop_step: int | None = None
+    """No mask updates from this optimizer step on (the rest trains fixed masks)."""
     seed: int = 0
-    include: list[str] | None = None
-    exclude: list[str] = field(default_factory=list)
+    """Seed of the mask-update draws."""
+
+    def __post_init__(self) -> None:
+        if self.c_rate is None and self.sparsity is None:
+            raise ConfigError("DNS needs c_rate or sparsity")
+        check_sparsities(self.sparsity)
+        if not 0 < self.low <= self.high:
+            raise ConfigError(f"need 0 < low <= high, got low={self.low}, high={self.high}")
+        check_float(self.gamma, "gamma", 0)
+        check_float(self.power, "power", 0)
 
 
 def _per_layer(value, name: str, what: str):
@@ -138,8 +160,6 @@ class DNSCallback(Callback):
     """
 
     def __init__(self, cfg: DNSConfig):
-        if cfg.c_rate is None and cfg.sparsity is None:
-            raise ConfigError("DNS needs c_rate or sparsity")
         self.cfg = cfg
         self.params: dict[str, nn.Parameter] = {}
         self.dense: dict[str, torch.Tensor] = {}

@@ -4,22 +4,61 @@ sparsity, layer-wise or global."""
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from nncompress.checks import check_choice, check_float, check_fraction
 from nncompress.errors import ConfigError
 from nncompress.prune.mask import Masks
-from nncompress.prune.targets import prunable_weights
+from nncompress.prune.targets import LayerSelection, prunable_weights
 
 SCOPES = ("layer", "global")
+LayerValues = float | dict[str, float]  # one number, or {param name (or module name): value, default: value}
 
 
 def check_sparsity(value: float, what: str = "sparsity") -> float:
     """Validate a sparsity in [0, 1)."""
-    if not isinstance(value, (int, float)) or not 0.0 <= float(value) < 1.0:
-        raise ConfigError(f"{what} must be a number in [0, 1), got {value!r}")
-    return float(value)
+    return check_fraction(value, what, zero=True, one=False)
+
+
+def layer_values(value: LayerValues | None) -> list:
+    """The values of one number or a per-layer mapping, as a list."""
+    return list(value.values()) if isinstance(value, Mapping) else [value]
+
+
+def check_sparsities(value: LayerValues | None, what: str = "sparsity") -> None:
+    """One sparsity or ``{layer: sparsity}``, each in [0, 1) (None passes)."""
+    for v in layer_values(value):
+        if v is not None:
+            check_sparsity(v, what)
+
+
+@dataclass
+class MagnitudeConfig(LayerSelection):
+    """Which weights ``magnitude_prune`` removes: a target sparsity or a ``quality * std``
+    threshold, per layer or global.
+
+    Example:
+        >>> MagnitudeConfig(sparsity={"fc1.weight": 0.9, "default": 0.5}).scope
+        'layer'
+    """
+
+    sparsity: LayerValues | None = None
+    """Target fraction of zeros in [0, 1), one number or ``{layer: s, default: s}``."""
+    quality: LayerValues | None = None
+    """Instead of ``sparsity``: threshold = quality x std(W) per layer (>= 0)."""
+    scope: str = "layer"
+    """``layer``: a threshold per layer; ``global``: one threshold over all layers (one
+    sparsity)."""
+
+    def __post_init__(self) -> None:
+        check_choice(self.scope, SCOPES, "scope")
+        check_sparsities(self.sparsity)
+        for v in layer_values(self.quality):
+            if v is not None:
+                check_float(v, "quality", 0)
 
 
 def std_threshold(weight: torch.Tensor, quality: float) -> float:
@@ -29,8 +68,7 @@ def std_threshold(weight: torch.Tensor, quality: float) -> float:
         >>> std_threshold(torch.tensor([1.0, -1.0]), 2.0)
         2.828...
     """
-    if quality < 0:
-        raise ConfigError(f"quality must be >= 0, got {quality}")
+    check_float(quality, "quality", 0)
     return float(quality * weight.detach().float().std())
 
 
@@ -109,36 +147,40 @@ def _per_layer(value, names: list[str], what: str) -> dict[str, float | None]:
 
 def magnitude_prune(
     model: nn.Module,
+    config: MagnitudeConfig | None = None,
     *,
-    sparsity: float | Mapping[str, float] | None = None,
-    quality: float | Mapping[str, float] | None = None,
+    sparsity: LayerValues | None = None,
+    quality: LayerValues | None = None,
     scope: str = "layer",
     include=None,
     exclude=(),
     previous: Masks | None = None,
     apply: bool = True,
 ) -> Masks:
-    """Prune the smallest-magnitude weights of every Linear/Conv layer.
+    """Prune the smallest-magnitude weights of every Linear/Conv layer as ``config`` says
+    (or as the keyword arguments, its fields, say).
 
     Args:
-        sparsity: target fraction of zeros, one number or ``{param_name: s, 'default': s}``.
-        quality: alternative rule, threshold = quality * std(W) per layer.
-        scope: ``layer`` (a threshold per layer) or ``global`` (one threshold over all
-            layers; needs a single ``sparsity``).
+        config: sparsity or quality, scope, include/exclude (``MagnitudeConfig``); a
+            per-layer ``sparsity`` maps parameter names (``fc1.weight``) to values.
         previous: masks from an earlier round; already-pruned weights stay pruned.
         apply: zero the pruned weights in place.
 
     Example:
+        >>> masks = magnitude_prune(model, MagnitudeConfig(sparsity=0.9))  # doctest: +SKIP
         >>> masks = magnitude_prune(model, sparsity=0.9)  # doctest: +SKIP
     """
-    if scope not in SCOPES:
-        raise ConfigError(f"scope {scope!r} not allowed; use one of {SCOPES}")
-    weights = prunable_weights(model, include, exclude)
+    if config is None:
+        config = MagnitudeConfig(sparsity=sparsity, quality=quality, scope=scope, include=include,
+                                 exclude=list(exclude))
+    elif (sparsity, quality, include, scope, tuple(exclude)) != (None, None, None, "layer", ()):
+        raise TypeError("magnitude_prune(model, config): the options belong in the config")
+    sparsity, quality, scope = config.sparsity, config.quality, config.scope
+    weights = prunable_weights(model, config.include, config.exclude)
     names = list(weights)
     if scope == "global":
         if sparsity is None or isinstance(sparsity, Mapping):
             raise ConfigError("global scope needs one number for sparsity")
-        check_sparsity(sparsity)
         masks = select_masks({n: w.detach().abs() for n, w in weights.items()}, sparsity, "global")
     else:
         sp = _per_layer(sparsity, names, "sparsity")

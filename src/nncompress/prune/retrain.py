@@ -10,11 +10,13 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
+from nncompress.checks import check_choice, check_float
 from nncompress.errors import ConfigError
 from nncompress.prune.targets import PRUNABLE_TYPES, is_conv
 from nncompress.train.callbacks import Callback
 
 REGULARIZERS = ("l1", "l2")
+FREEZE_KINDS = ("conv", "fc")
 
 
 class Regularizer(Callback):
@@ -24,10 +26,8 @@ class Regularizer(Callback):
     """
 
     def __init__(self, params: Mapping[str, nn.Parameter], kind: str = "l2", strength: float = 1e-4):
-        if kind not in REGULARIZERS:
-            raise ConfigError(f"regularizer {kind!r} not allowed; use one of {REGULARIZERS}")
-        if strength < 0:
-            raise ConfigError(f"regularizer strength must be >= 0, got {strength}")
+        check_choice(kind, REGULARIZERS, "regularizer")
+        check_float(strength, "regularizer strength", 0)
         self.params, self.kind, self.strength = dict(params), kind, strength
 
     def penalty(self) -> torch.Tensor:
@@ -89,8 +89,7 @@ def adjust_dropouts(model: nn.Module, example: torch.Tensor, original_p: Mapping
 def frozen(model: nn.Module, kind: str) -> Iterator[None]:
     """Freeze the parameters of conv (``kind='conv'``) or fully connected (``'fc'``)
     layers inside the block, restoring ``requires_grad`` afterwards."""
-    if kind not in ("conv", "fc"):
-        raise ConfigError(f"freeze kind {kind!r} not allowed; use 'conv' or 'fc'")
+    check_choice(kind, FREEZE_KINDS, "freeze")
     touched = []
     for mod in model.modules():
         hit = is_conv(mod) if kind == "conv" else isinstance(mod, nn.Linear)

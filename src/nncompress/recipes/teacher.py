@@ -76,6 +76,19 @@ class StageDistillConfig(DistillConfig):
     attention: AttentionConfig | None = None
 
 
+def check_distill(distill: StageDistillConfig | None, finetune: TrainConfig | None, *,
+                  attention: bool = True) -> None:
+    """The ``distill:`` option acts during a stage's training: it needs the ``finetune``
+    block; ``attention=False`` for stages whose layers change shape under the hooks."""
+    if distill is None:
+        return
+    if finetune is None:
+        raise ConfigError("'distill' acts during training; add a 'finetune' block")
+    if not attention and distill.attention is not None:
+        raise ConfigError("distill.attention is not allowed (the pruned layers change shape under its hooks); "
+                          "use alpha/temperature (K1)")
+
+
 class RecordedAttentionLoss(AttentionTransferLoss):
     """``AttentionTransferLoss`` that also sums the attention term it adds (for the report
     and to show the term is used)."""

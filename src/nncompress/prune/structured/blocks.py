@@ -31,6 +31,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from nncompress.checks import check_choice
 from nncompress.errors import ConfigError
 from nncompress.format.records import ModelRecord, RestoreContext, register_record
 from nncompress.modules import set_submodule
@@ -111,8 +112,7 @@ FITS = ("mean", "affine")
 
 def check_fit(fit: str, name: str = "fit") -> None:
     """Raise ``ConfigError`` naming ``name`` unless ``fit`` is one of ``FITS``."""
-    if fit not in FITS:
-        raise ConfigError(f"{name}={fit!r} not allowed; allowed: {', '.join(FITS)}")
+    check_choice(fit, FITS, name)
 
 
 def affine_from_moments(n: int, s: torch.Tensor, b: torch.Tensor, ss: torch.Tensor, sb: torch.Tensor,

@@ -1,7 +1,8 @@
 """Criterion handlers: gather what each formula needs from a model and score every group.
 
 Every handler has the same signature ``(model, groups, data) -> {group name: scores (C,)}``
-so the pruner treats them alike (``CRITERIA`` maps names to handlers). Activations are read
+so the pruner treats them alike; ``CRITERIA`` maps names to ``Criterion`` objects (the
+handler and whether it needs data), the registry recipes name criteria by. Activations are read
 at each group's ``site`` (the norm after the root conv, else the root) and passed through a
 ReLU where the formula is about post-ReLU activity. Data-free criteria accept ``data=None``.
 """
@@ -293,25 +294,53 @@ def random_scores(model, groups, data=None) -> Scores:
     return out
 
 
-Criterion = Callable[[nn.Module, Sequence[ChannelGroup], "ScoreData | None"], Scores]
+@dataclass(frozen=True)
+class Criterion:
+    """A named scoring rule: ``fn(model, groups, data) -> {group name: scores (C,)}``, one
+    score per channel, low = removed first. ``needs_data``: it reads a labelled sample
+    (``ScoreData``); data-free criteria get ``data=None``. Register one with
+    :func:`register_criterion` and recipes (``structured: {criterion: name}``) can use it.
 
-CRITERIA: dict[str, Criterion] = {
-    "l1": lambda m, g, d=None: norm_scores(m, g, d, p=1),
-    "l2": lambda m, g, d=None: norm_scores(m, g, d, p=2),
-    "apoz": apoz_scores,
-    "entropy": entropy_scores,
-    "taylor": taylor_scores,
-    "icc": icc_scores,
-    "correlation": correlation_scores,
-    "oracle": oracle_scores,
-    "aofp": aofp_scores,
-    "random": random_scores,
-}
-DATA_FREE = ("l1", "l2")
+    Example:
+        >>> CRITERIA["l2"].needs_data
+        False
+    """
+
+    name: str
+    fn: Callable[[nn.Module, Sequence[ChannelGroup], ScoreData | None], Scores]
+    needs_data: bool = True
+
+    def __call__(self, model: nn.Module, groups: Sequence[ChannelGroup], data: ScoreData | None = None) -> Scores:
+        return self.fn(model, groups, data)
+
+
+CRITERIA: dict[str, Criterion] = {c.name: c for c in (
+    Criterion("l1", lambda m, g, d=None: norm_scores(m, g, d, p=1), needs_data=False),
+    Criterion("l2", lambda m, g, d=None: norm_scores(m, g, d, p=2), needs_data=False),
+    Criterion("apoz", apoz_scores),
+    Criterion("entropy", entropy_scores),
+    Criterion("taylor", taylor_scores),
+    Criterion("icc", icc_scores),
+    Criterion("correlation", correlation_scores),
+    Criterion("oracle", oracle_scores),
+    Criterion("aofp", aofp_scores),
+    Criterion("random", random_scores),
+)}
+
+
+def register_criterion(criterion: Criterion) -> Criterion:
+    """Make ``criterion`` known by its name (to ``score``, ``structured_prune`` and recipes).
+
+    Example:
+        >>> register_criterion(Criterion("l1", CRITERIA["l1"].fn, needs_data=False)).name
+        'l1'
+    """
+    CRITERIA[criterion.name] = criterion
+    return criterion
 
 
 def get_criterion(name: str) -> Criterion:
-    """The handler registered as ``name`` (``ConfigError`` naming the allowed ones)."""
+    """The criterion registered as ``name`` (``ConfigError`` naming the allowed ones)."""
     if name not in CRITERIA:
         raise ConfigError(f"unknown criterion {name!r}; allowed: {', '.join(CRITERIA)}")
     return CRITERIA[name]
@@ -324,7 +353,7 @@ def score(model: nn.Module, groups: Sequence[ChannelGroup], criterion: str, data
         >>> s = score(model, find_groups(model, x[:1]), "l1")  # doctest: +SKIP
     """
     fn = get_criterion(criterion)
-    if criterion not in DATA_FREE:
+    if fn.needs_data:
         _need(data, criterion)
     out = fn(model, groups, data)
     for g in groups:

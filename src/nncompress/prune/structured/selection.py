@@ -29,6 +29,7 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
+from nncompress.checks import check_choice, check_fraction, check_int
 from nncompress.errors import ConfigError
 from nncompress.prune.structured.cost import LayerCost, plan_cost
 from nncompress.prune.structured.groups import ChannelGroup
@@ -39,19 +40,12 @@ TARGET_KINDS = ("macs", "params", "channels", "latency")
 
 def check_ratio(value: float, what: str = "ratio") -> float:
     """Validate a removal fraction: 0 <= value < 1 (``ConfigError`` otherwise)."""
-    try:
-        v = float(value)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{what} must be a number in [0, 1), got {value!r}") from exc
-    if not (0.0 <= v < 1.0) or math.isnan(v):
-        raise ConfigError(f"{what} must be in [0, 1) (a fraction removed), got {value!r}")
-    return v
+    return check_fraction(value, what, zero=True, one=False)
 
 
 def check_kind(kind: str) -> str:
-    if kind not in TARGET_KINDS:
-        raise ConfigError(f"target_kind {kind!r} not allowed; use one of {TARGET_KINDS}")
-    return kind
+    """Validate a target kind (one of ``TARGET_KINDS``)."""
+    return check_choice(kind, TARGET_KINDS, "target_kind")
 
 
 def normalise(scores: torch.Tensor) -> torch.Tensor:
@@ -76,9 +70,7 @@ def _lowest(scores: torch.Tensor, n: int) -> list[int]:
 
 def check_round_to(round_to: int) -> int:
     """Validate a channel multiple (an int >= 1)."""
-    if isinstance(round_to, bool) or not isinstance(round_to, int) or round_to < 1:
-        raise ConfigError(f"round_to must be an integer >= 1, got {round_to!r}")
-    return round_to
+    return check_int(round_to, "round_to", 1)
 
 
 def allowed_kept(channels: int, round_to: int = 1, kept: Sequence[int] | None = None) -> list[int]:
