@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nncompress.checks import check_float
 from nncompress.distill.kd import DistillConfig, _freeze, kd_loss
 from nncompress.errors import ConfigError
 
@@ -41,8 +42,7 @@ def attention_map(a: torch.Tensor, p: float = 2.0, normalize: bool = True) -> to
     """
     if a.dim() != 4:
         raise ConfigError(f"attention_map needs a (B, C, H, W) activation, got shape {tuple(a.shape)}")
-    if not p > 0:
-        raise ConfigError(f"p must be > 0, got {p}")
+    check_float(p, "p", 0, lo_open=True)
     am = a.abs().pow(p).sum(dim=1).flatten(1)  # (B, H*W)
     return F.normalize(am, dim=1) if normalize else am
 
@@ -60,8 +60,7 @@ def at_loss(student_maps: Sequence[torch.Tensor], teacher_maps: Sequence[torch.T
     if len(student_maps) != len(teacher_maps) or not student_maps:
         raise ConfigError(f"need the same non-zero number of student and teacher maps, got "
                           f"{len(student_maps)} and {len(teacher_maps)}")
-    if beta < 0:
-        raise ConfigError(f"beta must be >= 0, got {beta}")
+    check_float(beta, "beta", 0)
     total = student_maps[0].new_zeros(())
     for j, (qs, qt) in enumerate(zip(student_maps, teacher_maps)):
         if qs.shape != qt.shape:
@@ -99,10 +98,8 @@ class AttentionTransferLoss:
                  kd: DistillConfig | None = None, label_smoothing: float = 0.0):
         if not pairs:
             raise ConfigError("pairs must name at least one (student_layer, teacher_layer)")
-        if beta < 0:
-            raise ConfigError(f"beta must be >= 0, got {beta}")
-        if not p > 0:
-            raise ConfigError(f"p must be > 0, got {p}")
+        check_float(beta, "beta", 0)
+        check_float(p, "p", 0, lo_open=True)
         self.pairs = [(str(s), str(t)) for s, t in pairs]
         self.teacher = _freeze(teacher)
         self.beta, self.p, self.kd, self.label_smoothing = beta, p, kd, label_smoothing

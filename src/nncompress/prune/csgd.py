@@ -29,6 +29,7 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import nn
 
+from nncompress.checks import check_float, check_int
 from nncompress.errors import ConfigError
 from nncompress.train.callbacks import Callback
 
@@ -47,8 +48,7 @@ def cluster_filters(weight: torch.Tensor, n_clusters: int, method: str = "kmeans
         [0, 0, 0, 1, 1]
     """
     o = weight.shape[0]
-    if not 1 <= n_clusters <= o:
-        raise ConfigError(f"n_clusters must be in [1, {o}], got {n_clusters}")
+    check_int(n_clusters, "n_clusters", 1, o)
     if method == "even":
         return torch.arange(o) * n_clusters // o
     if method == "kmeans":
@@ -114,8 +114,7 @@ class CSGDCallback(Callback):
                  eps: float = 0.05):
         from nncompress.prune.structured.groups import find_groups
 
-        if eps < 0:
-            raise ConfigError(f"centripetal strength eps must be >= 0, got {eps}")
+        check_float(eps, "centripetal strength eps", 0)
         groups = find_groups(model, example_inputs)
         self.eps = eps
         self.items: list[tuple[nn.Parameter, torch.Tensor, torch.Tensor]] = []

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from nncompress.checks import check_choice
 from nncompress.errors import ConfigError
 from nncompress.prune.magnitude import check_sparsity, magnitude_prune
 from nncompress.prune.mask import MaskCallback, Masks
@@ -91,8 +92,7 @@ def sparsity_schedule(name: str, s_i: float, s_f: float, t0: int, n: int, dt: in
         >>> sparsity_schedule("cubic", 0.0, 0.9, 0, 10, 100)(1000)
         0.9
     """
-    if name not in _SCHEDULES:
-        raise ConfigError(f"unknown sparsity schedule {name!r}; allowed: {', '.join(SPARSITY_SCHEDULES)}")
+    check_choice(name, SPARSITY_SCHEDULES, "sparsity schedule")
     check_sparsity(s_i, "initial sparsity")
     check_sparsity(s_f, "final sparsity")
     if n <= 0 or dt <= 0 or t0 < 0:

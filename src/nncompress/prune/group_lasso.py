@@ -23,6 +23,7 @@ from collections.abc import Iterable, Mapping, Sequence
 import torch
 from torch import nn
 
+from nncompress.checks import check_float
 from nncompress.errors import ConfigError
 from nncompress.prune.mask import Masks
 from nncompress.prune.targets import prunable_weights
@@ -88,8 +89,7 @@ class GroupLasso(Callback):
 
     def __init__(self, params: Mapping[str, nn.Parameter], kinds: Sequence[str] | Mapping[str, float] = ("filter",),
                  strength: float = 1e-4):
-        if strength < 0:
-            raise ConfigError(f"group lasso strength must be >= 0, got {strength}")
+        check_float(strength, "group lasso strength", 0)
         self.params, self.kinds, self.strength = dict(params), _kinds_for(kinds), strength
 
     def penalty(self) -> torch.Tensor:

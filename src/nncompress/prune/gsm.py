@@ -23,6 +23,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from nncompress.checks import check_float, check_fraction, check_int
 from nncompress.errors import ConfigError
 from nncompress.prune.mask import Masks
 from nncompress.prune.targets import prunable_weights
@@ -40,8 +41,7 @@ def topq_masks(scores: Sequence[torch.Tensor], q: int) -> list[torch.Tensor]:
     """
     sizes = [s.numel() for s in scores]
     total = sum(sizes)
-    if not 0 <= q <= total:
-        raise ConfigError(f"q must be in [0, {total}], got {q}")
+    check_int(q, "q", 0, total)
     flat = torch.cat([s.detach().reshape(-1) for s in scores])
     keep = torch.zeros(total, dtype=torch.bool, device=flat.device)
     if q > 0:
@@ -63,16 +63,10 @@ def gsm_q(total: int, *, q: int | None = None, ratio: float | None = None,
     if q is not None:
         out = int(q)
     elif ratio is not None:
-        if ratio < 1:
-            raise ConfigError(f"ratio must be >= 1, got {ratio}")
-        out = int(round(total / ratio))
+        out = int(round(total / check_float(ratio, "ratio", 1)))
     else:
-        if not 0 <= sparsity < 1:
-            raise ConfigError(f"sparsity must be in [0, 1), got {sparsity}")
-        out = total - int(round(sparsity * total))
-    if not 1 <= out <= total:
-        raise ConfigError(f"q must be in [1, {total}], got {out}")
-    return out
+        out = total - int(round(check_fraction(sparsity, "sparsity", zero=True, one=False) * total))
+    return check_int(out, "q", 1, total)
 
 
 class GSMCallback(Callback):

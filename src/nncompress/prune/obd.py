@@ -29,6 +29,7 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset
 
+from nncompress.checks import check_choice
 from nncompress.errors import ConfigError
 from nncompress.modules import calibration_batches, layer_inputs_2d
 from nncompress.prune.magnitude import SCOPES, check_sparsity, finish_masks, select_masks
@@ -67,8 +68,7 @@ def diag_fisher(
     """
     from torch.func import functional_call, grad, vmap
 
-    if labels not in FISHER_LABELS:
-        raise ConfigError(f"labels {labels!r} not allowed; use one of {FISHER_LABELS}")
+    check_choice(labels, FISHER_LABELS, "labels")
     names = list(names) if names is not None else list(prunable_weights(model))
     params = {k: v.detach() for k, v in model.named_parameters()}
     buffers = {k: v.detach() for k, v in model.named_buffers()}
@@ -234,8 +234,7 @@ def obd_prune(
     Example:
         >>> masks = obd_prune(model, train_set, 0.9, n_samples=2048)  # doctest: +SKIP
     """
-    if scope not in SCOPES:
-        raise ConfigError(f"scope {scope!r} not allowed; use one of {SCOPES}")
+    check_choice(scope, SCOPES, "scope")
     if estimator == "layerwise" and scope == "global":
         raise ConfigError("estimator 'layerwise' gives saliencies comparable within a layer only; "
                           "use scope='layer'")

@@ -30,6 +30,7 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset
 
+from nncompress.checks import check_float, check_int
 from nncompress.errors import ConfigError
 from nncompress.modules import calibration_batches, layer_inputs_2d
 from nncompress.prune.magnitude import check_sparsity
@@ -139,8 +140,7 @@ def damped_inverse(h: torch.Tensor, damp: float) -> torch.Tensor:
         >>> damped_inverse(torch.eye(2, dtype=torch.float64) * 2, 0.0).diagonal().round(decimals=6).tolist()
         [0.5, 0.5]
     """
-    if damp < 0:
-        raise ConfigError(f"damp must be >= 0, got {damp}")
+    check_float(damp, "damp", 0)
     d = h.shape[0]
     mean_diag = float(h.diagonal().mean())
     hd = h + (damp * mean_diag if mean_diag > 0 else 1e-8) * torch.eye(d, dtype=h.dtype, device=h.device)
@@ -189,8 +189,7 @@ def obs_prune_matrix(
         16
     """
     check_sparsity(sparsity)
-    if block_size < 1:
-        raise ConfigError(f"block_size must be >= 1, got {block_size}")
+    check_int(block_size, "block_size", 1)
     rows, d = w2d.shape
     forced = forced if forced is not None else torch.zeros(rows, d, dtype=torch.bool)
     forced = forced.to(w2d.device)

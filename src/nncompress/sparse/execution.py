@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from nncompress.checks import check_choice, check_float
 from nncompress.errors import ConfigError
 from nncompress.modules import set_submodule
 from nncompress.prune.targets import module_of, prunable_weights
@@ -161,10 +162,8 @@ def to_sparse_inference(
         >>> report.sparse_layers  # doctest: +SKIP
         ['fc1', 'fc2']
     """
-    if mode not in MODES:
-        raise ConfigError(f"mode {mode!r} not allowed; use one of {MODES}")
-    if not isinstance(min_speedup, (int, float)) or min_speedup <= 0:
-        raise ConfigError(f"min_speedup must be a number > 0, got {min_speedup!r}")
+    check_choice(mode, MODES, "mode")
+    check_float(min_speedup, "min_speedup", 0, lo_open=True)
     if not sparse_threads:
         raise ConfigError("sparse_threads must name at least one thread count (None = current)")
     for t in sparse_threads:

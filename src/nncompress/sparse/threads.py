@@ -13,15 +13,12 @@ from contextlib import contextmanager
 
 import torch
 
-from nncompress.errors import ConfigError
+from nncompress.checks import check_int
 
 
 def check_threads(threads: int | None) -> int | None:
     """Validate a thread count: ``None`` (use torch's current count) or an int >= 1."""
-    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int)
-                                or threads < 1):
-        raise ConfigError(f"threads must be None or an int >= 1, got {threads!r}")
-    return threads
+    return threads if threads is None else check_int(threads, "threads", 1)
 
 
 @contextmanager
