@@ -426,6 +426,11 @@ def _cmd_sign(args: argparse.Namespace) -> int:
 def _cmd_recipes(args: argparse.Namespace) -> int:
     from nncompress.recipes import STAGES, builtin_recipes
 
+    if args.describe:
+        from nncompress.recipes.describe import describe
+
+        print(describe(), end="")
+        return 0
     print("built-in recipes: " + ", ".join(builtin_recipes()))
     print("stages: " + ", ".join(STAGES.names()))
     return 0
@@ -493,6 +498,8 @@ def build_parser() -> argparse.ArgumentParser:
     sg.add_argument("--out", help="write the signed copy here (default: sign FILE in place)")
     sg.set_defaults(fn=_cmd_sign)
     ls = sub.add_parser("recipes", help="list built-in recipes and stages")
+    ls.add_argument("--describe", action="store_true",
+                    help="print the reference of every stage's keys (types, defaults, descriptions)")
     ls.set_defaults(fn=_cmd_recipes)
     return p
 

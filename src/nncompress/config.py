@@ -122,27 +122,21 @@ def _attribute_docs(cls: type) -> dict[str, str]:
     return docs
 
 
-def field_docs(cls: type) -> dict[str, str]:
-    """The documentation of every init field of dataclass ``cls`` (inherited ones included):
-    ``metadata["doc"]`` if set, else the field's attribute docstring, else "".
+def field_docs(config: Any) -> dict[str, str]:
+    """The documentation of every init field of a config dataclass (or of an object that
+    lists its fields as a dataclass does), inherited fields included: ``metadata["doc"]``
+    if set, else the field's attribute docstring, else "".
 
     Example:
-        >>> @dataclasses.dataclass
-        ... class C:
-        ...     n: int = 1
-        ...     \"\"\"How many.\"\"\"
-        >>> field_docs(C)  # doctest: +SKIP
-        {'n': 'How many.'}
+        >>> from nncompress.train import TrainConfig
+        >>> sorted(field_docs(TrainConfig))[:2]
+        ['average_last', 'batch_size']
     """
     docs: dict[str, str] = {}
-    for klass in reversed(cls.__mro__):
+    for klass in reversed(config.__mro__ if isinstance(config, type) else type(config).__mro__):
         if dataclasses.is_dataclass(klass):
             docs.update(_attribute_docs(klass))
-    out = {}
-    for f in dataclasses.fields(cls):
-        if f.init:
-            out[f.name] = f.metadata.get("doc", docs.get(f.name, ""))
-    return out
+    return {f.name: f.metadata.get("doc", docs.get(f.name, "")) for f in dataclasses.fields(config) if f.init}
 
 
 def type_name(tp: Any) -> str:

@@ -10,14 +10,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nncompress.errors import ConfigError
+from nncompress.checks import check_float
 
 
 def _check(alpha: float, temperature: float) -> None:
-    if not 0.0 <= alpha <= 1.0:
-        raise ConfigError(f"alpha must be in [0, 1], got {alpha}")
-    if not temperature > 0:
-        raise ConfigError(f"temperature must be > 0, got {temperature}")
+    check_float(alpha, "alpha", 0, 1)
+    check_float(temperature, "temperature", 0, lo_open=True)
 
 
 @dataclass(frozen=True)
@@ -31,7 +29,9 @@ class DistillConfig:
     """
 
     alpha: float = 0.5
+    """Weight of the teacher's soft targets, in [0, 1] (0 = plain cross-entropy)."""
     temperature: float = 4.0
+    """Softmax temperature T of both models' logits (> 0)."""
 
     def __post_init__(self) -> None:
         _check(self.alpha, self.temperature)

@@ -96,6 +96,11 @@ class SparseTrainConfig:
     train: TrainConfig | None = None
     """The training budget (one-shot obd / obs / magnitude may omit it: no retraining)."""
 
+    @staticmethod
+    def param_types() -> dict[str, type]:
+        """The params dataclass of each method (for the recipe reference)."""
+        return {name: m.params for name, m in SPARSE_METHODS.items()}
+
     def __post_init__(self) -> None:
         if self.method not in SPARSE_METHODS:
             raise ConfigError(f"unknown sparse-training method {self.method!r}; allowed: "

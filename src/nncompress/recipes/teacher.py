@@ -35,10 +35,8 @@ _LOSSES_KEY = "attention_losses"  # ctx.extras: AT losses whose student hooks ar
 
 @dataclass(frozen=True)
 class AttentionConfig:
-    """K2 attention transfer inside ``distill:``. ``layers``: module names whose outputs
-    (``(B, C, H, W)``) are matched; an entry is a name used for student and teacher alike
-    or a ``[student_layer, teacher_layer]`` pair (layers of equal H x W). ``beta``: weight of
-    the term (>= 0; the paper's 1000); ``p``: exponent of the attention map (> 0).
+    """K2 attention transfer inside ``distill:``: the student's attention maps at some
+    layers match the teacher's.
 
     Example:
         >>> AttentionConfig(layers=["conv1", ["conv2", "conv2"]]).pairs
@@ -46,8 +44,12 @@ class AttentionConfig:
     """
 
     layers: list[str | list[str]]
+    """Module names whose outputs ``(B, C, H, W)`` are matched: a name used for student and
+    teacher alike, or a ``[student_layer, teacher_layer]`` pair (layers of equal H x W)."""
     beta: float = 1000.0
+    """Weight of the attention term (>= 0; the paper's 1000)."""
     p: float = 2.0
+    """Exponent of the attention map (> 0)."""
 
     def __post_init__(self) -> None:
         if not self.layers:
@@ -70,10 +72,11 @@ class AttentionConfig:
 
 @dataclass(frozen=True)
 class StageDistillConfig(DistillConfig):
-    """The ``distill:`` option of recipe stages: K1 (``alpha``, ``temperature``, see
-    ``DistillConfig``) plus optional K2 ``attention`` (``AttentionConfig``)."""
+    """The ``distill:`` option of recipe stages: K1 knowledge distillation from the run's
+    teacher, plus optional K2 attention transfer."""
 
     attention: AttentionConfig | None = None
+    """Also match attention maps at these layers (``AttentionConfig``)."""
 
 
 def check_distill(distill: StageDistillConfig | None, finetune: TrainConfig | None, *,
