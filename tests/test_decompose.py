@@ -239,3 +239,19 @@ def test_damaged_lowrank_record_is_rejected(tmp_path):
     nncompress.save(model, tmp_path / "bad.nnc")  # record disagrees with the layer it names
     with pytest.raises(FormatError, match="bad.nnc"):
         nncompress.load(tmp_path / "bad.nnc")
+
+
+def test_decompose_config_equals_its_layers_mapping():
+    from nncompress.decompose import DecomposeConfig
+
+    a, b = Net(), Net()
+    b.load_state_dict(a.state_dict())
+    spec = {"conv": {"method": "tucker2", "rank": [3, 2]}, "f*": {"method": "svd", "rank": 4}}
+    _, rep_a = decompose(a, spec)
+    _, rep_b = decompose(b, DecomposeConfig(spec))
+    assert rep_a.as_dict() == rep_b.as_dict()
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    with pytest.raises(ConfigError, match="'layers' must map at least one layer"):
+        DecomposeConfig({})
+    with pytest.raises(ConfigError, match=r"layers\.fc: rank=0 out of range"):
+        DecomposeConfig({"fc": {"method": "svd", "rank": 0}})

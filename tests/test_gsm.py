@@ -73,3 +73,26 @@ def test_dispatcher_gsm_and_errors(lenet300, tiny_data):
         sparse_train(lenet300, "lottery", tiny_data, None)
     with pytest.raises(ConfigError, match="train_cfg"):
         sparse_train(lenet300, "dns", tiny_data, None, sparsity=0.5)
+
+
+def test_sparse_train_config_equals_keyword_call_and_checks_params(lenet300, tiny_data):
+    import copy
+
+    from nncompress.prune.sparse_methods import GSMParams
+    from nncompress.prune.sparse_train import SparseTrainConfig, sparse_train
+
+    cfg = TrainConfig(epochs=1, batch_size=64, weight_decay=1e-3)
+    twin = copy.deepcopy(lenet300)
+    old = sparse_train(lenet300, "gsm", tiny_data, cfg, q=500)
+    config = SparseTrainConfig("gsm", {"q": 500}, cfg)
+    assert config.params == GSMParams(q=500)
+    new = sparse_train(twin, config, tiny_data)
+    assert all(torch.equal(old.masks[k], new.masks[k]) for k in old.masks)
+    for params, match in [({"qq": 5}, r"gsm params: unknown key\(s\) \['qq'\]"),
+                          ({"q": 5, "ratio": 10}, "exactly one of q, ratio, sparsity"),
+                          ({"ratio": 0.5}, "ratio must be >= 1, got 0.5"),
+                          ({"q": 1.5}, r"gsm params\.q: expected an integer")]:
+        with pytest.raises(ConfigError, match=match):
+            SparseTrainConfig("gsm", params, cfg)
+    with pytest.raises(TypeError, match="belong in the config"):
+        sparse_train(twin, config, tiny_data, cfg)

@@ -98,3 +98,44 @@ def test_bare_layer_is_prunable():
     layer = torch.nn.Linear(10, 4)
     masks = magnitude_prune(layer, sparsity=0.5)
     assert list(masks) == ["weight"] and int((layer.weight == 0).sum()) == 20
+
+
+def test_magnitude_config_equals_keywords_and_layers_are_selected_by_globs(lenet300):
+    import copy
+
+    from torch import nn
+
+    from nncompress.modules import select_layers
+    from nncompress.prune import MagnitudeConfig
+
+    twin = copy.deepcopy(lenet300)
+    old = magnitude_prune(lenet300, sparsity={"fc1.weight": 0.9, "default": 0.5}, exclude=["fc3"])
+    new = magnitude_prune(twin, MagnitudeConfig(sparsity={"fc1.weight": 0.9, "default": 0.5}, exclude=["fc3"]))
+    assert list(old) == list(new) == ["fc1.weight", "fc2.weight"]
+    assert all(torch.equal(old[k], new[k]) for k in old)
+    with pytest.raises(TypeError, match="belong in the config"):
+        magnitude_prune(twin, MagnitudeConfig(sparsity=0.5), sparsity=0.9)
+    with pytest.raises(ConfigError, match=r"sparsity must be in \[0, 1\), got 1.2"):
+        MagnitudeConfig(sparsity={"default": 1.2})
+    with pytest.raises(ConfigError, match="scope='all' not allowed; allowed: layer, global"):
+        MagnitudeConfig(sparsity=0.5, scope="all")
+    assert list(select_layers(lenet300, include=["fc*"], exclude=["fc2"], types=nn.Linear)) == ["fc1", "fc3"]
+    assert list(select_layers(lenet300, types=nn.ReLU)) == [n for n, m in lenet300.named_modules()
+                                                           if isinstance(m, nn.ReLU)]
+
+
+def test_iterative_config_equals_schedule_call(lenet300, tiny_data):
+    import copy
+
+    from nncompress.prune import IterativeConfig, iterative_prune
+
+    twin = copy.deepcopy(lenet300)
+    retrain = TrainConfig(epochs=0.25, batch_size=64, lr=0.01)
+    old = iterative_prune(lenet300, tiny_data, [0.5, 0.8], retrain, freeze="conv")
+    new = iterative_prune(twin, tiny_data, IterativeConfig(schedule=[0.5, 0.8], retrain=retrain, freeze="conv"))
+    assert all(torch.equal(old.masks[k], new.masks[k]) for k in old.masks)
+    assert all(torch.equal(a, b) for a, b in zip(lenet300.parameters(), twin.parameters()))
+    with pytest.raises(ConfigError, match="needs a 'retrain' config"):
+        IterativeConfig(schedule=[0.5])
+    with pytest.raises(ConfigError, match="freeze='all' not allowed; allowed: conv, fc"):
+        IterativeConfig(schedule=[0.5], retrain=retrain, freeze="all")

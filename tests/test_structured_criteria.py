@@ -134,3 +134,30 @@ def test_apoz_handler_reads_relu_of_site():
     groups = [g for g in find_groups(model, x) if g.name == "0"]
     out = score(model, groups, "apoz", ScoreData(x, torch.tensor([0])))["0"]
     assert torch.allclose(out, torch.tensor([0.5, 0.5]))  # each channel zero at 2 of 4 pixels
+
+
+def test_a_registered_criterion_is_known_to_score_the_pruner_and_recipes():
+    from nncompress.prune.structured import (
+        Criterion,
+        StructuredPruneConfig,
+        register_criterion,
+        structured_prune,
+    )
+    from nncompress.recipes import parse_recipe
+
+    def reversed_l1(model, groups, data=None):  # removes the largest filters first
+        return {name: -s for name, s in CRITERIA["l1"](model, groups).items()}
+
+    register_criterion(Criterion("reversed-l1", reversed_l1, needs_data=False))
+    try:
+        model = build_model("lenet5")
+        x = torch.randn(1, 1, 28, 28)
+        norms = model.conv1.weight.detach().abs().sum((1, 2, 3))
+        res = structured_prune(model, StructuredPruneConfig("reversed-l1", target=0.3), example_inputs=x)
+        assert res.criterion == "reversed-l1" and model.conv1.out_channels < 20
+        kept = model.conv1.weight.detach().abs().sum((1, 2, 3))  # the smallest filters survive
+        assert kept.max() <= norms.sort().values[len(kept) - 1] + 1e-6
+        raw = {"name": "r", "stages": [{"structured": {"criterion": "reversed-l1", "target": 0.3}}]}
+        assert parse_recipe(raw).stages[0].config.criterion == "reversed-l1"
+    finally:
+        CRITERIA.pop("reversed-l1")

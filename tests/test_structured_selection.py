@@ -177,3 +177,26 @@ def test_round_to_keeps_multiples_per_layer_and_global():
         select_global(rscores, rgroups, costs, 0.5 * dense, "macs")
     with pytest.raises(ConfigError, match="round_to"):
         select_per_layer(scores, groups, 0.5, round_to=0)
+
+
+def test_config_call_equals_keyword_call_and_options_live_in_the_config(tiny_data):
+    import copy
+
+    from nncompress.prune.structured import StructuredPruneConfig
+
+    x, y = tiny_data.tensors
+    model = build_model("lenet5")
+    twin = copy.deepcopy(model)
+    old = structured_prune(model, "taylor", 0.4, "params", (x[:64], y[:64]), example_inputs=x[:1], mode="layer")
+    cfg = StructuredPruneConfig("taylor", target=0.4, target_kind="params", mode="layer")
+    new = structured_prune(twin, cfg, (x[:64], y[:64]), example_inputs=x[:1])
+    assert new.pruned == old.pruned and new.steps == old.steps
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), twin.state_dict().values()))
+    with pytest.raises(TypeError, match="belong in the config"):
+        structured_prune(twin, cfg, example_inputs=x[:1], mode="global")
+    with pytest.raises(ConfigError, match="unknown criterion 'l3'; allowed: l1, l2"):
+        StructuredPruneConfig("l3")
+    with pytest.raises(ConfigError, match=r"ratio of 'conv1' must be in \[0, 1\), got 1.5"):
+        StructuredPruneConfig(ratios={"conv1": 1.5})
+    with pytest.raises(ConfigError, match="steps must be an integer >= 1, got 0"):
+        StructuredPruneConfig(steps=0)
