@@ -116,7 +116,7 @@ def bench_model(model_name: str, outdir: Path, seed: int | None = None) -> dict:
         recipe = dataclasses.replace(recipe, seed=seed)
     stem = model_name if seed is None else f"{model_name}-seed{seed}"
     prune_cfg = next(s.config for s in recipe.stages if s.name == "prune")
-    quant_cfg = next(s.config for s in recipe.stages if s.name == "quantize")
+    quant_cfg = next(s.config.quantizer for s in recipe.stages if s.name == "quantize")  # KMeansConfig
     branch: dict = {}
 
     def hook(stage: str, ctx) -> None:

@@ -1,4 +1,6 @@
-"""Quantization: k-means weight sharing (Q1) and the low-bit quantizers."""
+"""Quantization: k-means weight sharing (Q1), the low-bit quantizers (Q3-Q12), HashedNets
+and BWNH (Q13), block floating point (Q15); every one a config for ``quantize_model(model,
+config, run)`` (``nncompress.quantize.registry``)."""
 
 from nncompress.quantize.kmeans1d import KMeansResult, init_centroids, kmeans_1d
 from nncompress.quantize.sharing import (
@@ -18,7 +20,7 @@ __all__ = [
     "sharing_ratio",
 ]
 
-# --- low-bit quantizers (Q3-Q12): quantize_ / finalize / quantize_model, METHODS registry
+# --- low-bit quantizers (Q3-Q12): quantize_ / calibrate / finalize, the METHODS table
 from nncompress.quantize import bfp_codec as _bfp_codec  # noqa: F401  (registers bfp)
 from nncompress.quantize import codecs as _lowbit_codecs  # noqa: F401  (registers binary/lut/int/pow2/shift)
 from nncompress.quantize.api import (
@@ -28,9 +30,16 @@ from nncompress.quantize.api import (
     finalize,
     quant_summary,
     quantize_,
-    quantize_model,
 )
 from nncompress.quantize.methods import METHODS, QuantConfig, make_config
+from nncompress.quantize.registry import (
+    QUANTIZERS,
+    QuantizerConfig,
+    QuantizeResult,
+    QuantizeRun,
+    quantize_model,
+    register_quantizer,
+)
 
 __all__ += [
     "METHODS", "QuantConfig", "activation_spec", "apply_activation_spec", "calibrate", "finalize",
@@ -75,4 +84,18 @@ from nncompress.quantize.bwnh_codes import (  # noqa: E402
 __all__ += [
     "BWNHQuantizer", "BWNHResult", "bwn_objective", "bwnh_alpha", "bwnh_binarize", "bwnh_codes",
     "bwnh_objective", "bwnh_solve_gram", "bwnh_stats",
+]
+
+# --- the built-in quantizers, registered in this order (that of the recipe's "allowed" list)
+# isort: off
+from nncompress.quantize.kmeans_method import KMeansConfig  # noqa: E402
+from nncompress.quantize.bfp_method import BFPConfig  # noqa: E402
+from nncompress.quantize.bwnh_method import BWNHConfig  # noqa: E402
+from nncompress.quantize.hashed_method import HashedConfig  # noqa: E402
+from nncompress.quantize import lowbit_method as _lowbit_method  # noqa: E402, F401  (registers METHODS)
+# isort: on
+
+__all__ += [
+    "QUANTIZERS", "BFPConfig", "BWNHConfig", "HashedConfig", "KMeansConfig", "QuantizeResult", "QuantizeRun",
+    "QuantizerConfig", "register_quantizer",
 ]

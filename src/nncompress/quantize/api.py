@@ -1,6 +1,8 @@
-"""The quantization entry points: ``quantize_`` (wrap for QAT / calibration),
-``calibrate``, ``finalize`` (plain layers holding exactly the packed values) and
-``quantize_model`` (a whole method: wrap, calibrate, train, finalize).
+"""The low-bit quantization primitives: ``quantize_`` (wrap for QAT / calibration),
+``calibrate`` and ``finalize`` (plain layers holding exactly the packed values).
+``quantize_model`` (a whole method, any quantizer) is ``nncompress.quantize.registry``'s,
+importable from here too; the low-bit methods' handler is
+``nncompress.quantize.lowbit_method``.
 
 After ``finalize`` the model is made of plain ``nn.Linear`` / ``nn.Conv2d`` modules with
 unchanged state-dict keys; its weights are the decoded packed values (bit-identical to
@@ -24,10 +26,10 @@ from torch.utils.data import DataLoader, Dataset
 from nncompress.errors import ConfigError
 from nncompress.format.records import ModelRecord, RestoreContext, register_record
 from nncompress.quantize.activations import ActQuantizer, make_activation
-from nncompress.quantize.inq import INQ
 from nncompress.quantize.layers import QUANT_LAYERS, is_quant_layer, set_submodule
-from nncompress.quantize.methods import INQConfig, LayerInfo, QuantConfig, make_config
+from nncompress.quantize.methods import LayerInfo, QuantConfig
 from nncompress.quantize.packing import FORMATS, roundtrip
+from nncompress.quantize.registry import quantize_model  # noqa: F401  (its former home)
 
 log = logging.getLogger(__name__)
 
@@ -216,78 +218,6 @@ def quant_summary(model: nn.Module) -> dict[str, dict[str, float | str]]:
         {'format': 'binary', 'bits': 1.0}
     """
     return dict(getattr(model, SUMMARY_ATTR, {}))
-
-
-def default_train_config():
-    """QAT fine-tuning defaults: 1 epoch of Adam at lr 1e-3, cosine schedule."""
-    from nncompress.train import TrainConfig
-
-    return TrainConfig(epochs=1.0, lr=1e-3, optimizer="adam", lr_schedule="cosine")
-
-
-def quantize_model(
-    model: nn.Module,
-    method: str,
-    params: dict[str, Any] | None = None,
-    *,
-    train_data: Dataset | None = None,
-    calib_data: Dataset | None = None,
-    train_cfg=None,
-    keep_zeros: bool = True,
-    calib_batches: int = 8,
-    filter_fn: Callable[[str, nn.Module], bool] | None = None,
-) -> nn.Module:
-    """Run a quantization method end to end and return the finalized model (in place).
-
-    PTQ methods calibrate (if they quantize activations) and finalize; QAT methods
-    fine-tune with ``nncompress.train.fit`` (``train_cfg``, default 1 epoch of Adam) and
-    the method's callbacks; INQ runs one ``fit`` per partition step. With ``keep_zeros``,
-    weights that are exactly zero (a pruned model) are held at zero during training
-    (``MaskCallback``); methods whose levels contain 0 keep them zero after finalize.
-
-    Example:
-        >>> model = quantize_model(model, "twn", train_data=train_set)  # doctest: +SKIP
-        >>> nncompress.save(model, "lenet5-twn.nnc")  # doctest: +SKIP
-    """
-    from nncompress.prune import MaskCallback, Masks
-    from nncompress.train import fit
-
-    config = make_config(method, params)
-    quantize_(model, config, filter_fn)
-    names = [
-        f"{n}.weight" for n, m in model.named_modules() if is_quant_layer(m) and m.wq is not None
-    ]
-    if config.needs_calibration():
-        data = calib_data if calib_data is not None else train_data
-        if data is None:
-            raise ConfigError(
-                f"method {method!r} quantizes activations and needs calib_data (or train_data)"
-            )
-        calibrate(model, data, calib_batches)
-    if config.needs_training():
-        if train_data is None:
-            raise ConfigError(f"method {method!r} trains (QAT) and needs train_data")
-        cfg = train_cfg or default_train_config()
-        extra = []
-        if keep_zeros:
-            masks = Masks.from_zeros(model, names)
-            if masks.total_sparsity() > 0:
-                extra.append(MaskCallback(masks))
-        if isinstance(config, INQConfig):
-            _run_inq(model, config, train_data, cfg, extra)
-        else:
-            fit(model, train_data, cfg, callbacks=config.callbacks(model, names) + extra)
-    return finalize(model)
-
-
-def _run_inq(model: nn.Module, config: INQConfig, train_data: Dataset, cfg, extra: list) -> None:
-    from nncompress.train import fit
-
-    inq = INQ(model)
-    for frac in config.schedule:
-        inq.step(frac)
-        if frac < 1.0:
-            fit(model, train_data, cfg, callbacks=[inq.callback()] + extra)
 
 
 def _restore_record(model: nn.Module, spec: Any, ctx: RestoreContext) -> None:

@@ -1,13 +1,14 @@
-"""One small config dataclass per method (catalogue Q3-Q12) and the ``METHODS`` registry.
+"""One small config dataclass per method (catalogue Q3-Q12) and the ``METHODS`` table.
 
 A config says, per quantizable layer, which weight quantizer and which input (activation)
 quantizer to use, whether the method trains (QAT) and which callbacks training needs.
-``quantize_`` applies a config to a model; ``quantize_model`` runs the whole method.
+``quantize_`` applies a config to a model; ``quantize_model`` runs the whole method (the
+handler of every config here is in ``nncompress.quantize.lowbit_method``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
@@ -38,6 +39,7 @@ from nncompress.quantize.quantizers import (
     TWNQuantizer,
     WeightQuantizer,
 )
+from nncompress.quantize.registry import QuantizerConfig, build_config
 from nncompress.train.callbacks import Callback
 
 
@@ -60,14 +62,25 @@ class LayerInfo:
 
 
 @dataclass
-class QuantConfig:
-    """Base config. ``skip_first_last`` keeps the first and last layer in float;
-    ``exclude`` lists glob patterns of layer names left alone."""
+class QuantConfig(QuantizerConfig):
+    """Base config of the low-bit methods."""
 
     name: ClassVar[str] = ""
     trains: ClassVar[bool] = True
     skip_first_last: bool = False
+    """Keep the first and the last layer in float."""
     exclude: list[str] = field(default_factory=list)
+    """Glob patterns of layer names left alone."""
+    keep_zeros: bool = True
+    """Weights that are exactly zero (a pruned model) stay zero during training."""
+    calib_batches: int = 8
+    """Batches of the calibration pass of methods that quantize activations, >= 1."""
+
+    def __post_init__(self) -> None:
+        check_bits(self.calib_batches, 1, 1 << 20, "calib_batches")
+
+    def training(self) -> str:
+        return "always" if self.needs_training() else "never"
 
     def weight_quantizer(self, layer: LayerInfo) -> WeightQuantizer | None:
         return None
@@ -99,10 +112,19 @@ class FloatConfig(QuantConfig):
     dtype: str = "fp16"
 
     def __post_init__(self):
+        super().__post_init__()
         check_choice(self.dtype, ("fp16", "bf16"), "dtype")
 
     def weight_quantizer(self, layer):
         return CastQuantizer(self.dtype)
+
+
+@dataclass
+class BF16Config(FloatConfig):
+    """Q3 bf16 weights: ``FloatConfig`` with ``dtype="bf16"``."""
+
+    name: ClassVar[str] = "bf16"
+    dtype: str = "bf16"
 
 
 @dataclass
@@ -118,6 +140,7 @@ class IntConfig(QuantConfig):
     qat: bool = False
 
     def __post_init__(self):
+        super().__post_init__()
         check_bits(self.bits, 2, 8)
         if self.act_bits is not None:
             check_bits(self.act_bits, 2, 16, "act_bits")
@@ -225,6 +248,7 @@ class TTQConfig(QuantConfig):
     zero_ratio: float | None = None
 
     def __post_init__(self):
+        super().__post_init__()
         check_range(self.t, 0.0, 1.0, "t")
         if self.zero_ratio is not None:
             check_range(self.zero_ratio, 0.0, 0.999, "zero_ratio")
@@ -243,6 +267,7 @@ class INQConfig(QuantConfig):
     schedule: list[float] = field(default_factory=lambda: [0.5, 0.75, 0.875, 1.0])
 
     def __post_init__(self):
+        super().__post_init__()
         check_bits(self.bits, 2, 8)
         s = [float(x) for x in self.schedule]
         if not s or any(not 0 < x <= 1 for x in s) or s != sorted(s) or s[-1] != 1.0:
@@ -266,6 +291,7 @@ class ShiftCNNConfig(QuantConfig):
     qat: bool = False
 
     def __post_init__(self):
+        super().__post_init__()
         check_bits(self.n, 1, 4, "n")
         check_bits(self.bits, 2, 8)
 
@@ -287,6 +313,7 @@ class ADMMConfig(QuantConfig):
     rho_growth: float = 1.0
 
     def __post_init__(self):
+        super().__post_init__()
         check_choice(self.levels, tuple(ADMM_LEVELS), "levels")
         check_range(self.rho, 1e-9, 1e9, "rho")
 
@@ -311,6 +338,7 @@ class DoReFaConfig(QuantConfig):
     scaled: bool = True
 
     def __post_init__(self):
+        super().__post_init__()
         check_bits(self.w_bits, 1, 8, "w_bits")
         if self.a_bits is not None:
             check_bits(self.a_bits, 1, 16, "a_bits")
@@ -337,6 +365,7 @@ class LinearActConfig(QuantConfig):
     bits: int = 8
 
     def __post_init__(self):
+        super().__post_init__()
         check_bits(self.bits, 2, 16)
 
     def act_quantizer(self, layer):
@@ -355,6 +384,7 @@ class LogActConfig(LinearActConfig):
 
     def __post_init__(self):
         check_bits(self.bits, 2, 8)
+        super().__post_init__()
 
     def act_quantizer(self, layer):
         return None if layer.first else LogAct(self.bits)
@@ -362,7 +392,7 @@ class LogActConfig(LinearActConfig):
 
 METHODS: dict[str, type[QuantConfig]] = {
     "fp16": FloatConfig,
-    "bf16": FloatConfig,
+    "bf16": BF16Config,
     "int8": IntConfig,
     "binaryconnect": BinaryConnectConfig,
     "bnn": BNNConfig,
@@ -377,11 +407,12 @@ METHODS: dict[str, type[QuantConfig]] = {
     "act-linear": LinearActConfig,
     "act-log": LogActConfig,
 }
-"""Method name -> config class (the recipe stage ``quantize`` looks names up here)."""
+"""Method name -> config class of the low-bit methods (each registered as a quantizer under
+that name by ``nncompress.quantize.lowbit_method``)."""
 
 
 def make_config(method: str, params: dict[str, Any] | None = None) -> QuantConfig:
-    """Build the config of ``method`` from a params dict; unknown keys are errors.
+    """Build the config of a low-bit ``method`` from a params dict; unknown keys are errors.
 
     Example:
         >>> make_config("int8", {"per_channel": False}).per_channel
@@ -391,15 +422,4 @@ def make_config(method: str, params: dict[str, Any] | None = None) -> QuantConfi
         raise ConfigError(
             f"unknown quantization method {method!r}; allowed: {', '.join(sorted(METHODS))}"
         )
-    cls = METHODS[method]
-    params = dict(params or {})
-    if method == "bf16":
-        params.setdefault("dtype", "bf16")
-    allowed = {f.name for f in fields(cls)}
-    unknown = set(params) - allowed
-    if unknown:
-        raise ConfigError(
-            f"unknown parameter(s) {sorted(unknown)} for method {method!r}; "
-            f"allowed: {sorted(allowed)}"
-        )
-    return cls(**params)
+    return build_config(METHODS[method], method, params)

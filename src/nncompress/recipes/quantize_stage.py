@@ -1,112 +1,155 @@
-"""The ``quantize`` recipe stage. ``method: kmeans`` is Deep Compression's weight sharing
-(Q1) with optional centroid fine-tuning; ``hashed`` (HashedNets, Q13) and ``bfp`` (block
-floating point, Q15) are in ``nncompress.recipes.hashed_bfp``; other methods come from the
-low-bit quantizer registry when it is installed."""
+"""The ``quantize`` recipe stage: YAML -> a quantizer config -> ``quantize_model``.
+
+``method: <name>`` picks the config class registered under that name
+(``nncompress.quantize.registry``; default ``kmeans``); every other key is a field of that
+config, which checks it (older recipes nest them under ``params:``; the two forms mix).
+The run keys are the same for every method: ``finetune`` (training settings of the
+method's fine-tuning) and ``distill`` (that training also learns from the run's teacher,
+K1 and K2 with ``attention``; see ``nncompress.recipes.teacher``). Pruned weights stay
+zero through the fine-tuning. Nothing here knows a quantizer by name.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import typing
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
-
+from nncompress.config import field_docs, from_dict
 from nncompress.errors import ConfigError
-from nncompress.quantize.sharing import CentroidFineTuner, SharingConfig, share_weights
+from nncompress.quantize.registry import (
+    QUANTIZERS,
+    QuantizerConfig,
+    QuantizeRun,
+    check_training,
+    quantize_model,
+)
 from nncompress.recipes.context import RunContext
-from nncompress.recipes.hashed_bfp import EXTRA_METHODS, check_method_config
 from nncompress.recipes.stages import register_stage
 from nncompress.recipes.teacher import (
     StageDistillConfig,
     distill_loss,
     distill_session,
     distill_summary,
+    teacher_of,
 )
-from nncompress.train.loop import TrainConfig, fit
-
-CODEBOOK_DTYPES = {"float32": torch.float32, "float16": torch.float16}
+from nncompress.train.loop import TrainConfig
 
 
 @dataclass
-class QuantizeConfig:
-    """``method``: kmeans (bits_fc / bits_conv / init; ``finetune`` trains the centroids
-    with ``centroid_lr``, default the finetune lr), ``hashed`` or ``bfp`` (their ``params``
-    are checked here, see ``nncompress.recipes.hashed_bfp``) or a low-bit method with
-    ``params``. ``distill``: the k-means centroid fine-tuning (or the hashed buckets'
-    fine-tuning) also learns from the trained dense model (K1, and K2 with ``attention``;
-    see ``nncompress.recipes.teacher``). ``bits``: per-layer overrides by module name.
-    ``codebook_dtype: float16`` rounds the final centroids to half precision, so the file
-    stores each codebook in 2 bytes per centroid (the model evaluated is the rounded one)."""
+class QuantizeStageConfig:
+    """A parsed ``quantize`` stage: the method's name and config, and the run keys."""
+
+    method: str
+    quantizer: QuantizerConfig
+    finetune: TrainConfig | None = None
+    distill: StageDistillConfig | None = None
+
+
+@dataclass
+class QuantizeStageKeys:
+    """The stage's keys that are not a quantizer's fields (no quantizer may use these names)."""
 
     method: str = "kmeans"
-    bits_fc: int = 5
-    bits_conv: int = 8
-    init: str = "linear"
-    finetune: TrainConfig | None = None
-    centroid_lr: float | None = None
-    include: list[str] | None = None
-    exclude: list[str] = field(default_factory=list)
+    """A registered quantizer (``nncompress.quantize.QUANTIZERS.names()``)."""
     params: dict[str, Any] = field(default_factory=dict)
+    """The method's options nested (the form of older recipes); or give them as keys of the stage."""
+    finetune: TrainConfig | None = None
+    """Training settings of the method's fine-tuning (methods that always train have defaults)."""
     distill: StageDistillConfig | None = None
-    bits: dict[str, int] = field(default_factory=dict)
-    codebook_dtype: str = "float32"
-
-    def __post_init__(self) -> None:
-        if self.codebook_dtype not in CODEBOOK_DTYPES:
-            raise ConfigError(f"quantize: codebook_dtype {self.codebook_dtype!r} not allowed; "
-                              f"allowed: {sorted(CODEBOOK_DTYPES)}")
-        lowbit = lowbit_methods()
-        if self.method != "kmeans" and self.method not in EXTRA_METHODS and self.method not in lowbit:
-            raise ConfigError(f"quantize: unknown method {self.method!r}; allowed: "
-                              f"{['kmeans', *sorted(EXTRA_METHODS), *sorted(lowbit)]}")
-        check_method_config(self)
+    """The fine-tuning also learns from the run's teacher (K1, K2 with ``attention``)."""
 
 
-def lowbit_methods() -> dict[str, Any]:
-    """The low-bit quantizer registry, or {} when that module is absent."""
-    try:
-        from nncompress.quantize.methods import METHODS
-    except ImportError:
-        return {}
-    return dict(METHODS)
+class QuantizeOptions:
+    """The stage's options as ``parse_recipe`` reads a config dataclass (its fields and
+    annotations, then a call): the stage keys plus the fields of every registered quantizer
+    config, gathered at each parse so that a quantizer registered at any time is known.
+    Quantizer fields pass here untyped; the chosen method's config then checks its own."""
+
+    @property
+    def __dataclass_fields__(self) -> dict[str, dataclasses.Field]:
+        out = {f.name: f for f in dataclasses.fields(QuantizeStageKeys)}
+        for config in QUANTIZERS.configs():
+            for f in dataclasses.fields(config):
+                if f.init:
+                    out.setdefault(f.name, f)
+        return out
+
+    @property
+    def __annotations__(self) -> dict[str, Any]:  # what typing.get_type_hints reads
+        stage = typing.get_type_hints(QuantizeStageKeys)
+        return {name: stage.get(name, Any) for name in self.__dataclass_fields__}
+
+    @staticmethod
+    def param_types() -> dict[str, type]:
+        """The config class of each method (for the recipe reference)."""
+        return {name: QUANTIZERS.get(name).config for name in QUANTIZERS.names()}
+
+    def field_docs(self) -> dict[str, str]:
+        """The stage keys' docstrings; a quantizer's option names the methods that take it
+        (the recipe reference lists each method's options with their docs)."""
+        docs, takers = field_docs(QuantizeStageKeys), _methods_by_option()
+        return {key: docs.get(key) or f"An option of method {', '.join(takers[key])} (see the quantize params "
+                                      f"of the method)." for key in self.__dataclass_fields__}
+
+    def __call__(self, method: str = "kmeans", params: dict[str, Any] | None = None,
+                 finetune: TrainConfig | None = None, distill: StageDistillConfig | None = None,
+                 **options: Any) -> QuantizeStageConfig:
+        return stage_config(method, dict(params or {}), options, finetune, distill)
 
 
-@register_stage("quantize", QuantizeConfig, "k-means weight sharing, hashed (Q13), bfp (Q15) or a low-bit quantizer")
-def run_quantize(ctx: RunContext, cfg: QuantizeConfig) -> dict[str, Any]:
-    """The ``quantize`` stage (attention-transfer hooks, if any, removed at its end)."""
+def _init_fields(config: type) -> list[str]:
+    return sorted(f.name for f in dataclasses.fields(config) if f.init)
+
+
+def _methods_by_option() -> dict[str, list[str]]:
+    """Option name -> the methods whose config has it (registration order)."""
+    out: dict[str, list[str]] = {}
+    for name in QUANTIZERS.names():
+        for key in _init_fields(QUANTIZERS.get(name).config):
+            out.setdefault(key, []).append(name)
+    return out
+
+
+def stage_config(method: str, params: dict[str, Any], options: dict[str, Any], finetune: TrainConfig | None,
+                 distill: StageDistillConfig | None) -> QuantizeStageConfig:
+    """The method's config from its options (top-level keys and ``params``), checked by
+    the config, and the run keys checked against the method's ``training()``."""
+    spec = QUANTIZERS.get(method)
+    allowed = _init_fields(spec.config)
+    clash = sorted(set(allowed) & {f.name for f in dataclasses.fields(QuantizeStageKeys)})
+    if clash:
+        raise ConfigError(f"method {method!r}: its config has fields {clash}, names of the stage's own keys; "
+                          f"rename them in {spec.config.__name__}")
+    twice = sorted(set(params) & set(options))
+    if twice:
+        raise ConfigError(f"{twice} given at the top level and in 'params'; give each once")
+    where = "params" if params and not options else f"method {method!r}"
+    given = {**options, **params}
+    unknown = sorted(set(given) - set(allowed))
+    if unknown:
+        takers = _methods_by_option()
+        hint = "; ".join(f"{k!r} is an option of {takers[k]}" for k in unknown if k in takers)
+        raise ConfigError(f"{where}: unknown key(s) {unknown}; allowed: {allowed}" + (f" ({hint})" if hint else ""))
+    quantizer = from_dict(spec.config, given, where)
+    check_training(method, quantizer, finetune=finetune is not None, distill=distill is not None)
+    return QuantizeStageConfig(method, quantizer, finetune, distill)
+
+
+@register_stage("quantize", QuantizeOptions(), "quantize with a registered quantizer (method: kmeans, bfp, "
+                                               "hashed, bwnh, a low-bit method, ...)")
+def run_quantize(ctx: RunContext, cfg: QuantizeStageConfig) -> dict[str, Any]:
+    """Quantize ``ctx.model`` with the stage's config; attention-transfer hooks, if any,
+    are removed at the end. Report: the method, its summary and the distillation."""
     with distill_session(ctx):
-        return _quantize(ctx, cfg)
-
-
-def _quantize(ctx: RunContext, cfg: QuantizeConfig) -> dict[str, Any]:
-    if cfg.method in EXTRA_METHODS:
-        return EXTRA_METHODS[cfg.method](ctx, cfg)
-    if cfg.method == "kmeans":
-        if cfg.params:
-            raise ConfigError(f"quantize: method kmeans takes no 'params' (got {sorted(cfg.params)})")
-        shared = share_weights(ctx.model, SharingConfig(
-            bits_conv=cfg.bits_conv, bits_fc=cfg.bits_fc, init=cfg.init, include=cfg.include,
-            exclude=cfg.exclude, seed=ctx.seed, bits=cfg.bits))
-        ctx.snapshot("after_sharing")
-        if cfg.finetune is not None:
-            lr = cfg.centroid_lr if cfg.centroid_lr is not None else cfg.finetune.lr
-            fit(ctx.model, ctx.train_data, cfg.finetune, callbacks=[CentroidFineTuner(shared, lr)],
-                loss_fn=distill_loss(ctx, cfg.distill, cfg.finetune))
-            ctx.snapshot("after_finetune")
-        if cfg.codebook_dtype != "float32":
-            shared.round_codebooks(ctx.model, CODEBOOK_DTYPES[cfg.codebook_dtype])
-        ctx.extras["shared"] = shared
-        return {"method": "kmeans", "layers": shared.summary(), "distill": distill_summary(cfg.distill, ctx)}
-    if cfg.bits or cfg.codebook_dtype != "float32":
-        raise ConfigError(f"quantize: 'bits' and 'codebook_dtype' work with method kmeans only (got method {cfg.method!r})")
-    if cfg.distill is not None:
-        raise ConfigError(f"quantize: 'distill' works with methods kmeans, hashed and bwnh only (got method {cfg.method!r})")
-    methods = lowbit_methods()
-    if cfg.method not in methods:
-        raise ConfigError(f"quantize: unknown method {cfg.method!r}; allowed: "
-                          f"{['kmeans', *sorted(EXTRA_METHODS), *sorted(methods)]}")
-    from nncompress.quantize.api import quantize_model
-
-    quantize_model(ctx.model, cfg.method, cfg.params, train_data=ctx.train_data,
-                   calib_data=ctx.train_data, train_cfg=cfg.finetune)
-    ctx.snapshot(f"after_{cfg.method}")
-    return {"method": cfg.method, "params": cfg.params}
+        if cfg.distill is not None:
+            teacher_of(ctx)  # without a train stage, the model as it is before quantization teaches
+        run = QuantizeRun(train_data=ctx.train_data, finetune=cfg.finetune,
+                          distill=(lambda train: distill_loss(ctx, cfg.distill, train)) if cfg.distill is not None else None,
+                          masks=ctx.masks, progress=ctx.extras.get("progress", False), seed=ctx.seed,
+                          snapshot=ctx.snapshot)
+        result = quantize_model(ctx.model, cfg.quantizer, run)
+        ctx.model = result.model
+        ctx.forget_replaced_layers()
+        return {"method": cfg.method, **result.summary, "distill": distill_summary(cfg.distill, ctx)}

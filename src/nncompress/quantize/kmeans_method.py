@@ -1,0 +1,79 @@
+"""Deep Compression's weight sharing (Q1) as a quantizer: k-means per layer
+(``share_weights``), optional centroid fine-tuning (``CentroidFineTuner``), optional
+half-precision codebooks. The ``deep`` codec stores the result (``auto`` picks it)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from nncompress.errors import ConfigError
+from nncompress.quantize.registry import (
+    QuantizerConfig,
+    QuantizeResult,
+    QuantizeRun,
+    register_quantizer,
+)
+from nncompress.quantize.sharing import CentroidFineTuner, SharingConfig, share_weights
+
+CODEBOOK_DTYPES = {"float32": torch.float32, "float16": torch.float16}
+
+
+@dataclass
+class KMeansConfig(QuantizerConfig):
+    """Options of ``method: kmeans`` (Q1).
+
+    Example:
+        >>> KMeansConfig(bits_fc=4, bits={"fc1": 3}).sharing(seed=0).bits
+        {'fc1': 3}
+    """
+
+    bits_fc: int = 5
+    """Index bits of Linear layers (2^bits centroids), 1..16."""
+    bits_conv: int = 8
+    """Index bits of Conv layers, 1..16."""
+    init: str = "linear"
+    """k-means initialisation (``nncompress.quantize.kmeans1d.INITS``)."""
+    bits: dict[str, int] = field(default_factory=dict)
+    """Per-layer index bits by module name, overriding ``bits_fc``/``bits_conv``."""
+    include: list[str] | None = None
+    """Glob patterns of the layers to share (default: every Linear/Conv layer)."""
+    exclude: list[str] = field(default_factory=list)
+    """Glob patterns of layers left alone."""
+    centroid_lr: float | None = None
+    """Learning rate of the centroids during the run's fine-tuning (> 0; default: its lr)."""
+    codebook_dtype: str = "float32"
+    """``float16`` rounds the final centroids to half precision, so the file stores each
+    codebook in 2 bytes per centroid (the model evaluated is the rounded one)."""
+
+    def __post_init__(self) -> None:
+        self.sharing(seed=0)  # bits and init, checked by SharingConfig
+        if self.codebook_dtype not in CODEBOOK_DTYPES:
+            raise ConfigError(f"codebook_dtype {self.codebook_dtype!r} not allowed; allowed: {sorted(CODEBOOK_DTYPES)}")
+        if self.centroid_lr is not None and not self.centroid_lr > 0:
+            raise ConfigError(f"centroid_lr={self.centroid_lr!r} out of range; allowed: > 0")
+
+    def training(self) -> str:
+        return "optional"
+
+    def sharing(self, seed: int) -> SharingConfig:
+        """The ``SharingConfig`` of these options (k-means seeded with ``seed``)."""
+        return SharingConfig(bits_conv=self.bits_conv, bits_fc=self.bits_fc, init=self.init, include=self.include,
+                             exclude=self.exclude, seed=seed, bits=self.bits)
+
+
+@register_quantizer(KMeansConfig, name="kmeans")
+def quantize_kmeans(model: nn.Module, config: KMeansConfig, run: QuantizeRun) -> QuantizeResult:
+    """Share the weights, fine-tune the centroids when the run has ``finetune``, round the
+    codebooks if asked. Summary: per layer n, bits, codebook size and the paper's ratio."""
+    shared = share_weights(model, config.sharing(run.seed))
+    run.mark("after_sharing")
+    if run.finetune is not None:
+        lr = config.centroid_lr if config.centroid_lr is not None else run.finetune.lr
+        run.fit(model, run.finetune, [CentroidFineTuner(shared, lr)])
+        run.mark("after_finetune")
+    if config.codebook_dtype != "float32":
+        shared.round_codebooks(model, CODEBOOK_DTYPES[config.codebook_dtype])
+    return QuantizeResult(model, {"layers": shared.summary()})
