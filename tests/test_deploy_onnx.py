@@ -331,3 +331,19 @@ def test_gap_stream_roundtrip(bits):
     codes, fillers = st.gap_entries(pos, bits)
     assert codes.max() < 2**bits
     assert np.array_equal(st.gap_positions(codes, bits, fillers), pos)
+
+
+def test_cli_export_to_onnx_keeps_the_compression(tmp_path, capsys):
+    """`nncompress export FILE.nnc OUT.onnx` writes the checked ONNX model; a bad opset is
+    refused before any work."""
+    from pathlib import Path
+
+    from nncompress.cli import main
+
+    src = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "deep_compression" / "lenet300-seed0.nnc"
+    out = tmp_path / "m.onnx"
+    assert main(["export", str(src), str(out)]) == 0
+    assert "pruned-shared" in capsys.readouterr().out
+    assert 0 < out.stat().st_size <= 3 * src.stat().st_size
+    assert main(["export", str(src), str(tmp_path / "x.onnx"), "--opset", "99"]) == 2
+    assert "--opset 99" in capsys.readouterr().err and not (tmp_path / "x.onnx").exists()

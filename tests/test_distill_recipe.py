@@ -49,14 +49,6 @@ def test_bad_distill_rejected_with_names(distill, match):
         parse_recipe(tiny(quant_distill=distill), "r.yaml")
 
 
-def test_distill_needs_kmeans_quantize():
-    raw = {"name": "q", "data": {"name": "digits", "train_subset": 64},
-           "stages": [{"quantize": {"method": "twn", "distill": {"alpha": 0.5}}}]}
-    recipe = parse_recipe(raw)
-    with pytest.raises(ConfigError, match="distill.*kmeans"):
-        STAGES.get("quantize").run(build_context(recipe), recipe.stages[0].config)
-
-
 def test_alpha_zero_trains_exactly_as_without_distillation():
     plain = run_stages(tiny(label_smoothing=0.1))
     zero = run_stages(tiny({"alpha": 0.0, "temperature": 3.0}, {"alpha": 0.0}, label_smoothing=0.1))

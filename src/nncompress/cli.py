@@ -354,6 +354,11 @@ def _cmd_export(args: argparse.Namespace) -> int:
     source = _input_file(args.file, ".nnc file")
     out = _output_file(args.out, "export output", not_same_as=(source,))
     _check_format_options(args)
+    fmt = args.format or ("onnx" if str(args.out).lower().endswith(".onnx") else "safetensors")
+    if fmt == "onnx":
+        return _export_onnx(args, out)
+    if args.opset is not None:
+        _bad(f"--opset {args.opset} applies to ONNX export only (OUT ending in .onnx or --format onnx)")
     state, info = _read_nnc(load_state, args)
     try:
         blob = safetensors_bytes({k: v.contiguous() for k, v in state.items()},
@@ -362,6 +367,32 @@ def _cmd_export(args: argparse.Namespace) -> int:
         _bad(f"{args.file}: its tensors cannot be written as safetensors ({type(exc).__name__}: {exc})")
     atomic_write_bytes(out, blob)  # through a temp file that is never left behind
     print(f"wrote {args.out} ({len(blob):,} bytes, dense safetensors)")
+    return 0
+
+
+def _export_onnx(args: argparse.Namespace, out: Path) -> int:
+    """``export FILE OUT.onnx``: the compressed model as ONNX (``nncompress.deploy``), checked
+    in onnxruntime against the loaded model before anything is written."""
+    try:
+        from nncompress.deploy import OPSETS, export_onnx
+        from nncompress.deploy.onnx_export import DEFAULT_OPSET
+    except ImportError as exc:  # pragma: no cover - the package itself is always there
+        _bad(f"ONNX export is unavailable ({exc})")
+    opset = DEFAULT_OPSET if args.opset is None else args.opset
+    if opset not in OPSETS:
+        _bad(f"--opset {opset} is not supported; allowed: {min(OPSETS)}..{max(OPSETS)}")
+    from nncompress.format import load
+
+    model = _read_nnc(load, args)
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        _bad("ONNX export needs the deploy extra: pip install 'nncompress[deploy]' (onnx, onnxruntime)")
+    report = export_onnx(model, out, opset=opset)
+    forms = ", ".join(f"{k}: {v}" for k, v in report.layers.items())
+    print(f"wrote {args.out} ({report.onnx_bytes:,} bytes, ONNX opset {opset}; max |diff| vs the .nnc "
+          f"model {report.max_abs_diff:.2e} in onnxruntime)\nlayers: {forms}")
     return 0
 
 
@@ -470,9 +501,13 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--json", action="store_true")
     _add_format_options(e)
     e.set_defaults(fn=_cmd_eval)
-    x = sub.add_parser("export", help="write the dense weights as safetensors")
+    x = sub.add_parser("export", help="write the model as ONNX (OUT.onnx: compression kept, checked in "
+                                      "onnxruntime) or its dense weights as safetensors")
     x.add_argument("file")
-    x.add_argument("out")
+    x.add_argument("out", help="output file; a name ending in .onnx selects ONNX")
+    x.add_argument("--format", choices=["onnx", "safetensors"],
+                   help="output format (default: from OUT's suffix, else safetensors)")
+    x.add_argument("--opset", type=int, help="ONNX opset (13..21; default 17)")
     _add_format_options(x)
     x.set_defaults(fn=_cmd_export)
     sv = sub.add_parser("sensitivity", help="per-layer channel-pruning sensitivity curves of a .nnc model")
