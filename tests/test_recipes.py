@@ -297,14 +297,6 @@ def test_structured_stage_removes_blocks_and_the_file_rebuilds_them(tmp_path):
 
 # -- the recipe reference (nncompress recipes --describe) ---------------------------------
 
-# Stages whose configs live outside the packages that document their fields so far; the
-# strict xfail turns into a failure when they gain field docstrings: then drop the entry.
-UNDOCUMENTED_ELSEWHERE = {
-    "train": "TrainConfig (nncompress.train.loop) has no field docstrings yet",
-    "quantize": "the quantize stage's options (QuantizeOptions, the quantizer configs) have no field docs yet",
-}
-
-
 def _stage_configs(stage):
     """The stage's config, the params dataclass of each of its choices, and the nested
     option dataclasses that are not another stage's config (those are checked there)."""
@@ -331,14 +323,12 @@ def _stage_configs(stage):
 
 @pytest.mark.parametrize("stage", ["decompose", "encode", "evaluate", "prune", "quantize", "sparse_train",
                                    "structured", "train"])
-def test_every_stage_key_has_a_description(stage, request):
+def test_every_stage_key_has_a_description(stage):
     from nncompress.recipes import STAGES
     from nncompress.recipes.describe import config_keys
 
     assert set(STAGES.names()) <= {"decompose", "encode", "evaluate", "prune", "quantize", "sparse_train",
                                    "structured", "train"}, "a new stage: add it to the parametrize list"
-    if stage in UNDOCUMENTED_ELSEWHERE:
-        request.applymarker(pytest.mark.xfail(strict=True, reason=UNDOCUMENTED_ELSEWHERE[stage]))
     missing = [f"{getattr(cls, '__name__', type(cls).__name__)}.{key}"
                for cls in _stage_configs(stage) for key, _, _, doc in config_keys(cls) if not doc.strip()]
     assert missing == []

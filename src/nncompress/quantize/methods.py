@@ -110,6 +110,7 @@ class FloatConfig(QuantConfig):
     name: ClassVar[str] = "fp16"
     trains: ClassVar[bool] = False
     dtype: str = "fp16"
+    """``fp16`` or ``bf16``: the float type the weights are cast to."""
 
     def __post_init__(self):
         super().__post_init__()
@@ -125,6 +126,7 @@ class BF16Config(FloatConfig):
 
     name: ClassVar[str] = "bf16"
     dtype: str = "bf16"
+    """``bf16`` (see ``FloatConfig.dtype``)."""
 
 
 @dataclass
@@ -134,10 +136,15 @@ class IntConfig(QuantConfig):
 
     name: ClassVar[str] = "int8"
     bits: int = 8
+    """Weight code width (2..16)."""
     per_channel: bool = True
+    """One scale (and zero point) per output channel instead of per tensor."""
     symmetric: bool = True
+    """Zero point fixed at the middle code (symmetric range) instead of min/max."""
     act_bits: int | None = 8
+    """Bits of the calibrated layer-input quantizers (None: inputs stay float)."""
     qat: bool = False
+    """Fine-tune with fake quantization (QAT) instead of post-training only."""
 
     def __post_init__(self):
         super().__post_init__()
@@ -186,7 +193,9 @@ class BinaryConnectConfig(QuantConfig):
 
     name: ClassVar[str] = "binaryconnect"
     stochastic: bool = False
+    """Stochastic binarisation (+1 with probability hard_sigmoid(w)) instead of sign(w)."""
     scaled: bool = False
+    """Multiply each layer's +-1 by mean|W| at wrap time (see the class docstring)."""
 
     def weight_quantizer(self, layer):
         scale = float(layer.module.weight.detach().abs().mean()) if self.scaled else 1.0
@@ -212,6 +221,7 @@ class BWNConfig(QuantConfig):
 
     name: ClassVar[str] = "bwn"
     per_channel: bool = True
+    """alpha per output filter (else one per layer)."""
 
     def weight_quantizer(self, layer):
         return BWNQuantizer(self.per_channel)
@@ -234,6 +244,7 @@ class TWNConfig(QuantConfig):
 
     name: ClassVar[str] = "twn"
     per_channel: bool = False
+    """Delta and alpha per output filter (else one per layer)."""
 
     def weight_quantizer(self, layer):
         return TWNQuantizer(self.per_channel)
@@ -245,7 +256,9 @@ class TTQConfig(QuantConfig):
 
     name: ClassVar[str] = "ttq"
     t: float = 0.05
+    """Threshold as a fraction of max|W|: weights below t max|W| become zero."""
     zero_ratio: float | None = None
+    """Target share of zero weights per layer instead of ``t`` (None: use ``t``)."""
 
     def __post_init__(self):
         super().__post_init__()
@@ -264,7 +277,9 @@ class INQConfig(QuantConfig):
 
     name: ClassVar[str] = "inq"
     bits: int = 5
+    """Bits of the power-of-two codes (one for zero, the rest for +-2^n)."""
     schedule: list[float] = field(default_factory=lambda: [0.5, 0.75, 0.875, 1.0])
+    """Cumulative share of weights quantized at each step (increasing, ending at 1.0)."""
 
     def __post_init__(self):
         super().__post_init__()
@@ -286,9 +301,13 @@ class ShiftCNNConfig(QuantConfig):
 
     name: ClassVar[str] = "shiftcnn"
     n: int = 2
+    """Codebooks N: each weight is a sum of N codewords 0 or +-2^-m."""
     bits: int = 4
+    """Bits B per codeword (2^B - 1 codewords)."""
     per_channel: bool = False
+    """Scale per output channel instead of per tensor."""
     qat: bool = False
+    """Fine-tune with the quantizer in the loop (else post-training only)."""
 
     def __post_init__(self):
         super().__post_init__()
@@ -308,9 +327,13 @@ class ADMMConfig(QuantConfig):
 
     name: ClassVar[str] = "admm"
     levels: str = "ternary"
+    """Level set: ``ternary`` {-a,0,a}, ``int5`` {-2a..2a} or ``pow2`` {0,+-a,+-2a,+-4a}."""
     rho: float = 1.0
+    """Penalty weight of the augmented Lagrangian."""
     interval: int = 20
+    """Steps between projections of G and dual updates (>= 1)."""
     rho_growth: float = 1.0
+    """rho is multiplied by this after every projection (1.0: constant)."""
 
     def __post_init__(self):
         super().__post_init__()
@@ -333,9 +356,13 @@ class DoReFaConfig(QuantConfig):
 
     name: ClassVar[str] = "dorefa"
     w_bits: int = 2
+    """Weight bits (1..8)."""
     a_bits: int | None = 4
+    """Input bits of every layer but the first (1..16; None: float inputs)."""
     g_bits: int | None = None
+    """Gradient bits (2..16; None: float gradients)."""
     scaled: bool = True
+    """Multiply the k-bit weights by the layer's max|W| (else they stay in [-1, 1])."""
 
     def __post_init__(self):
         super().__post_init__()
@@ -363,6 +390,7 @@ class LinearActConfig(QuantConfig):
     name: ClassVar[str] = "act-linear"
     trains: ClassVar[bool] = False
     bits: int = 8
+    """Bits of the calibrated linear input quantizers."""
 
     def __post_init__(self):
         super().__post_init__()
@@ -381,6 +409,7 @@ class LogActConfig(LinearActConfig):
 
     name: ClassVar[str] = "act-log"
     bits: int = 5
+    """Bits of the log input quantizers (1 sign bit, the rest zero code + exponents)."""
 
     def __post_init__(self):
         check_bits(self.bits, 2, 8)

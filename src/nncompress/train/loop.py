@@ -31,18 +31,31 @@ class TrainConfig:
     (``WeightAveraging``; 0 = off)."""
 
     epochs: float = 1.0
+    """Passes over the training data (> 0; a fraction trains on part of the last pass)."""
     lr: float = 0.01
+    """Peak learning rate (> 0)."""
     batch_size: int = 64
+    """Samples per step (>= 1)."""
     optimizer: str = "sgd"
+    """``sgd`` (with ``momentum``), ``adam`` or ``adamw``."""
     momentum: float = 0.9
+    """SGD momentum."""
     weight_decay: float = 0.0
+    """L2 penalty / decoupled weight decay (>= 0)."""
     lr_schedule: str = "cosine"
+    """``cosine``, ``constant`` or ``step``: how the learning rate moves from ``lr`` over the steps."""
     seed: int = 0
+    """Seed of the data order and augmentation (same seed, same run)."""
     max_steps: int | None = None
+    """Stop after this many steps (None: run all ``epochs``)."""
     label_smoothing: float = 0.0
+    """Cross-entropy label smoothing in [0, 1)."""
     shift: int = 0
+    """Random translation of training images by up to this many pixels (0 = off)."""
     hflip: bool = False
+    """Random left-right flips of training images."""
     average_last: int = 0
+    """End with the mean of the weights at the ends of the last k epochs (0 = off)."""
 
     def __post_init__(self) -> None:
         if self.optimizer not in OPTIMIZERS:
