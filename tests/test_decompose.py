@@ -13,6 +13,7 @@ from nncompress.decompose import (
     cp_als,
     cp_reconstruct,
     decompose,
+    lowrank_spec,
     separable_factors,
     svd_factors,
     tucker2_factors,
@@ -230,12 +231,14 @@ def test_decomposed_lenet5_save_load_bit_identical(tmp_path):
 
 def test_damaged_lowrank_record_is_rejected(tmp_path):
     model, _ = decompose(build_model("lenet5"), {"fc1": {"method": "svd", "rank": 4}})
-    record = {"fc1": {**model._nncompress_lowrank["fc1"], "ranks": [10**9]}}
+    record = {"fc1": {**lowrank_spec(model)["fc1"], "ranks": [10**9]}}
     with pytest.raises(ConfigError, match="1000000000"):
         apply_lowrank_spec(build_model("lenet5"), record, max_dim=800)
     with pytest.raises(ConfigError, match="damaged"):
         apply_lowrank_spec(build_model("lenet5"), {"fc1": {"method": "svd"}})
-    model._nncompress_lowrank = {"fc1": {**model._nncompress_lowrank["fc1"], "method": "cp"}}
+    from nncompress.state import model_state
+
+    model_state(model).lowrank = {"fc1": {**lowrank_spec(model)["fc1"], "method": "cp"}}
     nncompress.save(model, tmp_path / "bad.nnc")  # record disagrees with the layer it names
     with pytest.raises(FormatError, match="bad.nnc"):
         nncompress.load(tmp_path / "bad.nnc")

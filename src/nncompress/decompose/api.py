@@ -1,7 +1,7 @@
 """``decompose(model, spec)``: replace named Linear/Conv2d layers by low-rank factor
 pipelines (L1 SVD, L2 separable, L3 Tucker-2, L4 CP, L5 block term) in place.
 
-Every replacement is recorded on the model (``model._nncompress_lowrank``: module path ->
+Every replacement is recorded on the model (``model_state(model).lowrank``: module path ->
 method, resolved ranks and original layer geometry) so that ``nncompress.save`` can
 store it and ``nncompress.load`` can rebuild the same module tree (:func:`apply_lowrank_spec`)
 before loading the weights.
@@ -44,10 +44,10 @@ from nncompress.decompose.tucker import (
 from nncompress.errors import ConfigError
 from nncompress.format.records import ModelRecord, RestoreContext, register_record
 from nncompress.modules import select_layers, set_submodule
+from nncompress.state import ModelState, model_state
 
 log = logging.getLogger(__name__)
 METHODS = ("svd", "separable", "tucker2", "cp", "btd")
-LOWRANK_ATTR = "_nncompress_lowrank"
 
 
 @dataclass(frozen=True)
@@ -281,7 +281,7 @@ def decompose(model: nn.Module, spec: DecomposeConfig | Mapping[str, LowRankConf
     cfgs = {k: v if isinstance(v, LowRankConfig) else LowRankConfig.from_dict(v) for k, v in spec.items()}
     targets = _targets(model, cfgs)
     shapes = _input_shapes(model, list(targets), example_input) if example_input is not None else {}
-    record = dict(getattr(model, LOWRANK_ATTR, {}))
+    record = dict((model_state(model) or ModelState()).lowrank)
     report = DecomposeReport()
     plans = {}  # validate every layer before touching any
     for name, cfg in targets.items():
@@ -302,13 +302,13 @@ def decompose(model: nn.Module, spec: DecomposeConfig | Mapping[str, LowRankConf
         if rep.params_after >= rep.params_before:
             log.warning("%s: ranks %s give no parameter saving (%d -> %d)", name, ranks,
                         rep.params_before, rep.params_after)
-    setattr(model, LOWRANK_ATTR, record)
+    model_state(model, create=True).lowrank = record
     return model, report
 
 
 def lowrank_spec(model: nn.Module) -> dict[str, dict[str, Any]]:
     """The JSON-able record of the decompositions applied to ``model`` (empty if none)."""
-    return dict(getattr(model, LOWRANK_ATTR, {}))
+    return dict((model_state(model) or ModelState()).lowrank)
 
 
 def apply_lowrank_spec(model: nn.Module, spec: Mapping[str, Mapping[str, Any]],
@@ -355,7 +355,7 @@ def apply_lowrank_spec(model: nn.Module, spec: Mapping[str, Mapping[str, Any]],
         raise
     except (KeyError, TypeError, ValueError, AttributeError, IndexError, RuntimeError, OverflowError) as exc:
         raise ConfigError(f"low-rank record is damaged ({exc!r})") from exc
-    setattr(model, LOWRANK_ATTR, {k: dict(v) for k, v in spec.items()})
+    model_state(model, create=True).lowrank = {k: dict(v) for k, v in spec.items()}
     return model
 
 

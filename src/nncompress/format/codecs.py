@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from nncompress.errors import ConfigError
+from nncompress.state import model_state
 
 
 @dataclass
@@ -98,7 +99,6 @@ def get_codec(name: str) -> TensorCodec:
     return CODECS.get(name)
 
 
-HINTS_ATTR = "_nncompress_codec_hints"
 CodecChoice = str | tuple[str, Mapping[str, Any]]
 
 
@@ -109,14 +109,14 @@ def set_codec_hints(model: torch.nn.Module, hints: Mapping[str, CodecChoice]) ->
     Example:
         >>> set_codec_hints(model, {"fc1.weight": ("deep", {"index_bits": 5})})  # doctest: +SKIP
     """
-    merged = dict(getattr(model, HINTS_ATTR, {}))
-    merged.update(hints)
-    setattr(model, HINTS_ATTR, merged)
+    state = model_state(model, create=True)
+    state.codec_hints = {**state.codec_hints, **hints}
 
 
 def codec_hints(model: torch.nn.Module) -> dict[str, CodecChoice]:
     """The codec hints attached to ``model`` (empty when none)."""
-    return dict(getattr(model, HINTS_ATTR, {}))
+    state = model_state(model)
+    return dict(state.codec_hints) if state else {}
 
 
 def normalise_choice(choice: CodecChoice) -> tuple[str, dict[str, Any]]:

@@ -12,6 +12,7 @@ from nncompress.models.efficient import MobileNetSmall, ShuffleNetSmall, Squeeze
 from nncompress.models.lenet import LeNet5, LeNet300100
 from nncompress.models.resnet import ResNet20
 from nncompress.models.vgg import SmallVGG
+from nncompress.state import model_state
 
 MODELS: dict[str, Callable[..., nn.Module]] = {
     "lenet300": LeNet300100,
@@ -22,7 +23,6 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "shufflenet-small": ShuffleNetSmall,
     "squeezenet-small": SqueezeNetSmall,
 }
-ARCH_ATTR = "_nncompress_arch"
 
 
 def _image(kwargs: dict[str, Any]) -> list[int]:
@@ -82,13 +82,14 @@ def build_model(name: str, **kwargs: Any) -> nn.Module:
         model = MODELS[name](**kwargs)
     except TypeError as exc:
         raise ConfigError(f"bad arguments for model {name!r}: {exc}") from exc
-    setattr(model, ARCH_ATTR, {"name": name, "kwargs": dict(kwargs)})
+    model_state(model, create=True).arch = {"name": name, "kwargs": dict(kwargs)}
     return model
 
 
 def arch_of(model: nn.Module) -> dict[str, Any] | None:
     """The (name, kwargs) a model was built with, or None for a user-defined model."""
-    return getattr(model, ARCH_ATTR, None)
+    state = model_state(model)
+    return state.arch if state else None
 
 
 def _register() -> None:

@@ -30,12 +30,14 @@ from nncompress.quantize.layers import QUANT_LAYERS, is_quant_layer, set_submodu
 from nncompress.quantize.methods import LayerInfo, QuantConfig
 from nncompress.quantize.packing import FORMATS, roundtrip
 from nncompress.quantize.registry import quantize_model  # noqa: F401  (its former home)
+from nncompress.state import ModelState, model_state
+
+
+def _state(model) -> ModelState:
+    return model_state(model) or ModelState()
 
 log = logging.getLogger(__name__)
 
-ACT_ATTR = "_nncompress_act_quant"
-HOOKS_ATTR = "_nncompress_act_hooks"
-SUMMARY_ATTR = "_nncompress_quant_summary"
 
 
 def quantizable_layers(
@@ -140,8 +142,8 @@ def finalize(model: nn.Module) -> nn.Module:
         >>> finalize(quantize_(model, make_config("twn")))  # doctest: +SKIP
     """
     hints: dict[str, Any] = {}
-    specs = dict(getattr(model, ACT_ATTR, {}))
-    summary = dict(getattr(model, SUMMARY_ATTR, {}))
+    specs = dict(_state(model).activations)
+    summary = dict(_state(model).quant_summary)
     for name, mod in list(model.named_modules()):
         if not is_quant_layer(mod):
             continue
@@ -160,7 +162,7 @@ def finalize(model: nn.Module) -> nn.Module:
         from nncompress.quantize import codecs  # noqa: F401  (registers the codecs)
 
         set_codec_hints(model, hints)
-    setattr(model, SUMMARY_ATTR, summary)
+    model_state(model, create=True).quant_summary = summary
     apply_activation_spec(model, specs)
     return model
 
@@ -173,7 +175,7 @@ def activation_spec(model: nn.Module) -> dict[str, dict[str, Any]]:
         >>> activation_spec(finalize(quantize_(model, make_config("xnor"))))  # doctest: +SKIP
         {'conv2': {'kind': 'xnor'}, 'fc1': {'kind': 'xnor'}}
     """
-    return dict(getattr(model, ACT_ATTR, {}))
+    return dict(_state(model).activations)
 
 
 def _quantizable(mod: nn.Module | None) -> bool:
@@ -192,7 +194,7 @@ def apply_activation_spec(model: nn.Module, spec: dict[str, dict[str, Any]]) -> 
     Example:
         >>> model = apply_activation_spec(nncompress.load(path), spec)  # doctest: +SKIP
     """
-    for handle in getattr(model, HOOKS_ATTR, []):
+    for handle in _state(model).activation_hooks:
         handle.remove()
     handles = []
     layers = dict(model.named_modules())
@@ -205,8 +207,8 @@ def apply_activation_spec(model: nn.Module, spec: dict[str, dict[str, Any]]) -> 
         handles.append(
             mod.register_forward_pre_hook(lambda m, args, aq=aq: (aq(args[0]), *args[1:]))
         )
-    setattr(model, HOOKS_ATTR, handles)
-    setattr(model, ACT_ATTR, dict(spec))
+    state = model_state(model, create=True)
+    state.activation_hooks, state.activations = handles, dict(spec)
     return model
 
 
@@ -217,7 +219,7 @@ def quant_summary(model: nn.Module) -> dict[str, dict[str, float | str]]:
         >>> quant_summary(model)["fc1"]  # doctest: +SKIP
         {'format': 'binary', 'bits': 1.0}
     """
-    return dict(getattr(model, SUMMARY_ATTR, {}))
+    return dict(_state(model).quant_summary)
 
 
 def _restore_record(model: nn.Module, spec: Any, ctx: RestoreContext) -> None:

@@ -49,10 +49,14 @@ from nncompress.quantize.bwnh_codes import bwnh_objective_gram, bwnh_solve_gram,
 from nncompress.quantize.layers import QUANT_LAYERS, set_submodule
 from nncompress.quantize.quantizers import Packing, WeightQuantizer
 from nncompress.quantize.ste import binary_sign, sign_ste
+from nncompress.state import ModelState, model_state
+
+
+def _state(model) -> ModelState:
+    return model_state(model) or ModelState()
 
 log = logging.getLogger(__name__)
 
-STATS_ATTR = "_nncompress_bwnh"
 
 
 # ---- the weight quantizer used for fine-tuning ----------------------------------------
@@ -243,7 +247,7 @@ def bwnh_binarize(
     targets = _target_layers(model, layers)
     batches = _batches(inputs)
     gen = torch.Generator().manual_seed(seed)
-    stats: dict[str, LayerStats] = dict(getattr(model, STATS_ATTR, {}))
+    stats: dict[str, LayerStats] = dict(_state(model).bwnh_stats)
     grams: dict[str, tuple[list[torch.Tensor], int]] = {}
     was = model.training
     model.eval()
@@ -283,7 +287,7 @@ def bwnh_binarize(
                      name, cols, run, rel["bwnh"], rel["bwn"])
     finally:
         model.train(was)
-    setattr(model, STATS_ATTR, stats)
+    model_state(model, create=True).bwnh_stats = stats
     return model
 
 
@@ -294,4 +298,4 @@ def bwnh_stats(model: nn.Module) -> dict[str, LayerStats]:
         >>> bwnh_stats(bwnh_binarize(model, x))["fc1"].relative()  # doctest: +SKIP
         {'bwn': 0.41, 'bwnh': 0.33}
     """
-    return dict(getattr(model, STATS_ATTR, {}))
+    return dict(_state(model).bwnh_stats)

@@ -20,9 +20,10 @@ from typing import Any
 from torch import nn
 
 from nncompress.errors import ConfigError
-from nncompress.models.registry import ARCH_ATTR, arch_of, build_model, register_model
+from nncompress.models.registry import arch_of, build_model, register_model
 from nncompress.modules import set_submodule
 from nncompress.quantize.hashed import HashedLinear, hashed_from_linear
+from nncompress.state import model_state
 
 log = logging.getLogger(__name__)
 HASHED_ARCH = "hashed"
@@ -99,7 +100,8 @@ def record_hashed_arch(model: nn.Module) -> bool:
                     "into a hashed skeleton: load(path, model=...)")
         return False
     base = arch["kwargs"]["base"] if arch.get("name") == HASHED_ARCH else arch
-    setattr(model, ARCH_ATTR, {"name": HASHED_ARCH, "kwargs": {"base": base, "layers": hashed_layers(model)}})
+    model_state(model, create=True).arch = {"name": HASHED_ARCH,
+                                            "kwargs": {"base": base, "layers": hashed_layers(model)}}
     return True
 
 

@@ -18,6 +18,7 @@ from nncompress.analysis.file_table import compression_table
 from nncompress.data import load_dataset
 from nncompress.errors import ConfigError, NNCompressError
 from nncompress.models import build_model
+from nncompress.models.registry import arch_of
 from nncompress.recipes.context import RunContext, StageRecord
 from nncompress.recipes.schema import Recipe
 from nncompress.recipes.stages import STAGES
@@ -90,7 +91,7 @@ def run_recipe(recipe: Recipe, out: str | Path, report_dir: str | Path | None = 
     info = nncompress.save(ctx.model, out, codecs=ctx.codecs or None,
                            metadata={"recipe": recipe.name, "accuracy": evaluated_accuracy,
                                      "data": recipe.data.name})
-    loaded = nncompress.load(out, model=None if getattr(ctx.model, "_nncompress_arch", None) else ctx.model)
+    loaded = nncompress.load(out, model=None if arch_of(ctx.model) else ctx.model)
     compressed_accuracy = evaluate(loaded, ctx.test_data)["accuracy"]
     if compressed_accuracy != evaluated_accuracy:
         raise NNCompressError(f"the loaded model scores {compressed_accuracy}, the saved one "
