@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nncompress.codec.huffman import HuffmanTable, decode, encode, to_bytes
+from nncompress.coding.huffman import HuffmanTable, decode, encode, to_bytes
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
@@ -56,7 +56,7 @@ def best_time(fn: Callable[[], object], repeats: int) -> tuple[float, float, obj
 
 
 def bench_huffman(n: int = 1_000_000, seed: int = 0) -> dict:
-    """Canonical Huffman (``nncompress.codec.huffman``) vs ``dahuffman.HuffmanCodec``.
+    """Canonical Huffman (``nncompress.coding.huffman``) vs ``dahuffman.HuffmanCodec``.
 
     Symbols: a Gaussian quantized to 32 levels (sigma = 4 levels, clipped), like k-means
     weight indices. Both coders are built from the same frequencies; dahuffman is given a

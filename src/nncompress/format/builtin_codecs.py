@@ -12,8 +12,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from nncompress.codec.sparse_index import decode_relative, encode_relative
-from nncompress.codec.streams import pack_stream, unpack_stream
+from nncompress.coding.sparse_index import decode_relative, encode_relative
+from nncompress.coding.streams import pack_stream, unpack_stream
 from nncompress.errors import ConfigError, FormatError
 from nncompress.format.codecs import EncodedTensor, TensorCodec, register_codec
 from nncompress.format.schema import need_choice, need_int, need_length, need_sections

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from nncompress.codec.bitpack import pack_bits, packed_size, unpack_bits
+from nncompress.coding.bitpack import pack_bits, packed_size, unpack_bits
 from nncompress.errors import ConfigError, FormatError
 from nncompress.format.builtin_codecs import (
     dtype_from_name,

@@ -24,8 +24,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from nncompress.codec import bitpack
-from nncompress.codec.streams import pack_stream, unpack_stream
+from nncompress.coding import bitpack
+from nncompress.coding.streams import pack_stream, unpack_stream
 from nncompress.errors import ConfigError, FormatError
 from nncompress.format.schema import need_bool, need_choice, need_int, need_length, need_sections
 from nncompress.quantize.pow2 import shift_codes, shift_scale

@@ -6,8 +6,8 @@ import itertools
 import numpy as np
 import pytest
 
-from nncompress.codec import huffman
-from nncompress.codec.huffman import (
+from nncompress.coding import huffman
+from nncompress.coding.huffman import (
     EncodedStream,
     HuffmanTable,
     canonical_codes,

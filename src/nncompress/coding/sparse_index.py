@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from nncompress.codec.bitpack import as_unsigned, check_bits
+from nncompress.coding.bitpack import as_unsigned, check_bits
 from nncompress.errors import FormatError, NNCompressError
 
 

@@ -4,8 +4,8 @@ Everything here is pure numpy and vectorised (no Python loop per symbol); damage
 truncated input raises ``FormatError``.
 """
 
-from nncompress.codec.bitpack import pack_bits, pack_codes, unpack_bits
-from nncompress.codec.csr import (
+from nncompress.coding.bitpack import pack_bits, pack_codes, unpack_bits
+from nncompress.coding.csr import (
     CSCMatrix,
     CSRMatrix,
     csr_storage_numbers,
@@ -15,7 +15,7 @@ from nncompress.codec.csr import (
     to_csr,
     to_torch,
 )
-from nncompress.codec.huffman import (
+from nncompress.coding.huffman import (
     EncodedStream,
     HuffmanTable,
     canonical_codes,
@@ -23,9 +23,9 @@ from nncompress.codec.huffman import (
     decode,
     encode,
 )
-from nncompress.codec.huffman import from_bytes as huffman_from_bytes
-from nncompress.codec.huffman import to_bytes as huffman_to_bytes
-from nncompress.codec.sparse_index import (
+from nncompress.coding.huffman import from_bytes as huffman_from_bytes
+from nncompress.coding.huffman import to_bytes as huffman_to_bytes
+from nncompress.coding.sparse_index import (
     RelativeIndex,
     decode_relative,
     decode_relative_nonfiller,

@@ -34,7 +34,7 @@ from functools import cached_property
 
 import numpy as np
 
-from nncompress.codec.bitpack import (
+from nncompress.coding.bitpack import (
     MAX_BITS,
     as_unsigned,
     byte_windows,
@@ -44,7 +44,7 @@ from nncompress.codec.bitpack import (
     unpack_bits,
     word_dtype,
 )
-from nncompress.codec.huffman_lengths import (
+from nncompress.coding.huffman_lengths import (
     DEFAULT_MAX_LEN,
     canonical_codes,
     check_lengths,

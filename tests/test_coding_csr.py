@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from nncompress.codec.csr import (
+from nncompress.coding.csr import (
     CSCMatrix,
     CSRMatrix,
     csr_storage_numbers,

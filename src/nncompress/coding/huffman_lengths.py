@@ -1,14 +1,14 @@
 """Code lengths of a canonical, length-limited Huffman code (Deep Compression, Q2): optimal
 lengths by package-merge (Larmore & Hirschberg 1990), canonical code assignment in
 (length, symbol) order, and validation of a length table (0..32 bits, Kraft sum <= 1).
-Pure numpy functions; the coder that uses them is ``nncompress.codec.huffman``.
+Pure numpy functions; the coder that uses them is ``nncompress.coding.huffman``.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from nncompress.codec.bitpack import MAX_BITS, check_bits
+from nncompress.coding.bitpack import MAX_BITS, check_bits
 from nncompress.errors import NNCompressError
 
 DEFAULT_MAX_LEN = 24

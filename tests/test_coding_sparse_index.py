@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from nncompress.codec.sparse_index import (
+from nncompress.coding.sparse_index import (
     decode_relative,
     decode_relative_nonfiller,
     encode_relative,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from nncompress.codec import bitpack, huffman
+from nncompress.coding import bitpack, huffman
 from nncompress.errors import ConfigError, FormatError
 
 HUFFMAN_CHOICES = ("auto", "yes", "no")

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from nncompress.codec.bitpack import (
+from nncompress.coding.bitpack import (
     pack_bits,
     pack_codes,
     pack_left,
