@@ -353,3 +353,18 @@ def test_describe_prints_every_key_with_type_default_and_first_paragraph(capsys)
     keys = [line.split(":")[0].strip() for line in gsm.splitlines()[1:] if not line.startswith("      ")]
     assert keys == ["q", "ratio", "sparsity", "include", "exclude"] and set(keys) == set(field_docs(GSMParams))
     assert "\nLowRankConfig (nested options): " in text
+
+
+def test_report_dense_baseline_shows_the_original_macs(monkeypatch):
+    """The dense column shows the model before any stage, not the pruned count."""
+    from nncompress.report import writer
+    from nncompress.report.writer import report_markdown
+
+    monkeypatch.setattr(writer, "table_markdown", lambda table: "")
+
+    summary = {"dense_accuracy": 0.9, "compressed_accuracy": 0.89, "dense_fp32_bytes": 1000, "file_bytes": 10,
+               "ratio": 100.0, "original_parameters": 250, "weights": 200, "nonzero_weights": 20,
+               "macs": 220_598, "sparse_macs": 5_000, "original_macs": 266_200}
+    text = report_markdown({"recipe": "r", "command": "c", "summary": summary, "stages": [],
+                            "table": {"rows": [], "total": {}}, "plots": []})
+    assert "| MACs / sample | 266,200 | 220,598 (5,000 with a nonzero weight) |" in text

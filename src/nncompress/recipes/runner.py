@@ -64,6 +64,7 @@ def run_recipe(recipe: Recipe, out: str | Path, report_dir: str | Path | None = 
     """
     ctx = build_context(recipe, progress)
     original = count_parameters(ctx.model)  # before any stage: the baseline's real size
+    original_macs = totals(layer_stats(ctx.model, ctx.example_input))["macs"]
     dense_accuracy = None
     for i, stage in enumerate(recipe.stages):
         spec = STAGES.get(stage.name)
@@ -114,7 +115,7 @@ def run_recipe(recipe: Recipe, out: str | Path, report_dir: str | Path | None = 
             "ratio": original["dense_fp32_bytes"] / info.file_bytes,
             "original_parameters": original["parameters"],
             "weights": tot["weights"], "nonzero_weights": tot["nonzeros"],
-            "macs": tot["macs"], "sparse_macs": tot["sparse_macs"],
+            "macs": tot["macs"], "sparse_macs": tot["sparse_macs"], "original_macs": original_macs,
         },
         "stages": [{"stage": r.stage, "seconds": r.seconds, "accuracy": r.accuracy, **r.extra}
                    for r in ctx.records],

@@ -43,7 +43,8 @@ def report_markdown(report: dict[str, Any]) -> str:
         f"| ratio | 1x | **{s['ratio']:.1f}x** |",
         f"| parameters / nonzero weights | {s['original_parameters']:,} | {s['nonzero_weights']:,} "
         f"(of {s['weights']:,} weights left) |",
-        f"| MACs / sample | {s['macs']:,} | {s['sparse_macs']:,} (nonzero) |",
+        f"| MACs / sample | {s.get('original_macs', s['macs']):,} | {s['macs']:,} ({s['sparse_macs']:,} "
+        "with a nonzero weight) |",
         "",
         "## Stages",
         "",
