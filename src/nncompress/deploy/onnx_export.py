@@ -14,7 +14,8 @@ from torch import nn
 
 from nncompress.deploy.report import ExportError, ExportReport
 from nncompress.deploy.storage import FORMS
-from nncompress.deploy.translate import build_graph, record, trace
+from nncompress.deploy.tracing import record, trace
+from nncompress.deploy.translate import build_graph
 from nncompress.errors import ConfigError
 
 DEFAULT_OPSET = 17

@@ -1,7 +1,8 @@
 """Translate a PyTorch model to an ONNX graph, layer by layer, through ``torch.fx``.
 
-The model is traced symbolically (standard ``torch.nn`` layers stay whole), run once on the
-example inputs to learn every value's shape, and each traced node is written as ONNX nodes
+The model is traced symbolically (``tracing.trace``: standard ``torch.nn`` layers stay whole),
+run once on the example inputs to learn every value's shape (``tracing.record``), and each
+traced node is written as ONNX nodes
 with ``onnx.helper``; parameters and buffers go through :mod:`nncompress.deploy.storage`,
 which keeps their compression. Anything without a translation raises ``ExportError``
 naming the layer (its module path) and what is supported.
@@ -27,6 +28,7 @@ from torch import nn
 from nncompress.deploy.graph import GraphBuilder
 from nncompress.deploy.report import ExportError, TensorStorage
 from nncompress.deploy.storage import FORMS, encode_tensor
+from nncompress.deploy.tracing import ValueMeta, channel_shuffle_fn
 
 
 @dataclass
@@ -34,81 +36,6 @@ class Static:
     """A traced value that is not a tensor (a size, a shape): known from the example run."""
 
     value: Any
-
-
-def _channel_shuffle_fn():
-    try:
-        from nncompress.models.blocks import channel_shuffle
-    except ImportError:  # pragma: no cover - models always ship it
-        return None
-    return channel_shuffle
-
-
-class _Tracer(fx.Tracer):
-    """Keeps standard layers whole and remembers the module being traced when it fails."""
-
-    def __init__(self):
-        fn = _channel_shuffle_fn()
-        super().__init__(autowrap_functions=(fn,) if fn is not None else ())
-        self.path: list[str] = []
-        self.failed_in: str | None = None
-
-    def call_module(self, m, forward, args, kwargs):
-        path = self.path_of_module(m)
-        self.path.append(path)
-        try:
-            return super().call_module(m, forward, args, kwargs)
-        except Exception:
-            if self.failed_in is None:
-                self.failed_in = path
-            raise
-        finally:
-            self.path.pop()
-
-
-def trace(model: nn.Module) -> fx.GraphModule:
-    """``torch.fx`` graph of ``model``; a layer that cannot be traced is named."""
-    tracer = _Tracer()
-    try:
-        graph = tracer.trace(model)
-    except Exception as exc:  # noqa: BLE001 - report where and why
-        where = tracer.failed_in
-        layer = f"layer {where!r} ({type(model.get_submodule(where)).__name__})" if where else "the model's forward"
-        raise ExportError(f"{layer} cannot be traced for ONNX export "
-                          f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); the exporter "
-                          "needs a forward without data-dependent Python control flow") from None
-    return fx.GraphModule(tracer.root, graph, type(model).__name__)
-
-
-class _Recorder(fx.Interpreter):
-    """Runs the traced graph, keeping each node's value (tensors only when asked)."""
-
-    def __init__(self, gm: fx.GraphModule, keep_tensors: bool):
-        super().__init__(gm)
-        self.values: dict[str, Any] = {}
-        self.keep = keep_tensors
-
-    def run_node(self, n: fx.Node) -> Any:
-        out = super().run_node(n)
-        if isinstance(out, torch.Tensor):
-            self.values[n.name] = out.detach().clone() if self.keep else _Meta(tuple(out.shape), out.dtype)
-        else:
-            self.values[n.name] = out
-        return out
-
-
-@dataclass
-class _Meta:
-    shape: tuple[int, ...]
-    dtype: torch.dtype
-
-
-def record(gm: fx.GraphModule, inputs: tuple[torch.Tensor, ...], keep_tensors: bool = False) -> dict[str, Any]:
-    """Each node's value on ``inputs`` (shape and dtype of tensors unless ``keep_tensors``)."""
-    rec = _Recorder(gm, keep_tensors)
-    with torch.no_grad():
-        rec.run(*inputs)
-    return rec.values
 
 
 # ----------------------------------------------------------------------------- context
@@ -147,7 +74,7 @@ class Context:
 
     def shape(self, a: fx.Node) -> tuple[int, ...]:
         m = self.meta.get(a.name)
-        if not isinstance(m, _Meta):
+        if not isinstance(m, ValueMeta):
             raise self.error(f"{a.name} has no tensor shape")
         return m.shape
 
@@ -637,7 +564,7 @@ FUNCTIONS: dict[Any, Callable] = {
     getattr: _f_getattr,
 }
 
-_shuffle = _channel_shuffle_fn()
+_shuffle = channel_shuffle_fn()
 if _shuffle is not None:
     FUNCTIONS[_shuffle] = _f_channel_shuffle
 
@@ -678,7 +605,7 @@ def build_graph(gm: fx.GraphModule, meta: dict[str, Any], opset: int, forms=FORM
         ctx.node = node
         if node.op == "placeholder":
             m = meta.get(node.name)
-            if not isinstance(m, _Meta):
+            if not isinstance(m, ValueMeta):
                 raise ExportError(f"input {node.name!r} is not a tensor in the example inputs")
             if m.dtype != torch.float32:
                 raise ExportError(f"input {node.name!r} has dtype {m.dtype}; only float32 inputs are supported")
