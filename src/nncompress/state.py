@@ -55,3 +55,9 @@ def model_state(model: nn.Module, create: bool = False) -> ModelState | None:
         state = ModelState()
         model.__dict__[_ATTR] = state
     return state
+
+
+def read_state(model: nn.Module) -> ModelState:
+    """The model's state for reading: its own, or an empty one (not attached) when it has
+    none, so ``read_state(m).lowrank`` works on any module."""
+    return model_state(model) or ModelState()

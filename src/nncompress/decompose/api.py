@@ -44,7 +44,7 @@ from nncompress.decompose.tucker import (
 from nncompress.errors import ConfigError
 from nncompress.format.records import ModelRecord, RestoreContext, register_record
 from nncompress.modules import select_layers, set_submodule
-from nncompress.state import ModelState, model_state
+from nncompress.state import model_state, read_state
 
 log = logging.getLogger(__name__)
 METHODS = ("svd", "separable", "tucker2", "cp", "btd")
@@ -281,7 +281,7 @@ def decompose(model: nn.Module, spec: DecomposeConfig | Mapping[str, LowRankConf
     cfgs = {k: v if isinstance(v, LowRankConfig) else LowRankConfig.from_dict(v) for k, v in spec.items()}
     targets = _targets(model, cfgs)
     shapes = _input_shapes(model, list(targets), example_input) if example_input is not None else {}
-    record = dict((model_state(model) or ModelState()).lowrank)
+    record = dict(read_state(model).lowrank)
     report = DecomposeReport()
     plans = {}  # validate every layer before touching any
     for name, cfg in targets.items():
@@ -308,7 +308,7 @@ def decompose(model: nn.Module, spec: DecomposeConfig | Mapping[str, LowRankConf
 
 def lowrank_spec(model: nn.Module) -> dict[str, dict[str, Any]]:
     """The JSON-able record of the decompositions applied to ``model`` (empty if none)."""
-    return dict((model_state(model) or ModelState()).lowrank)
+    return dict(read_state(model).lowrank)
 
 
 def apply_lowrank_spec(model: nn.Module, spec: Mapping[str, Mapping[str, Any]],

@@ -13,7 +13,8 @@ from typing import Any
 import torch
 
 from nncompress.errors import ConfigError
-from nncompress.state import model_state
+from nncompress.format.records import load_plugins
+from nncompress.state import model_state, read_state
 
 
 @dataclass
@@ -70,7 +71,7 @@ class CodecRegistry:
 
     def get(self, name: str) -> TensorCodec:
         if name not in self._codecs:
-            load_plugins()
+            load_plugins()  # codecs registered by techniques (records.PLUGIN_MODULES)
         if name not in self._codecs:
             raise ConfigError(f"unknown tensor codec {name!r}; allowed: {', '.join(sorted(self._codecs))}")
         return self._codecs[name]
@@ -80,13 +81,6 @@ class CodecRegistry:
 
 
 CODECS = CodecRegistry()
-
-def load_plugins() -> None:
-    """Import the modules that register further codecs (``records.PLUGIN_MODULES``), so a
-    fresh process can load any file nncompress wrote without importing them by hand."""
-    from nncompress.format.records import load_plugins as _load
-
-    _load()
 
 
 def register_codec(codec: TensorCodec) -> TensorCodec:
@@ -115,8 +109,7 @@ def set_codec_hints(model: torch.nn.Module, hints: Mapping[str, CodecChoice]) ->
 
 def codec_hints(model: torch.nn.Module) -> dict[str, CodecChoice]:
     """The codec hints attached to ``model`` (empty when none)."""
-    state = model_state(model)
-    return dict(state.codec_hints) if state else {}
+    return dict(read_state(model).codec_hints)
 
 
 def normalise_choice(choice: CodecChoice) -> tuple[str, dict[str, Any]]:

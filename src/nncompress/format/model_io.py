@@ -219,7 +219,7 @@ def _read(path: str | Path, verify_key=None, max_params: int | None = None):
     """Container, validated header and ``FileInfo`` of ``path``; with ``verify_key`` the
     signature is checked before anything else is looked at."""
     path = Path(path)
-    budget = param_budget(1, max_params)  # validates max_params before any work
+    param_budget(0, max_params)  # a bad max_params is refused before any reading
     if not path.is_file():
         raise FormatError(f"{path}: no such file")
     key = None
@@ -288,13 +288,13 @@ def load_state(path: str | Path, *, verify_key=None, max_params: int | None = No
     """Decode every tensor of a ``.nnc`` file into a state dict (``verify_key`` and
     ``max_params`` as in :func:`read_info`)."""
     container, info, _ = _read(path, verify_key, max_params)
-    state = {t["name"]: _decode_tensor(t, container, f"{path}: tensor {t['name']!r}")
-             for t in container.meta["tensors"]}
-    return state, info
+    return _decode_state(container, str(path)), info
 
 
-def info_shape(entry: Mapping[str, Any]) -> list[int]:
-    return [int(d) for d in entry["shape"]]
+def _decode_state(container, source: str) -> dict[str, torch.Tensor]:
+    """Every tensor of a validated container, by name."""
+    return {t["name"]: _decode_tensor(t, container, f"{source}: tensor {t['name']!r}")
+            for t in container.meta["tensors"]}
 
 
 def _build_arch(arch: Mapping[str, Any], budget: int, source: str) -> nn.Module:
@@ -368,8 +368,7 @@ def load(path: str | Path, model: nn.Module | None = None, *, verify_key=None,
                           "skeleton: load(path, model=MyNet())")
     if model is None:
         model = _build_arch(info.arch, budget, source)
-    state = {t["name"]: _decode_tensor(t, container, f"{source}: tensor {t['name']!r}")
-             for t in container.meta["tensors"]}
+    state = _decode_state(container, source)
     try:
         _restore_records(model, info, state, budget)
     except (*DECODE_ERRORS, NNCompressError) as exc:

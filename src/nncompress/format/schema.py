@@ -19,7 +19,7 @@ import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from nncompress.errors import FormatError
+from nncompress.errors import ConfigError, FormatError
 
 MIN_BUDGET = 2**24
 """Elements any file may declare whatever its size (64 MB of fp32)."""
@@ -44,8 +44,6 @@ def param_budget(file_bytes: int, max_params: int | None = None) -> int:
     """
     if max_params is not None:
         if isinstance(max_params, bool) or not isinstance(max_params, int) or max_params < 1:
-            from nncompress.errors import ConfigError
-
             raise ConfigError(f"max_params={max_params!r} is not allowed; use a positive int")
         return max_params
     return max(MIN_BUDGET, ELEMENTS_PER_BYTE * int(file_bytes))

@@ -12,7 +12,7 @@ from nncompress.models.efficient import MobileNetSmall, ShuffleNetSmall, Squeeze
 from nncompress.models.lenet import LeNet5, LeNet300100
 from nncompress.models.resnet import ResNet20
 from nncompress.models.vgg import SmallVGG
-from nncompress.state import model_state
+from nncompress.state import model_state, read_state
 
 MODELS: dict[str, Callable[..., nn.Module]] = {
     "lenet300": LeNet300100,
@@ -88,8 +88,7 @@ def build_model(name: str, **kwargs: Any) -> nn.Module:
 
 def arch_of(model: nn.Module) -> dict[str, Any] | None:
     """The (name, kwargs) a model was built with, or None for a user-defined model."""
-    state = model_state(model)
-    return state.arch if state else None
+    return read_state(model).arch
 
 
 def _register() -> None:

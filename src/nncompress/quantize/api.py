@@ -30,11 +30,7 @@ from nncompress.quantize.layers import QUANT_LAYERS, is_quant_layer, set_submodu
 from nncompress.quantize.methods import LayerInfo, QuantConfig
 from nncompress.quantize.packing import FORMATS, roundtrip
 from nncompress.quantize.registry import quantize_model  # noqa: F401  (its former home)
-from nncompress.state import ModelState, model_state
-
-
-def _state(model) -> ModelState:
-    return model_state(model) or ModelState()
+from nncompress.state import model_state, read_state
 
 log = logging.getLogger(__name__)
 
@@ -142,8 +138,8 @@ def finalize(model: nn.Module) -> nn.Module:
         >>> finalize(quantize_(model, make_config("twn")))  # doctest: +SKIP
     """
     hints: dict[str, Any] = {}
-    specs = dict(_state(model).activations)
-    summary = dict(_state(model).quant_summary)
+    specs = dict(read_state(model).activations)
+    summary = dict(read_state(model).quant_summary)
     for name, mod in list(model.named_modules()):
         if not is_quant_layer(mod):
             continue
@@ -175,7 +171,7 @@ def activation_spec(model: nn.Module) -> dict[str, dict[str, Any]]:
         >>> activation_spec(finalize(quantize_(model, make_config("xnor"))))  # doctest: +SKIP
         {'conv2': {'kind': 'xnor'}, 'fc1': {'kind': 'xnor'}}
     """
-    return dict(_state(model).activations)
+    return dict(read_state(model).activations)
 
 
 def _quantizable(mod: nn.Module | None) -> bool:
@@ -194,7 +190,7 @@ def apply_activation_spec(model: nn.Module, spec: dict[str, dict[str, Any]]) -> 
     Example:
         >>> model = apply_activation_spec(nncompress.load(path), spec)  # doctest: +SKIP
     """
-    for handle in _state(model).activation_hooks:
+    for handle in read_state(model).activation_hooks:
         handle.remove()
     handles = []
     layers = dict(model.named_modules())
@@ -219,7 +215,7 @@ def quant_summary(model: nn.Module) -> dict[str, dict[str, float | str]]:
         >>> quant_summary(model)["fc1"]  # doctest: +SKIP
         {'format': 'binary', 'bits': 1.0}
     """
-    return dict(_state(model).quant_summary)
+    return dict(read_state(model).quant_summary)
 
 
 def _restore_record(model: nn.Module, spec: Any, ctx: RestoreContext) -> None:

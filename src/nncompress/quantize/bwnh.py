@@ -49,11 +49,7 @@ from nncompress.quantize.bwnh_codes import bwnh_objective_gram, bwnh_solve_gram,
 from nncompress.quantize.layers import QUANT_LAYERS, set_submodule
 from nncompress.quantize.quantizers import Packing, WeightQuantizer
 from nncompress.quantize.ste import binary_sign, sign_ste
-from nncompress.state import ModelState, model_state
-
-
-def _state(model) -> ModelState:
-    return model_state(model) or ModelState()
+from nncompress.state import model_state, read_state
 
 log = logging.getLogger(__name__)
 
@@ -247,7 +243,7 @@ def bwnh_binarize(
     targets = _target_layers(model, layers)
     batches = _batches(inputs)
     gen = torch.Generator().manual_seed(seed)
-    stats: dict[str, LayerStats] = dict(_state(model).bwnh_stats)
+    stats: dict[str, LayerStats] = dict(read_state(model).bwnh_stats)
     grams: dict[str, tuple[list[torch.Tensor], int]] = {}
     was = model.training
     model.eval()
@@ -298,4 +294,4 @@ def bwnh_stats(model: nn.Module) -> dict[str, LayerStats]:
         >>> bwnh_stats(bwnh_binarize(model, x))["fc1"].relative()  # doctest: +SKIP
         {'bwn': 0.41, 'bwnh': 0.33}
     """
-    return dict(_state(model).bwnh_stats)
+    return dict(read_state(model).bwnh_stats)
