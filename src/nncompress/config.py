@@ -78,7 +78,9 @@ def _check_value(value: Any, tp: Any, where: str) -> Any:
 
 
 def from_dict(cls: type[T], data: Any, where: str = "config") -> T:
-    """Instantiate dataclass ``cls`` from ``data`` with key and type checks.
+    """Instantiate dataclass ``cls`` from ``data`` with key and type checks. A class with a
+    ``from_options(data, where)`` classmethod builds itself (its keys depend on a choice,
+    such as the quantize stage's ``method``).
 
     Example:
         >>> from nncompress.train import TrainConfig
@@ -89,6 +91,13 @@ def from_dict(cls: type[T], data: Any, where: str = "config") -> T:
         data = {}
     if not isinstance(data, Mapping):
         raise ConfigError(f"{where}: expected a mapping of options, got {data!r}")
+    if hasattr(cls, "from_options"):  # a config that maps its options itself
+        return cls.from_options(dict(data), where)
+    return fields_from_dict(cls, data, where)
+
+
+def fields_from_dict(cls: type[T], data: Mapping[str, Any], where: str = "config") -> T:
+    """``from_dict`` for a plain dataclass: every key a field of ``cls``, checked by type."""
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(data) - set(fields))
     if unknown:

@@ -3,10 +3,9 @@ types, defaults and the first paragraph of each field's docstring (``nncompress 
 --describe``). Nothing is written twice: an option documented in its technique's config
 is documented here.
 
-Two optional hooks on a stage config: ``param_types() -> {choice: dataclass}`` when its
-``params`` key depends on another key (``sparse_train``'s ``method``), listed after the
-stages; ``field_docs() -> {key: doc}`` when the config is not a plain dataclass whose
-fields carry their docstrings.
+One optional hook on a stage config: ``param_types() -> {choice: dataclass}`` when its
+options depend on another key (``sparse_train``'s and ``quantize``'s ``method``), listed
+after the stages.
 """
 
 from __future__ import annotations
@@ -57,7 +56,7 @@ def config_keys(cls: type) -> list[tuple[str, str, str, str]]:
         ('index_bits_fc', 'int | str', '5')
     """
     hints = typing.get_type_hints(cls)
-    docs = cls.field_docs() if hasattr(cls, "field_docs") else field_docs(cls)
+    docs = field_docs(cls)
     fields = sorted((f for f in dataclasses.fields(cls) if f.init), key=lambda f: f.kw_only is True)
     return [(f.name, type_name(hints[f.name]), _default(f), summary(docs.get(f.name, ""))) for f in fields]
 

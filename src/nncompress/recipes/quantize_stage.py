@@ -12,11 +12,10 @@ zero through the fine-tuning. Nothing here knows a quantizer by name.
 from __future__ import annotations
 
 import dataclasses
-import typing
 from dataclasses import dataclass, field
 from typing import Any
 
-from nncompress.config import field_docs, from_dict
+from nncompress.config import fields_from_dict, from_dict
 from nncompress.errors import ConfigError
 from nncompress.quantize.registry import (
     QUANTIZERS,
@@ -60,43 +59,21 @@ class QuantizeStageKeys:
     distill: StageDistillConfig | None = None
     """The fine-tuning also learns from the run's teacher (K1, K2 with ``attention``)."""
 
-
-class QuantizeOptions:
-    """The stage's options as ``parse_recipe`` reads a config dataclass (its fields and
-    annotations, then a call): the stage keys plus the fields of every registered quantizer
-    config, gathered at each parse so that a quantizer registered at any time is known.
-    Quantizer fields pass here untyped; the chosen method's config then checks its own."""
-
-    @property
-    def __dataclass_fields__(self) -> dict[str, dataclasses.Field]:
-        out = {f.name: f for f in dataclasses.fields(QuantizeStageKeys)}
-        for config in QUANTIZERS.configs():
-            for f in dataclasses.fields(config):
-                if f.init:
-                    out.setdefault(f.name, f)
-        return out
-
-    @property
-    def __annotations__(self) -> dict[str, Any]:  # what typing.get_type_hints reads
-        stage = typing.get_type_hints(QuantizeStageKeys)
-        return {name: stage.get(name, Any) for name in self.__dataclass_fields__}
+    @classmethod
+    def from_options(cls, data: dict[str, Any], where: str) -> QuantizeStageConfig:
+        """The stage from YAML: the stage keys (typed), the rest the method's options."""
+        own = {f.name for f in dataclasses.fields(cls)}
+        keys = fields_from_dict(cls, {k: v for k, v in data.items() if k in own}, where)
+        options = {k: v for k, v in data.items() if k not in own}
+        try:
+            return stage_config(keys.method, dict(keys.params), options, keys.finetune, keys.distill)
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: {exc}") from exc
 
     @staticmethod
     def param_types() -> dict[str, type]:
         """The config class of each method (for the recipe reference)."""
         return {name: QUANTIZERS.get(name).config for name in QUANTIZERS.names()}
-
-    def field_docs(self) -> dict[str, str]:
-        """The stage keys' docstrings; a quantizer's option names the methods that take it
-        (the recipe reference lists each method's options with their docs)."""
-        docs, takers = field_docs(QuantizeStageKeys), _methods_by_option()
-        return {key: docs.get(key) or f"An option of method {', '.join(takers[key])} (see the quantize params "
-                                      f"of the method)." for key in self.__dataclass_fields__}
-
-    def __call__(self, method: str = "kmeans", params: dict[str, Any] | None = None,
-                 finetune: TrainConfig | None = None, distill: StageDistillConfig | None = None,
-                 **options: Any) -> QuantizeStageConfig:
-        return stage_config(method, dict(params or {}), options, finetune, distill)
 
 
 def _init_fields(config: type) -> list[str]:
@@ -137,7 +114,7 @@ def stage_config(method: str, params: dict[str, Any], options: dict[str, Any], f
     return QuantizeStageConfig(method, quantizer, finetune, distill)
 
 
-@register_stage("quantize", QuantizeOptions(), "quantize with a registered quantizer (method: kmeans, bfp, "
+@register_stage("quantize", QuantizeStageKeys, "quantize with a registered quantizer (method: kmeans, bfp, "
                                                "hashed, bwnh, a low-bit method, ...)")
 def run_quantize(ctx: RunContext, cfg: QuantizeStageConfig) -> dict[str, Any]:
     """Quantize ``ctx.model`` with the stage's config; attention-transfer hooks, if any,
