@@ -89,6 +89,8 @@ def test_dict_batches_train_and_evaluate_with_collate_fn():
     x, y = _data(96)
     ds = DictSet(x, y)
     model = DictNet()
+    with torch.no_grad():
+        model.fc.weight.mul_(-1)  # start wrong: predicts the opposite class
     before = evaluate(model, ds)["accuracy"]
     hist = fit(model, ds, TrainConfig(epochs=8, lr=0.5, batch_size=16))
     after = evaluate(model, ds)
