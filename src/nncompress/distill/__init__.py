@@ -1,4 +1,5 @@
-"""Knowledge distillation losses (K1) and attention transfer (K2)."""
+"""Knowledge distillation losses (K1), attention transfer (K2) and label-free distillation
+of a compressed student (``unlabelled``)."""
 
 from nncompress.distill.attention import (
     AttentionTransferLoss,
@@ -7,6 +8,17 @@ from nncompress.distill.attention import (
     attention_transfer_loss_fn,
 )
 from nncompress.distill.kd import DistillConfig, distillation_loss_fn, frozen_teacher, kd_loss
+from nncompress.distill.unlabelled import (
+    DistillReport,
+    UnlabelledDistillConfig,
+    cosine_loss,
+    distill_unlabelled,
+    masked_mse,
+    pool_embeddings,
+    soft_target_loss,
+)
 
-__all__ = ["AttentionTransferLoss", "DistillConfig", "at_loss", "attention_map", "attention_transfer_loss_fn",
-           "distillation_loss_fn", "frozen_teacher", "kd_loss"]
+__all__ = ["AttentionTransferLoss", "DistillConfig", "DistillReport", "UnlabelledDistillConfig", "at_loss",
+           "attention_map", "attention_transfer_loss_fn", "cosine_loss", "distill_unlabelled",
+           "distillation_loss_fn", "frozen_teacher", "kd_loss", "masked_mse", "pool_embeddings",
+           "soft_target_loss"]
