@@ -93,6 +93,7 @@ from nncompress.quantize.bfp_method import BFPConfig  # noqa: E402
 from nncompress.quantize.bwnh_method import BWNHConfig  # noqa: E402
 from nncompress.quantize.hashed_method import HashedConfig  # noqa: E402
 from nncompress.quantize import lowbit_method as _lowbit_method  # noqa: E402, F401  (registers METHODS)
+from nncompress.quantize.pq_method import PQMethodConfig  # noqa: E402  (Q17 product quantization, method: pq)
 # isort: on
 
 __all__ += [
