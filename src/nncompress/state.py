@@ -46,6 +46,9 @@ class ModelState:
     """Per finalized layer: packing format, weight bits, activation bits."""
     bwnh_stats: dict[str, Any] = field(default_factory=dict)
     """BWNH per-layer statistics (``quantize.bwnh``)."""
+    huggingface: dict[str, Any] = field(default_factory=dict)
+    """A Hugging Face model's sentence-transformers ``pooling`` and ``normalize`` and its
+    tokenizer ``files`` (name -> text), set by ``models.huggingface`` and stored in a file."""
 
 
 def model_state(model: nn.Module, create: bool = False) -> ModelState | None:

@@ -2,6 +2,7 @@
 efficient blocks (depthwise separable, ShuffleNet unit, fire, bottleneck) and small nets
 built from them."""
 
+from nncompress.models import hf_arch  # noqa: F401  (registers the tokenizer record)
 from nncompress.models.blocks import (
     Bottleneck,
     DepthwiseSeparable,

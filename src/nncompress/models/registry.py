@@ -72,6 +72,13 @@ def build_model(name: str, **kwargs: Any) -> nn.Module:
         >>> build_model("lenet300").fc1.weight.shape
         torch.Size([300, 784])
     """
+    if name == "huggingface":  # a transformers model from its stored config (models.hf_arch)
+        from nncompress.models.hf_arch import build_huggingface
+
+        try:
+            return build_huggingface(**kwargs)
+        except TypeError as exc:
+            raise ConfigError(f"bad arguments for model 'huggingface': {exc}") from exc
     if name not in MODELS:  # architectures registered by techniques (e.g. 'hashed')
         from nncompress.format.records import load_plugins
 
@@ -87,8 +94,11 @@ def build_model(name: str, **kwargs: Any) -> nn.Module:
 
 
 def arch_of(model: nn.Module) -> dict[str, Any] | None:
-    """The (name, kwargs) a model was built with, or None for a user-defined model."""
-    return read_state(model).arch
+    """The (name, kwargs) a model was built with (a transformers model: ``huggingface``
+    with its config, see ``models.hf_arch``), or None for a user-defined model."""
+    from nncompress.models.hf_arch import capture_huggingface
+
+    return capture_huggingface(model) or read_state(model).arch
 
 
 def _register() -> None:
