@@ -23,6 +23,7 @@ __all__ = [
 # --- low-bit quantizers (Q3-Q12): quantize_ / calibrate / finalize, the METHODS table
 from nncompress.quantize import bfp_codec as _bfp_codec  # noqa: F401  (registers bfp)
 from nncompress.quantize import codecs as _lowbit_codecs  # noqa: F401  (registers binary/lut/int/pow2/shift)
+from nncompress.quantize import gptq_codec as _gptq_codec  # noqa: F401  (registers gptq)
 from nncompress.quantize.api import (
     activation_spec,
     apply_activation_spec,
