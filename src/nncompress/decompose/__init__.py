@@ -1,5 +1,6 @@
 """Low-rank decomposition (L1-L5): SVD, spatially separable, Tucker-2, CP, block term."""
 
+from nncompress.decompose import ternary, toeplitz, tt  # noqa: E402, F401, I001  (L6-L8: register their records)
 from nncompress.decompose.api import (
     METHODS,
     DecomposeConfig,
