@@ -11,6 +11,7 @@ from nncompress.models.blocks import (
     channel_shuffle,
 )
 from nncompress.models.efficient import MobileNetSmall, ShuffleNetSmall, SqueezeNetSmall
+from nncompress.models.lbcnn import LBConv2d, lbcnn_lenet5  # noqa: F401  (E4; registers the lbconv record)
 from nncompress.models.lenet import LeNet5, LeNet300100
 from nncompress.models.registry import MODELS, arch_of, build_model, register_model
 from nncompress.models.resnet import ResNet20
