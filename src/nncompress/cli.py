@@ -329,6 +329,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from nncompress.format import load
     from nncompress.train import evaluate
 
+    if args.text is not None or args.reference is not None:
+        return _eval_text(args)
     _input_file(args.file, ".nnc file")
     _check_data(args)
     _check_format_options(args)
@@ -345,12 +347,103 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _eval_text(args: argparse.Namespace) -> int:
+    """``eval FILE --text EVAL.txt --reference FOLDER_OR_FILE``: cosine of the file's
+    sentence embeddings to the reference model's, and top-10 neighbour overlap."""
+    from nncompress.data.text import read_lines
+    from nncompress.models.huggingface import (
+        Pretrained,
+        embed_sentences,
+        embedding_agreement,
+        load_pretrained,
+        tokenizer_of,
+    )
+
+    _input_file(args.file, ".nnc file")
+    if args.text is None or args.reference is None:
+        _bad("--text EVAL.txt and --reference FOLDER_OR_FILE go together (sentence embeddings of the file "
+             "compared with the reference model's)")
+    _input_file(args.text, "--text file")
+    if not Path(_path_text(args.reference, "--reference")).exists():
+        _bad(f"--reference {args.reference!r} does not exist; expected a Hugging Face model folder or a .nnc file")
+    _positive_int(args.limit, "--limit")
+    _positive_int(args.batch_size, "--batch-size")
+    if args.max_length < 2:
+        _bad(f"--max-length must be >= 2 tokens, got {args.max_length}")
+    _check_format_options(args)
+    sentences = read_lines(args.text, limit=args.limit)
+    ref = load_pretrained(args.reference)
+    from nncompress.format import load
+    from nncompress.models.hf_arch import is_transformers_model
+    from nncompress.state import read_state
+
+    model = _read_nnc(load, args)
+    if not is_transformers_model(model):
+        _bad(f"{args.file!r} holds a {type(model).__name__}, not a Hugging Face model; --text needs one")
+    extra = read_state(model).huggingface
+    pre = Pretrained(model, tokenizer_of(model) or ref.tokenizer, extra.get("pooling") or ref.pooling,
+                     bool(extra.get("normalize", ref.normalize)), args.file)
+    import torch
+
+    with torch.no_grad():
+        emb = embed_sentences(pre, sentences, args.batch_size, args.max_length)
+        ref_emb = embed_sentences(ref, sentences, args.batch_size, args.max_length)
+    result = embedding_agreement(emb, ref_emb, k=10)
+    result.update(file=args.file, text=args.text, reference=args.reference, pooling=pre.pooling or "mean")
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"{args.file} vs {args.reference} on {result['sentences']} sentences of {args.text}: mean cosine "
+              f"{result['mean_cosine']:.4f}, min {result['min_cosine']:.4f}, top-{result['k']} overlap "
+              f"{result['topk_overlap']:.3f}")
+    return 0
+
+
+def _export_huggingface(args: argparse.Namespace) -> int:
+    """``export FILE.nnc OUTDIR --huggingface``: a folder that AutoModel.from_pretrained and
+    SentenceTransformer load (config, dense safetensors, tokenizer, pooling)."""
+    source = _input_file(args.file, ".nnc file")
+    out = _output_dir(args.out, "export output folder")
+    if out.exists() and (out / source.name).exists() and os.path.samefile(out / source.name, source):
+        _bad(f"export output folder {args.out!r} holds the input file; choose another folder")
+    if args.opset is not None or args.format is not None:
+        _bad("--huggingface writes a Hugging Face folder; --format and --opset do not apply")
+    _check_format_options(args)
+    from nncompress.format import load
+    from nncompress.models.hf_arch import is_transformers_model
+
+    model = _read_nnc(load, args)
+    if not is_transformers_model(model):
+        _bad(f"{args.file!r} holds a {type(model).__name__}, not a Hugging Face model; --huggingface needs one")
+    from nncompress.deploy.huggingface import export_huggingface
+
+    report = export_huggingface(model, out, dtype=args.dtype)
+    print(f"wrote {args.out}: {', '.join(report.files)} (weights {report.weight_bytes:,} bytes, {args.dtype})")
+    return 0
+
+
+def _cmd_corpus(args: argparse.Namespace) -> int:
+    from nncompress.data.corpus import debian_corpus
+
+    for name in ("calib", "train", "eval"):
+        _positive_int(getattr(args, name), f"--{name}")
+    if args.seed < 0:
+        _bad(f"--seed must be >= 0, got {args.seed}")
+    out = _output_dir(args.out, "corpus output folder")
+    report = debian_corpus(out, calib=args.calib, train=args.train, eval=args.eval, seed=args.seed)
+    print(f"wrote {', '.join(f'{out / k}.txt ({v:,} passages)' for k, v in report.counts.items())} "
+          f"from {report.available:,} distinct Debian package descriptions")
+    return 0
+
+
 def _cmd_export(args: argparse.Namespace) -> int:
     from safetensors.torch import save as safetensors_bytes
 
     from nncompress.format import load_state
     from nncompress.train.checkpoint import atomic_write_bytes
 
+    if args.huggingface:
+        return _export_huggingface(args)
     source = _input_file(args.file, ".nnc file")
     out = _output_file(args.out, "export output", not_same_as=(source,))
     _check_format_options(args)
@@ -499,6 +592,13 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--data", default="fashion-mnist", help="fashion-mnist, mnist or digits")
     e.add_argument("--root", help="folder with the IDX files")
     e.add_argument("--json", action="store_true")
+    e.add_argument("--text", metavar="EVAL.txt",
+                   help="Hugging Face model: sentences (one per line) to embed; needs --reference")
+    e.add_argument("--reference", metavar="FOLDER_OR_FILE",
+                   help="model folder or .nnc file whose sentence embeddings are the reference")
+    e.add_argument("--limit", type=int, help="use the first N sentences of --text")
+    e.add_argument("--batch-size", type=int, default=64, help="sentences per batch (--text)")
+    e.add_argument("--max-length", type=int, default=256, help="tokens per sentence at most (--text)")
     _add_format_options(e)
     e.set_defaults(fn=_cmd_eval)
     x = sub.add_parser("export", help="write the model as ONNX (OUT.onnx: compression kept, checked in "
@@ -508,6 +608,10 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--format", choices=["onnx", "safetensors"],
                    help="output format (default: from OUT's suffix, else safetensors)")
     x.add_argument("--opset", type=int, help="ONNX opset (13..21; default 17)")
+    x.add_argument("--huggingface", action="store_true",
+                   help="write OUT as a Hugging Face folder (config, safetensors, tokenizer, pooling)")
+    x.add_argument("--dtype", choices=["float32", "float16"], default="float32",
+                   help="weights of the --huggingface folder")
     _add_format_options(x)
     x.set_defaults(fn=_cmd_export)
     sv = sub.add_parser("sensitivity", help="per-layer channel-pruning sensitivity curves of a .nnc model")
@@ -532,6 +636,14 @@ def build_parser() -> argparse.ArgumentParser:
                     help="secret key file (make one with: head -c 32 /dev/urandom > key)")
     sg.add_argument("--out", help="write the signed copy here (default: sign FILE in place)")
     sg.set_defaults(fn=_cmd_sign)
+    cp = sub.add_parser("corpus", help="write disjoint calib/train/eval text files from Debian's package "
+                                       "descriptions (apt-cache dumpavail)")
+    cp.add_argument("out", help="output folder")
+    cp.add_argument("--calib", type=int, default=512, help="calibration passages")
+    cp.add_argument("--train", type=int, default=8192, help="training (distillation) passages")
+    cp.add_argument("--eval", type=int, default=1024, help="evaluation passages")
+    cp.add_argument("--seed", type=int, default=0, help="shuffle seed")
+    cp.set_defaults(fn=_cmd_corpus)
     ls = sub.add_parser("recipes", help="list built-in recipes and stages")
     ls.add_argument("--describe", action="store_true",
                     help="print the reference of every stage's keys (types, defaults, descriptions)")

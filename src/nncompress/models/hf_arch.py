@@ -54,10 +54,12 @@ MAX_LAYERS = 1024
 MAX_CONFIG_LEAVES = 20_000
 """Most scalar values in a stored config (id2label of a large classifier included)."""
 TOKENIZER_TEXT_FILES = ("tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
-                        "vocab.txt", "vocab.json", "merges.txt", "tokenizer.json")
+                        "vocab.txt", "vocab.json", "merges.txt", "tokenizer.json",
+                        "sentence_bert_config.json")
 TOKENIZER_BINARY_FILES = ("spiece.model", "sentencepiece.bpe.model", "tokenizer.model")
 TOKENIZER_FILES = TOKENIZER_TEXT_FILES + TOKENIZER_BINARY_FILES
-"""The only file names a tokenizer record may hold (no paths)."""
+"""The only file names a tokenizer record may hold (no paths); ``sentence_bert_config.json``
+keeps the sentence-transformers ``max_seq_length``."""
 MAX_TOKENIZER_BYTES = 8 * 2**20
 """Most bytes all tokenizer files together may hold."""
 
