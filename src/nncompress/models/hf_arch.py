@@ -209,7 +209,10 @@ def build_huggingface(config: dict[str, Any], model_class: str | None = None, po
     """
     tf = _transformers()
     check_record(config, model_class, pooling, normalize)
-    from transformers.initialization import no_init_weights
+    try:
+        from transformers.initialization import no_init_weights  # transformers >= 5
+    except ImportError:  # pragma: no cover - transformers 4.x
+        from transformers.modeling_utils import no_init_weights
 
     kwargs = {k: v for k, v in config.items() if k != "model_type"}
     cfg = tf.AutoConfig.for_model(config["model_type"], **kwargs)
