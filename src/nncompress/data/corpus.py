@@ -4,8 +4,8 @@
 line and, where the package lists carry it, a long description of continuation lines).
 Each package gives one passage (short + long text, cleaned, length-bounded); passages are
 deduplicated on a normalised form (lower case, letters and digits only, parenthesised
-remarks such as "(data files)" dropped, and the long text alone, so the ``-dev`` / ``-doc``
-variants of one package count once), shuffled with a seed and split into disjoint
+remarks such as "(data files)" dropped; the short line alone and the long text alone are
+keys too, so the ``-dev`` / ``-doc`` variants of one package count once), shuffled with a seed and split into disjoint
 ``calib.txt``, ``train.txt`` and ``eval.txt`` (one passage per line). The descriptions are
 Debian's (free licences); nothing is downloaded.
 """
@@ -111,15 +111,15 @@ def normalise(text: str) -> str:
 
 
 def distinct_passages(descriptions: Iterable[tuple[str, str]]) -> list[str]:
-    """Cleaned passages, first occurrence kept, no two sharing a normalised form (nor a
-    normalised long description)."""
+    """Cleaned passages, first occurrence kept, no two sharing a normalised form, a
+    normalised short description or a normalised long description."""
     seen: set[str] = set()
     out = []
     for short, long in descriptions:
         text = clean_passage(short, long)
         if text is None:
             continue
-        keys = {normalise(text)}
+        keys = {normalise(text), "short:" + normalise(short)}
         if long.strip():
             keys.add("long:" + normalise(long))
         if keys & seen:
