@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,9 +30,9 @@ class RunContext:
     """The model being compressed and everything stages share."""
 
     model: nn.Module
-    train_data: Dataset
-    test_data: Dataset
-    example_input: torch.Tensor  # (1, C, H, W)
+    train_data: Dataset | Any  # a Dataset, a DataLoader or a list of batches
+    test_data: Dataset | Any
+    example_input: Any  # one sample with its batch dimension: (1, C, H, W), or a dict of (1, T)
     seed: int = 0
     masks: Masks | None = None
     codecs: dict[str, CodecChoice] = field(default_factory=dict)
@@ -40,6 +41,17 @@ class RunContext:
     extras: dict[str, Any] = field(default_factory=dict)
     keep_teacher: bool = False  # a later stage distils: the first train stage keeps a copy
     teacher: nn.Module | None = None  # frozen copy of the trained dense model (distillation)
+    loss_fn: Callable[..., torch.Tensor] | None = None  # recipe 'loss:' (logits, target, inputs); None = CE
+    metric_fn: Callable[..., Any] | None = None  # recipe 'metric:' (logits, target); None = accuracy
+    calib_data: Any = None  # data factory's / text 'calib' split, when given
+
+    def score(self, model: nn.Module | None = None) -> float:
+        """The run's score of ``model`` (default: the run's model) on the test data: accuracy,
+        or the recipe's ``metric``."""
+        from nncompress.train.loop import evaluate
+
+        return evaluate(model if model is not None else self.model, self.test_data, loss_fn=self.loss_fn,
+                        metric_fn=self.metric_fn)["accuracy"]
 
     def forget_replaced_layers(self) -> None:
         """After a stage replaced layers (decompose, hashed): drop the masks and codec

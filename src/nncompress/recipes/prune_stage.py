@@ -22,7 +22,7 @@ from nncompress.recipes.teacher import (
     distill_summary,
     teacher_of,
 )
-from nncompress.train.loop import TrainConfig, evaluate, fit
+from nncompress.train.loop import TrainConfig, fit
 from nncompress.train.soup import soup_fit
 
 
@@ -100,7 +100,7 @@ def _prune(ctx: RunContext, cfg: PruneStageConfig) -> dict[str, Any]:
         res = soup_fit(ctx.model, ctx.train_data, cfg.final_retrain, cfg.final_soup,
                        callbacks=lambda: [MaskCallback(masks)],
                        loss_fn=distill_loss(ctx, cfg.distill, cfg.final_retrain),
-                       evaluate_fn=(lambda m: evaluate(m, ctx.test_data)["accuracy"]) if cfg.final_soup > 1 else None,
+                       evaluate_fn=ctx.score if cfg.final_soup > 1 else None,
                        progress=ctx.extras.get("progress", False))
         if cfg.final_soup > 1:
             soup = {"ingredients": cfg.final_soup, "ingredient_accuracy": res.ingredient_scores,

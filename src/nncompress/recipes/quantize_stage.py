@@ -125,7 +125,7 @@ def run_quantize(ctx: RunContext, cfg: QuantizeStageConfig) -> dict[str, Any]:
         run = QuantizeRun(train_data=ctx.train_data, finetune=cfg.finetune,
                           distill=(lambda train: distill_loss(ctx, cfg.distill, train)) if cfg.distill is not None else None,
                           masks=ctx.masks, progress=ctx.extras.get("progress", False), seed=ctx.seed,
-                          snapshot=ctx.snapshot)
+                          snapshot=ctx.snapshot, loss_fn=ctx.loss_fn if cfg.distill is None else None)
         result = quantize_model(ctx.model, cfg.quantizer, run)
         ctx.model = result.model
         ctx.forget_replaced_layers()

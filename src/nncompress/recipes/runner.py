@@ -3,6 +3,7 @@ back, evaluate the loaded model, and write the report directory."""
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -10,66 +11,127 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import Subset
 
 import nncompress
 from nncompress.analysis.accounting import count_parameters, layer_stats, totals
 from nncompress.analysis.file_table import compression_table
-from nncompress.data import load_dataset
 from nncompress.errors import ConfigError, NNCompressError
-from nncompress.models import build_model
+from nncompress.factory import FACTORY_KEY, factory_record
+from nncompress.factory import load as load_nnc
 from nncompress.models.registry import arch_of
+from nncompress.recipes.build import (
+    build_callable,
+    build_recipe_data,
+    build_recipe_model,
+    first_sample,
+)
 from nncompress.recipes.context import RunContext, StageRecord
+from nncompress.recipes.resume import StageCheckpoints
 from nncompress.recipes.schema import Recipe
 from nncompress.recipes.stages import STAGES
 from nncompress.recipes.teacher import keep_trained_teacher
+from nncompress.recipes.validate import validate_recipe
 from nncompress.report.plots import accuracy_per_stage, weight_histograms
 from nncompress.report.writer import report_markdown, write_json
+from nncompress.train.batches import to_device
 from nncompress.train.checkpoint import atomic_write_bytes
-from nncompress.train.loop import evaluate
+from nncompress.train.ddp import barrier, broadcast_masks, broadcast_model, world
 
 log = logging.getLogger(__name__)
+DISTRIBUTED_STAGES = ("train", "prune", "quantize", "decompose", "encode", "evaluate")
+"""Stages that run under torchrun: their training goes through ``fit`` (DDP) and their
+decisions (masks, codebooks, low-rank factors) are made from identical weights on every
+rank, then rank 0's model and masks are broadcast."""
 
 
-def build_context(recipe: Recipe, progress: bool = False) -> RunContext:
-    """Model, data and example input of a recipe."""
+def build_context(recipe: Recipe, progress: bool = False, device: torch.device | str | None = None) -> RunContext:
+    """Model, data, example input, loss and metric of a recipe, on ``device`` (default CPU).
+
+    Example:
+        >>> ctx = build_context(load_recipe("deep-compression-lenet300"))  # doctest: +SKIP
+    """
     torch.manual_seed(recipe.seed)
-    model = build_model(recipe.model.name, **recipe.model.kwargs)
-    train = load_dataset(recipe.data.name, "train", recipe.data.root)
-    test = load_dataset(recipe.data.name, "test", recipe.data.root)
-    if recipe.data.train_subset is not None:
-        g = torch.Generator().manual_seed(recipe.seed)
-        train = Subset(train, torch.randperm(len(train), generator=g)[: recipe.data.train_subset].tolist())
-    example = test[0][0].unsqueeze(0)
-    ctx = RunContext(model, train, test, example, seed=recipe.seed)
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    model, pretrained = build_recipe_model(recipe.model)
+    data = build_recipe_data(recipe.data, recipe.seed, pretrained)
+    model.to(device)
+    example = to_device(first_sample(data.test), device)
+    ctx = RunContext(model, data.train, data.test, example, seed=recipe.seed)
+    ctx.calib_data = data.calib
+    ctx.loss_fn = build_callable(recipe.loss, "loss")
+    ctx.metric_fn = build_callable(recipe.metric, "metric")
     ctx.extras["progress"] = progress
+    ctx.extras["device"] = str(device)
+    if pretrained is not None:
+        ctx.extras["pretrained"] = pretrained
     ctx.keep_teacher = any(getattr(s.config, "distill", None) is not None for s in recipe.stages)
     return ctx
+
+
+def _model_stats(model: torch.nn.Module, example: Any) -> tuple[list, dict[str, int]]:
+    """Per-layer stats and totals; a model that takes a dict (a transformer) gets them from
+    its parameters alone (no MACs)."""
+    if isinstance(example, torch.Tensor):
+        stats = layer_stats(model, example)
+        return stats, totals(stats)
+    n = sum(p.numel() for p in model.parameters())
+    nz = sum(int((p != 0).sum()) for p in model.parameters())
+    return [], {"weights": n, "nonzeros": nz, "macs": 0, "sparse_macs": 0}
+
+
+def check_distributed(recipe: Recipe) -> None:
+    """Under torchrun: every stage must be one of ``DISTRIBUTED_STAGES``."""
+    if world()[1] == 1:
+        return
+    bad = [f"stages[{i}].{s.name}" for i, s in enumerate(recipe.stages) if s.name not in DISTRIBUTED_STAGES]
+    if bad:
+        raise ConfigError(f"{', '.join(bad)} cannot run distributed (torchrun) yet; stages that can: "
+                          f"{', '.join(DISTRIBUTED_STAGES)}. Run this recipe in one process.")
 
 
 def run_recipe(recipe: Recipe, out: str | Path, report_dir: str | Path | None = None,
                *, progress: bool = False, command: str = "",
                stage_hook: Callable[[str, RunContext], None] | None = None,
-               trained_state: Mapping[str, torch.Tensor] | None = None) -> dict[str, Any]:
-    """Run every stage, save to ``out``, reload, evaluate, and write the report.
+               trained_state: Mapping[str, torch.Tensor] | None = None,
+               device: torch.device | str | None = None,
+               checkpoint_dir: str | Path | None = None, resume: bool = False) -> dict[str, Any]:
+    """Validate, run every stage, save to ``out``, reload, evaluate, and write the report.
 
-    ``stage_hook(stage_name, ctx)`` is called after each stage (benchmarks branch a peer
-    pipeline off the trained model there). ``trained_state``: the model's state after the
-    recipe's first stage, a ``train`` stage, which then loads it instead of training again
-    (benchmarks run several recipes from one dense training).
+    The recipe is checked against the built model before the first stage
+    (``validate_recipe``: every layer name and glob, ratio, bit width and criterion; all
+    problems in one ``ConfigError``). ``stage_hook(stage_name, ctx)`` is called after each
+    stage (benchmarks branch a peer pipeline off the trained model there). ``trained_state``:
+    the model's state after the recipe's first stage, a ``train`` stage, which then loads it
+    instead of training again. ``device``: where the model and every tensor live.
+    ``checkpoint_dir``: write a checkpoint after every stage (and every epoch of a train
+    stage) there; with ``resume`` continue from the last one found. Under torchrun every
+    training runs under DDP, rank 0's model and masks are broadcast after each stage, and
+    only rank 0 writes the file, the report and the checkpoints.
 
     Example:
         >>> report = run_recipe(load_recipe("deep-compression-lenet300"), "m.nnc", "report")  # doctest: +SKIP
         >>> report["summary"]["ratio"]  # doctest: +SKIP
     """
-    ctx = build_context(recipe, progress)
+    check_distributed(recipe)
+    rank, _ = world()
+    ctx = build_context(recipe, progress, device)
+    validate_recipe(recipe, ctx)  # before any stage: all problems at once
     original = count_parameters(ctx.model)  # before any stage: the baseline's real size
-    original_macs = totals(layer_stats(ctx.model, ctx.example_input))["macs"]
+    original_macs = _model_stats(ctx.model, ctx.example_input)[1]["macs"]
     dense_accuracy = None
+    checkpoints = StageCheckpoints(checkpoint_dir, recipe, write=rank == 0) if checkpoint_dir is not None else None
+    start = 0
+    if checkpoints is not None and resume:
+        start, dense_accuracy = checkpoints.restore(ctx)
+        if start:
+            log.info("resumed after stage %d/%d", start, len(recipe.stages))
     for i, stage in enumerate(recipe.stages):
+        if i < start:
+            continue
         spec = STAGES.get(stage.name)
         log.info("stage %d/%d: %s", i + 1, len(recipe.stages), stage.name)
         t0 = time.perf_counter()
+        ctx.extras["fit_checkpoint"] = checkpoints.fit_path(i) if checkpoints is not None else None
         if i == 0 and trained_state is not None:
             if stage.name != "train":
                 raise ConfigError(f"trained_state replaces a first 'train' stage, not {stage.name!r}")
@@ -79,34 +141,51 @@ def run_recipe(recipe: Recipe, out: str | Path, report_dir: str | Path | None = 
             extra = {"reused_trained_state": True}
         else:
             extra = spec.run(ctx, stage.config) or {}
-        acc = evaluate(ctx.model, ctx.test_data)["accuracy"]
+        broadcast_model(ctx.model)  # torchrun: rank 0's decisions hold on every rank
+        ctx.masks = broadcast_masks(ctx.masks)
+        acc = ctx.score()
         ctx.records.append(StageRecord(stage.name, time.perf_counter() - t0, acc, extra))
         if stage.name == "train" and dense_accuracy is None:
             dense_accuracy = acc
             ctx.extras["dense_stats"] = count_parameters(ctx.model)
-        log.info("%s done in %.1fs, test accuracy %.4f", stage.name, ctx.records[-1].seconds, acc)
+        log.info("%s done in %.1fs, test score %.4f", stage.name, ctx.records[-1].seconds, acc)
+        if checkpoints is not None:
+            checkpoints.save(i, ctx, dense_accuracy)
         if stage_hook is not None:
             stage_hook(stage.name, ctx)
-    evaluated_accuracy = evaluate(ctx.model, ctx.test_data)["accuracy"]
+    ctx.extras.pop("fit_checkpoint", None)
+    evaluated_accuracy = ctx.score()
+    if rank != 0:  # torchrun: rank 0 writes; the others wait for it
+        barrier()
+        return {"recipe": recipe.name, "rank": rank, "summary": {"compressed_accuracy": evaluated_accuracy}}
     t0 = time.perf_counter()
-    info = nncompress.save(ctx.model, out, codecs=ctx.codecs or None,
-                           metadata={"recipe": recipe.name, "accuracy": evaluated_accuracy,
-                                     "data": recipe.data.name})
-    loaded = nncompress.load(out, model=None if arch_of(ctx.model) else ctx.model)
-    compressed_accuracy = evaluate(loaded, ctx.test_data)["accuracy"]
+    metadata = {"recipe": recipe.name, "accuracy": evaluated_accuracy, "data": recipe.data.label}
+    if recipe.model.factory is not None:
+        metadata[FACTORY_KEY] = factory_record(recipe.model.factory, recipe.model.kwargs)
+    device_of = next(ctx.model.parameters()).device
+    saved = ctx.model if device_of.type == "cpu" else copy.deepcopy(ctx.model).cpu()
+    info = nncompress.save(saved, out, codecs=ctx.codecs or None, metadata=metadata)
+    if recipe.model.factory is not None:
+        loaded = load_nnc(out, factory=recipe.model.factory)
+    else:
+        loaded = nncompress.load(out, model=None if arch_of(ctx.model) else saved)
+    loaded.to(device_of)
+    compressed_accuracy = ctx.score(loaded)
     if compressed_accuracy != evaluated_accuracy:
         raise NNCompressError(f"the loaded model scores {compressed_accuracy}, the saved one "
                               f"{evaluated_accuracy}: the file does not reproduce the model")
     ctx.records.append(StageRecord("save+load", time.perf_counter() - t0, compressed_accuracy))
     table = compression_table(info)
-    stats = layer_stats(loaded, ctx.example_input)
-    tot = totals(stats)
+    stats, tot = _model_stats(loaded, ctx.example_input)
     report = {
         "recipe": recipe.name,
         "command": command,
         "nncompress": nncompress.__version__,
         "torch": torch.__version__,
         "file": str(out),
+        "device": ctx.extras["device"],
+        "world_size": world()[1],
+        "metric": "accuracy" if recipe.metric is None else recipe.metric.factory,
         "summary": {
             "dense_accuracy": dense_accuracy,
             "compressed_accuracy": compressed_accuracy,
@@ -125,6 +204,9 @@ def run_recipe(recipe: Recipe, out: str | Path, report_dir: str | Path | None = 
     }
     if report_dir is not None:
         write_report(report, ctx, Path(report_dir))
+    if checkpoints is not None:
+        checkpoints.clear()
+    barrier()
     return report
 
 

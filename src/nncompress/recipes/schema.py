@@ -22,26 +22,117 @@ NUM_CLASSES = 10  # every built-in dataset (fashion-mnist, mnist, digits) has 10
 
 @dataclass
 class ModelSpec:
-    name: str = "lenet300"
+    """``model:`` of a recipe: a built-in ``name`` (+ ``kwargs``), or the user's
+    ``factory: "package.module:function"`` (+ ``kwargs``, optional ``checkpoint`` state dict
+    read with ``weights_only=True``), or ``huggingface: PATH`` (a local transformers model)."""
+
+    name: str | None = None
+    """A built-in model (default lenet300 when no factory or huggingface is given)."""
     kwargs: dict[str, Any] = field(default_factory=dict)
+    """Arguments of the built-in model or of the factory."""
+    factory: str | None = None
+    """``package.module:function`` returning an ``nn.Module`` (imported when the recipe is read)."""
+    checkpoint: str | None = None
+    """A state dict file loaded into the factory's model (``torch.load(weights_only=True)``)."""
+    huggingface: str | None = None
+    """Folder of a Hugging Face model (``nncompress.models.huggingface.load_pretrained``)."""
 
     def __post_init__(self) -> None:
+        given = [k for k in ("name", "factory", "huggingface") if getattr(self, k) is not None]
+        if len(given) > 1:
+            raise ConfigError(f"give one of name, factory or huggingface, not {given}")
+        if self.checkpoint is not None and self.factory is None:
+            raise ConfigError("checkpoint loads a state dict into a factory's model; add 'factory'")
+        if self.factory is not None:
+            from nncompress.factory import import_factory
+
+            import_factory(self.factory, "model factory")  # a path that does not import fails now
+            return
+        if self.huggingface is not None:
+            if self.kwargs:
+                raise ConfigError("huggingface takes no kwargs")
+            if not Path(self.huggingface).exists():
+                raise ConfigError(f"huggingface {self.huggingface!r} does not exist; give a local model folder")
+            return
+        if self.name is None:
+            self.name = "lenet300"
         check_model_spec(self.name, self.kwargs)
+
+    @property
+    def kind(self) -> str:
+        """``builtin``, ``factory`` or ``huggingface``."""
+        return "factory" if self.factory else "huggingface" if self.huggingface else "builtin"
 
 
 @dataclass
 class DataSpec:
-    name: str = "fashion-mnist"
+    """``data:`` of a recipe: a built-in ``name``, the user's ``factory`` (+ ``kwargs``)
+    returning the train and test sets, or ``text: {calib, train, test}`` files of sentences
+    (tokenized with the Hugging Face model's tokenizer)."""
+
+    name: str | None = None
+    """fashion-mnist, mnist or digits (default fashion-mnist when no factory or text)."""
     root: str | None = None
+    """Folder with the IDX files of a built-in set."""
     train_subset: int | None = None
+    """Train on this many randomly chosen training samples (a Dataset only)."""
+    factory: str | None = None
+    """``package.module:function`` returning ``(train, test)`` or ``{"train", "test"[, "calib"]}``,
+    each a ``Dataset`` or ``DataLoader``."""
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    """Arguments of the data factory."""
+    text: dict[str, str] | None = None
+    """Sentence files ``{calib: F, train: F, test: F}`` (one sentence a line)."""
 
     def __post_init__(self) -> None:
-        from nncompress.data.datasets import check_data_args
-
-        check_data_args(self.name, self.root)
         n = self.train_subset
         if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
             raise ConfigError(f"train_subset must be a positive integer (training images to use), got {n!r}")
+        given = [k for k in ("name", "factory", "text") if getattr(self, k) is not None]
+        if len(given) > 1:
+            raise ConfigError(f"give one of name, factory or text, not {given}")
+        if self.kwargs and self.factory is None:
+            raise ConfigError("kwargs are the data factory's arguments; add 'factory'")
+        if self.factory is not None:
+            from nncompress.factory import import_factory
+
+            import_factory(self.factory, "data factory")
+            return
+        if self.text is not None:
+            bad = sorted(set(self.text) - {"calib", "train", "test"})
+            if bad or "test" not in self.text:
+                raise ConfigError(f"text: keys {sorted(self.text)}; allowed calib, train, test (test required)")
+            for k, f in self.text.items():
+                if not Path(f).is_file():
+                    raise ConfigError(f"text.{k}: file {f!r} does not exist")
+            return
+        from nncompress.data.datasets import check_data_args
+
+        if self.name is None:
+            self.name = "fashion-mnist"
+        check_data_args(self.name, self.root)
+
+    @property
+    def label(self) -> str:
+        """What the report and the file call this data."""
+        return self.name or self.factory or "text"
+
+
+@dataclass
+class FactorySpec:
+    """``loss:`` / ``metric:`` of a recipe: ``{factory: "package.module:function", kwargs}``;
+    the factory returns a callable ``fn(output, target)`` or ``fn(output, target, inputs)``
+    (a loss: a scalar tensor to minimise; a metric: a batch mean, higher is better)."""
+
+    factory: str = ""
+    """``package.module:function`` building the callable."""
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    """Arguments of the factory."""
+
+    def __post_init__(self) -> None:
+        from nncompress.factory import import_factory
+
+        import_factory(self.factory, "factory")
 
 
 def check_model_spec(name: str, kwargs: dict[str, Any]) -> None:
@@ -119,9 +210,11 @@ class Recipe:
     stages: list[Stage]
     seed: int = 0
     description: str = ""
+    loss: FactorySpec | None = None
+    metric: FactorySpec | None = None
 
 
-_TOP_KEYS = {"name", "description", "model", "data", "seed", "stages"}
+_TOP_KEYS = {"name", "description", "model", "data", "seed", "stages", "loss", "metric"}
 
 
 def parse_recipe(raw: Any, source: str = "recipe") -> Recipe:
@@ -140,15 +233,24 @@ def parse_recipe(raw: Any, source: str = "recipe") -> Recipe:
     stages_raw = raw.get("stages")
     if not isinstance(stages_raw, list) or not stages_raw:
         raise ConfigError(f"{source}: 'stages' must be a non-empty list, e.g. [{{train: {{epochs: 5}}}}]")
-    stages = []
-    for i, item in enumerate(stages_raw):
+    stages, problems = [], []
+    for i, item in enumerate(stages_raw):  # every stage checked: all problems in one error
         if isinstance(item, str):
             item = {item: {}}
         if not isinstance(item, dict) or len(item) != 1:
-            raise ConfigError(f"{source}: stages[{i}] must be a one-key mapping like {{prune: {{...}}}}, got {item!r}")
+            problems.append(f"{source}: stages[{i}] must be a one-key mapping like {{prune: {{...}}}}, got "
+                            f"{_short(item)}")
+            continue
         (name, opts), = item.items()
-        spec = STAGES.get(name)
-        stages.append(Stage(name, from_dict(spec.config, opts, f"{source}: stages[{i}].{name}")))
+        try:
+            spec = STAGES.get(name)
+            stages.append(Stage(name, from_dict(spec.config, opts, f"{source}: stages[{i}].{name}")))
+        except ConfigError as exc:
+            problems.append(str(exc) if str(exc).startswith(source) else f"{source}: stages[{i}]: {exc}")
+    if len(problems) == 1:
+        raise ConfigError(problems[0])
+    if problems:
+        raise ConfigError(f"{len(problems)} problems: " + "; ".join(problems))
     seed = raw.get("seed", 0)
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
         raise ConfigError(f"{source}: seed must be an integer in [0, 2**63), got {seed!r}")
@@ -157,6 +259,8 @@ def parse_recipe(raw: Any, source: str = "recipe") -> Recipe:
         model=from_dict(ModelSpec, raw.get("model"), f"{source}: model"),
         data=from_dict(DataSpec, raw.get("data"), f"{source}: data"),
         stages=stages, seed=seed, description=str(raw.get("description", "")),
+        loss=None if raw.get("loss") is None else from_dict(FactorySpec, raw["loss"], f"{source}: loss"),
+        metric=None if raw.get("metric") is None else from_dict(FactorySpec, raw["metric"], f"{source}: metric"),
     )
 
 

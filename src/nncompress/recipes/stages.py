@@ -82,7 +82,8 @@ class EvaluateConfig:
 @register_stage("train", TrainConfig, "train the model (options: TrainConfig fields)")
 def run_train(ctx: RunContext, cfg: TrainConfig) -> dict[str, Any]:
     callbacks = [MaskCallback(ctx.masks)] if ctx.masks is not None else []
-    hist = fit(ctx.model, ctx.train_data, cfg, callbacks=callbacks, progress=ctx.extras.get("progress", False))
+    hist = fit(ctx.model, ctx.train_data, cfg, callbacks=callbacks, progress=ctx.extras.get("progress", False),
+               loss_fn=ctx.loss_fn, checkpoint=ctx.extras.get("fit_checkpoint"))
     keep_trained_teacher(ctx)
     ctx.snapshot("trained")
     return {"epochs": len(hist.epochs), "final_train_loss": hist.epochs[-1]["train_loss"] if hist.epochs else None}
@@ -90,7 +91,7 @@ def run_train(ctx: RunContext, cfg: TrainConfig) -> dict[str, Any]:
 
 @register_stage("evaluate", EvaluateConfig, "measure test accuracy")
 def run_evaluate(ctx: RunContext, cfg: EvaluateConfig) -> dict[str, Any]:
-    return dict(evaluate(ctx.model, ctx.test_data))
+    return dict(evaluate(ctx.model, ctx.test_data, loss_fn=ctx.loss_fn, metric_fn=ctx.metric_fn))
 
 
 @dataclass

@@ -145,8 +145,8 @@ def _check_pairs(loss: AttentionTransferLoss, student: nn.Module, x: torch.Tenso
 
 
 def distill_loss(ctx: RunContext, distill: DistillConfig | None, train: TrainConfig | None) -> LossFn | None:
-    """The ``loss_fn`` for ``fit`` under ``train``: None (plain cross-entropy) without
-    ``distill``, else KD from the run's teacher with the train config's label smoothing
+    """The ``loss_fn`` for ``fit`` under ``train``: the recipe's ``loss:`` (None: plain
+    cross-entropy) without ``distill``, else KD from the run's teacher with the train config's label smoothing
     on the hard term (so ``alpha: 0`` trains exactly as without distillation), plus the
     attention-transfer term when ``distill.attention`` is set. The attention loss hooks
     the student; :func:`distill_session` (or :func:`release_distill`) removes the hooks.
@@ -155,7 +155,7 @@ def distill_loss(ctx: RunContext, distill: DistillConfig | None, train: TrainCon
         >>> fit(ctx.model, ctx.train_data, cfg, loss_fn=distill_loss(ctx, DistillConfig(), cfg))  # doctest: +SKIP
     """
     if distill is None or train is None:
-        return None
+        return ctx.loss_fn  # the recipe's 'loss:' (None: cross-entropy)
     teacher = teacher_of(ctx)  # before hooking the student: a copy must not carry its hooks
     attention = getattr(distill, "attention", None)
     if attention is None:

@@ -95,3 +95,41 @@ def broadcast_object(obj: Any, src: int = 0) -> Any:
     box = [obj]
     torch.distributed.broadcast_object_list(box, src)
     return box[0]
+
+
+def broadcast_masks(masks: Any, src: int = 0) -> Any:
+    """Rank ``src``'s pruning masks on every process (the same object in a single
+    process): each bool mask is broadcast in place as uint8 (gloo has no bool)."""
+    if world()[1] == 1 or masks is None:
+        return masks
+    for name in sorted(masks):
+        m = masks[name]
+        buf = m.to(torch.uint8)
+        torch.distributed.broadcast(buf, src)
+        m.copy_(buf.bool())
+    return masks
+
+
+def barrier() -> None:
+    """Wait for every process (no-op in a single process)."""
+    if world()[1] > 1:
+        torch.distributed.barrier()
+
+
+def init_from_env(device: torch.device) -> bool:
+    """Under torchrun (``WORLD_SIZE`` > 1 in the environment) initialise the process group:
+    nccl for CUDA, gloo otherwise. Returns True when distributed.
+
+    Example:
+        >>> init_from_env(torch.device("cpu"))  # doctest: +SKIP
+    """
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return False
+    dist = torch.distributed
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+    return True
