@@ -160,7 +160,14 @@ def _read_nnc(fn: Any, args: argparse.Namespace, *fargs: Any) -> Any:
     """Read the .nnc file ``args.file`` with ``fn``; a file that breaks the reader in any
     other way than ``FormatError`` is still bad input, reported as such."""
     from nncompress.errors import FormatError, NNCompressError
+    from nncompress.format import load as format_load
 
+    if fn is format_load:  # a model built by the user's factory: --model names it (never the file)
+        import functools
+
+        from nncompress.factory import load as factory_load
+
+        fn = functools.partial(factory_load, factory=getattr(args, "model", None))
     try:
         return fn(args.file, *fargs, max_params=args.max_params, verify_key=args.key_bytes)
     except FormatError as exc:
@@ -209,7 +216,15 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if recipe.data.name in DEBIAN_ROOTS:
         find_idx_root(recipe.data.name, recipe.data.root)  # before any training
     command = "nncompress " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    report = run_recipe(recipe, out, report_dir, progress=not args.quiet, command=command)
+    from nncompress.train.ddp import init_from_env, world
+    from nncompress.train.device import resolve_device
+
+    device = resolve_device(args.device)
+    init_from_env(device)  # torchrun: one process group, gloo on CPU, nccl on CUDA
+    report = run_recipe(recipe, out, report_dir, progress=not args.quiet, command=command, device=device,
+                        checkpoint_dir=out.parent / f".{out.name}.resume", resume=args.resume)
+    if world()[0] != 0:
+        return 0  # rank 0 prints and writes
     s = report["summary"]
     print(f"recipe        {recipe.name}")
     print(f"dense         accuracy {100 * s['dense_accuracy']:.2f}%  {s['dense_fp32_bytes']:,} bytes (fp32)"
@@ -267,9 +282,13 @@ def _cmd_info(args: argparse.Namespace) -> int:
            "metadata": info.metadata, "table": table}
     import torch
 
-    if not info.arch:  # a user-defined model cannot be rebuilt without its class
+    from nncompress.factory import recorded_factory
+
+    spec, _ = recorded_factory(info.metadata)
+    if not info.arch and not args.model:  # a user-defined model cannot be rebuilt without its class
         out["layers_error"] = (f"{args.file} holds a user-defined model (no architecture record); "
-                               "the per-layer table needs nncompress.load(path, model=MyNet())")
+                               + (f"pass --model {spec} for the per-layer table" if spec else
+                                  "the per-layer table needs nncompress.load(path, model=MyNet())"))
     else:
         model = _read_nnc(load, args)  # a damaged file: FormatError, exit 2
         try:
@@ -325,26 +344,66 @@ def _energy_rows(layers):
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
+    import torch
+
     from nncompress.data import load_dataset
-    from nncompress.format import load
+    from nncompress.format import load, read_info
     from nncompress.train import evaluate
 
     if args.text is not None or args.reference is not None:
         return _eval_text(args)
     _input_file(args.file, ".nnc file")
-    _check_data(args)
     _check_format_options(args)
-    model = _read_nnc(load, args)
-    test = load_dataset(args.data, "test", args.root)
-    _check_model_fits(model, test.tensors[0], args.file, args.data)
+    from nncompress.train.device import resolve_device
+
+    device = resolve_device(args.device)
+    recorded = _read_nnc(read_info, args).metadata.get("data")
+    recorded = recorded if isinstance(recorded, str) else None
+    if args.data is None:
+        if recorded is not None and ":" in recorded:
+            _bad(f"{args.file} was made with the data factory {recorded!r}; nncompress does not import code a "
+                 f"file names: pass --data {recorded}")
+        args.data = recorded or "fashion-mnist"
+    elif recorded is not None and args.data != recorded:
+        print(f"nncompress: warning: {args.file} was evaluated on {recorded!r} when saved; --data "
+              f"{args.data!r} is another dataset", file=sys.stderr)
+    if ":" in args.data:
+        test = _factory_test_data(args.data, args)
+    else:
+        _check_data(args)
+        test = load_dataset(args.data, "test", args.root)
+    model = _read_nnc(load, args).to(device)
+    from nncompress.recipes.build import first_sample
+    from nncompress.train.batches import call_model, to_device
+
+    example = to_device(first_sample(test), device)
+    try:
+        model.eval()
+        with torch.no_grad():
+            call_model(model, example)
+    except Exception as exc:  # noqa: BLE001 - the file's model and the data do not match
+        _bad(f"the model in {args.file!r} does not accept {args.data!r} inputs: {type(exc).__name__}: {exc}")
     result = evaluate(model, test)
-    result.update(file=args.file, data=args.data)
+    result.update(file=args.file, data=args.data, device=str(device))
     if args.json:
         print(json.dumps(result))
     else:
         print(f"{args.file} on {args.data} test: accuracy {100 * result['accuracy']:.2f}%, "
               f"loss {result['loss']:.4f}")
     return 0
+
+
+def _factory_test_data(spec: str, args: argparse.Namespace):
+    """The test split of the data factory ``spec`` (``--data pkg.mod:fn``), called with the
+    kwargs the file recorded for that same factory."""
+    from nncompress.format import read_info
+    from nncompress.recipes.build import build_recipe_data
+    from nncompress.recipes.schema import DataSpec
+
+    meta = _read_nnc(read_info, args).metadata
+    rec = meta.get("factory") if isinstance(meta.get("factory"), dict) else {}
+    kwargs = rec.get("data_kwargs") if rec.get("data") == spec and isinstance(rec.get("data_kwargs"), dict) else {}
+    return build_recipe_data(DataSpec(factory=spec, kwargs=kwargs)).test
 
 
 def _eval_text(args: argparse.Namespace) -> int:
@@ -555,6 +614,19 @@ def _cmd_recipes(args: argparse.Namespace) -> int:
 
         print(describe(), end="")
         return 0
+    if args.show is not None:
+        from importlib import resources
+
+        from nncompress.recipes import load_recipe
+
+        recipe = load_recipe(args.show)  # a built-in name or a YAML file; ConfigError otherwise
+        path = Path(args.show)
+        text = (path.read_text() if path.is_file() else
+                (resources.files("nncompress.recipes") / "builtin" / f"{args.show}.yaml").read_text())
+        print(f"# {recipe.name}: {recipe.description.strip() or '(no description)'}")
+        print(f"# stages: {' -> '.join(s.name for s in recipe.stages)}")
+        print(text, end="" if text.endswith("\n") else "\n")
+        return 0
     print("built-in recipes: " + ", ".join(builtin_recipes()))
     print("stages: " + ", ".join(STAGES.names()))
     return 0
@@ -567,17 +639,29 @@ def _add_format_options(p: argparse.ArgumentParser) -> None:
                    help="refuse a file not signed with this key (see 'nncompress sign')")
 
 
+def _add_model_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", metavar="PKG.MOD:FN",
+                   help="the factory that builds the file's user-defined model (nncompress never imports "
+                        "code a file names)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``nncompress`` command."""
     p = argparse.ArgumentParser(prog="nncompress", description=__doc__.splitlines()[0])
     p.add_argument("-v", "--verbose", action="count", default=0,
                    help="more logging (-vv for debug) and a traceback on errors")
+    from nncompress._version import __version__
+
+    p.add_argument("--version", action="version", version=f"nncompress {__version__}")
     sub = p.add_subparsers(dest="command")
     r = sub.add_parser("run", help="run a YAML recipe (default: the Deep Compression LeNet-300-100 job)")
     r.add_argument("recipe", nargs="?", default=DEFAULT_RECIPE, help="YAML path or built-in name")
     r.add_argument("--out", help="output .nnc file (default runs/<recipe>/model.nnc)")
     r.add_argument("--report", help="report folder (default: next to --out)")
     r.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    r.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, mps or auto (default cpu)")
+    r.add_argument("--resume", action="store_true",
+                   help="continue a killed run from its last finished stage (or train epoch)")
     r.set_defaults(fn=_cmd_run)
     i = sub.add_parser("info", help="per-layer table of a .nnc file")
     i.add_argument("file")
@@ -586,10 +670,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"one input without the batch dimension (1-{MAX_INPUT_DIMS} positive sizes; "
                         "default 1 28 28)")
     _add_format_options(i)
+    _add_model_option(i)
     i.set_defaults(fn=_cmd_info)
     e = sub.add_parser("eval", help="accuracy of a .nnc file on a dataset's test split")
     e.add_argument("file")
-    e.add_argument("--data", default="fashion-mnist", help="fashion-mnist, mnist or digits")
+    e.add_argument("--data", help="fashion-mnist, mnist, digits or a data factory package.module:function "
+                                   "(default: the dataset the file records, else fashion-mnist)")
+    e.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, mps or auto (default cpu)")
     e.add_argument("--root", help="folder with the IDX files")
     e.add_argument("--json", action="store_true")
     e.add_argument("--text", metavar="EVAL.txt",
@@ -600,6 +687,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--batch-size", type=int, default=64, help="sentences per batch (--text)")
     e.add_argument("--max-length", type=int, default=256, help="tokens per sentence at most (--text)")
     _add_format_options(e)
+    _add_model_option(e)
     e.set_defaults(fn=_cmd_eval)
     x = sub.add_parser("export", help="write the model as ONNX (OUT.onnx: compression kept, checked in "
                                       "onnxruntime) or its dense weights as safetensors")
@@ -613,6 +701,7 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--dtype", choices=["float32", "float16"], default="float32",
                    help="weights of the --huggingface folder")
     _add_format_options(x)
+    _add_model_option(x)
     x.set_defaults(fn=_cmd_export)
     sv = sub.add_parser("sensitivity", help="per-layer channel-pruning sensitivity curves of a .nnc model")
     sv.add_argument("file")
@@ -625,6 +714,7 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--mac-target", type=float, default=0.5, help="fraction of MACs to remove, in [0, 1)")
     sv.add_argument("--out", default="sensitivity", help="output folder")
     _add_format_options(sv)
+    _add_model_option(sv)
     sv.set_defaults(fn=_cmd_sensitivity)
     sg = sub.add_parser("sign", help="sign a .nnc file with a key (then check it with --verify-key)",
                         description="Sign a .nnc file with a secret key. Make a key with "
@@ -647,6 +737,7 @@ def build_parser() -> argparse.ArgumentParser:
     ls = sub.add_parser("recipes", help="list built-in recipes and stages")
     ls.add_argument("--describe", action="store_true",
                     help="print the reference of every stage's keys (types, defaults, descriptions)")
+    ls.add_argument("--show", metavar="NAME", help="print a recipe (built-in name or YAML file) with its description")
     ls.set_defaults(fn=_cmd_recipes)
     return p
 
@@ -680,10 +771,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=[logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)],
                         format="%(levelname)s %(name)s: %(message)s")
-    if args.command is None:
-        verbose = args.verbose
-        args = parser.parse_args(["run"])
-        args.verbose = verbose
+    if args.command is None:  # bare `nncompress`: help, not a job
+        parser.print_help()
+        return 0
     bad_input: tuple[type[BaseException], ...] = (NNCompressError, OSError, ValueError, MemoryError,
                                                   RecursionError, OverflowError)
     try:

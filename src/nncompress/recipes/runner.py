@@ -160,8 +160,11 @@ def run_recipe(recipe: Recipe, out: str | Path, report_dir: str | Path | None = 
         return {"recipe": recipe.name, "rank": rank, "summary": {"compressed_accuracy": evaluated_accuracy}}
     t0 = time.perf_counter()
     metadata = {"recipe": recipe.name, "accuracy": evaluated_accuracy, "data": recipe.data.label}
-    if recipe.model.factory is not None:
-        metadata[FACTORY_KEY] = factory_record(recipe.model.factory, recipe.model.kwargs)
+    if recipe.model.factory is not None or recipe.data.factory is not None:
+        record = factory_record(recipe.model.factory, recipe.model.kwargs) if recipe.model.factory else {}
+        if recipe.data.factory is not None:  # eval --data SPEC reuses these kwargs
+            record.update(data=recipe.data.factory, data_kwargs=dict(recipe.data.kwargs))
+        metadata[FACTORY_KEY] = record
     device_of = next(ctx.model.parameters()).device
     saved = ctx.model if device_of.type == "cpu" else copy.deepcopy(ctx.model).cpu()
     info = nncompress.save(saved, out, codecs=ctx.codecs or None, metadata=metadata)
