@@ -96,6 +96,8 @@ def _rewrite_arch(src: Path, dst: Path, edit) -> None:
     (lambda kw: kw["config"].update(model_type="evil_remote_model"), "model_type"),
     (lambda kw: kw["config"].update(auto_map={"AutoModel": "evil.Model"}), "auto_map"),
     (lambda kw: kw["config"].update(_attn_implementation="x"), "_attn_implementation"),
+    (lambda kw: kw["config"].update(attn_implementation="kernels-community/x"), "attn_implementation"),
+    (lambda kw: kw["config"].update(text_config={"auto_map": {"AutoModel": "x.Y"}}), "auto_map"),
     (lambda kw: kw["config"].update(vocab_size=10**9), "parameters"),
     (lambda kw: kw["config"].update(num_hidden_layers=10**6), "num_hidden_layers"),
     (lambda kw: kw.update(model_class="os.system"), "model_class"),

@@ -47,8 +47,10 @@ HF_ARCH = "huggingface"
 """Architecture name of a transformers model in a ``.nnc`` header."""
 POOLINGS = ("mean", "cls", "max")
 """Sentence-transformers pooling modes nncompress can apply."""
-FORBIDDEN_CONFIG_KEYS = ("auto_map", "quantization_config", "trust_remote_code", "custom_pipelines")
-"""Config keys a stored record may not carry (remote code, external quantizers)."""
+FORBIDDEN_CONFIG_KEYS = ("auto_map", "quantization_config", "trust_remote_code", "custom_pipelines",
+                         "attn_implementation", "experts_implementation", "name_or_path")
+"""Config keys a stored record may not carry, at any depth (remote code, external
+quantizers, attention or expert kernels that transformers may fetch from the Hub)."""
 MAX_LAYERS = 1024
 """Most layers (``num_hidden_layers``, ``n_layer``...) a stored config may declare."""
 MAX_CONFIG_LEAVES = 20_000
@@ -85,14 +87,19 @@ def is_transformers_model(model: nn.Module) -> bool:
 
 
 def clean_config(config: Mapping[str, Any]) -> dict[str, Any]:
-    """A config dict as stored: private keys (``_name_or_path``...) and the forbidden keys
-    (``auto_map``...) removed.
+    """A config dict as stored: private top-level keys (``_name_or_path``...) and the
+    forbidden keys (``auto_map``..., at any depth) removed.
 
     Example:
         >>> clean_config({"model_type": "bert", "_name_or_path": "/x", "auto_map": {}})
         {'model_type': 'bert'}
     """
-    return {k: v for k, v in config.items() if not k.startswith("_") and k not in FORBIDDEN_CONFIG_KEYS}
+    def strip(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: strip(v) for k, v in value.items() if k not in FORBIDDEN_CONFIG_KEYS}
+        return [strip(v) for v in value] if isinstance(value, list) else value
+
+    return {k: strip(v) for k, v in config.items() if not k.startswith("_") and k not in FORBIDDEN_CONFIG_KEYS}
 
 
 def capture_huggingface(model: nn.Module) -> dict[str, Any] | None:
@@ -135,6 +142,9 @@ def _check_value(value: Any, where: str, depth: int, count: list[int]) -> None:
         return
     if isinstance(value, dict):
         for k, v in value.items():
+            if k in FORBIDDEN_CONFIG_KEYS:
+                raise FormatError(f"{where}.{k} is not allowed (a stored config may not name code: "
+                                  f"{', '.join(FORBIDDEN_CONFIG_KEYS)})")
             _check_value(v, f"{where}.{k}", depth + 1, count)
         return
     raise FormatError(f"{where} has type {type(value).__name__}; allowed: JSON scalars, lists, dicts")
