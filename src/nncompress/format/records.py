@@ -90,6 +90,7 @@ PLUGIN_MODULES = (
     "nncompress.models",
     "nncompress.quantize.codecs",
     "nncompress.quantize.bfp_codec",
+    "nncompress.quantize.rowblock_codec",
     "nncompress.quantize.api",
     "nncompress.quantize.hashed_arch",
     "nncompress.decompose.api",

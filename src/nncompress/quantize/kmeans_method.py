@@ -44,6 +44,11 @@ class KMeansConfig(QuantizerConfig):
     """Glob patterns of layers left alone."""
     centroid_lr: float | None = None
     """Learning rate of the centroids during the run's fine-tuning (> 0; default: its lr)."""
+    bits_emb: int | None = None
+    """Index bits of embedding tables (``nn.Embedding``, tied heads once), 2..8; None
+    (default) leaves them alone."""
+    rows_per_codebook: int | None = None
+    """Rows of an embedding table per codebook (>= 1); None: one codebook per table."""
     codebook_dtype: str = "float32"
     """``float16`` rounds the final centroids to half precision, so the file stores each
     codebook in 2 bytes per centroid (the model evaluated is the rounded one)."""
@@ -61,7 +66,8 @@ class KMeansConfig(QuantizerConfig):
     def sharing(self, seed: int) -> SharingConfig:
         """The ``SharingConfig`` of these options (k-means seeded with ``seed``)."""
         return SharingConfig(bits_conv=self.bits_conv, bits_fc=self.bits_fc, init=self.init, include=self.include,
-                             exclude=self.exclude, seed=seed, bits=self.bits)
+                             exclude=self.exclude, seed=seed, bits=self.bits, bits_emb=self.bits_emb,
+                             rows_per_codebook=self.rows_per_codebook)
 
 
 @register_quantizer(KMeansConfig, name="kmeans")

@@ -20,6 +20,14 @@ the sum of the gradients of the weights that share it (``centroid_gradient``); t
 centroids take a plain SGD step ``c <- c - lr * dL/dc`` (the paper's update; optional
 momentum), and every shared weight is rewritten to its centroid after each optimizer step,
 so the model always equals ``codebook[labels]`` at shared positions and 0 elsewhere.
+
+Embedding tables (``nn.Embedding``, and a Linear output head tied to one: the Parameter is
+shared once) are shared only when ``SharingConfig.bits_emb`` is set: every value of the
+table is clustered (a table is dense: its mask is all True), per table or per block of
+``rows_per_codebook`` rows, each block with its own ``2^bits_emb`` centroids
+(``share_rows``). The blocks' codebooks are concatenated into one ``codebook`` and
+``labels`` index it, so fine-tuning and ``apply`` treat them like any layer; the file
+stores them with the ``kmeans_rows`` codec (``quantize/rowblock_codec.py``).
 """
 
 from __future__ import annotations
@@ -34,12 +42,18 @@ import torch
 from torch import nn
 
 from nncompress.errors import ConfigError
+from nncompress.format.codecs import set_codec_hints
+from nncompress.modules import select_layers
 from nncompress.prune.targets import is_conv, module_of, prunable_weights
+from nncompress.quantize import rowblock_codec as _rowblock_codec  # noqa: F401  (registers kmeans_rows)
 from nncompress.quantize.kmeans1d import INITS, kmeans_1d
 from nncompress.train.callbacks import Callback
 
 log = logging.getLogger(__name__)
 MAX_BITS = 16
+EMB_BITS = (2, 8)
+"""Allowed index bits of embedding tables (``bits_emb``)."""
+EMB_CODEC = "kmeans_rows"
 
 
 def _check_bits(value: Any, what: str) -> int:
@@ -55,7 +69,9 @@ class SharingConfig:
 
     ``include``/``exclude`` are glob patterns over module names, as in ``prunable_weights``.
     ``bits`` overrides the bits of single layers by module name (``{"fc1": 4}``).
-    ``max_iter``/``tol``/``seed`` go to ``kmeans_1d``.
+    ``max_iter``/``tol``/``seed`` go to ``kmeans_1d``. ``bits_emb`` (2..8; None: embeddings
+    left alone) shares every ``nn.Embedding`` selected by ``include``/``exclude``, with one
+    codebook per table or per block of ``rows_per_codebook`` rows (>= 1; None: per table).
 
     Example:
         >>> SharingConfig(bits_conv=8, bits_fc=5).bits_fc
@@ -71,10 +87,18 @@ class SharingConfig:
     tol: float = 1e-4
     seed: int = 0
     bits: Mapping[str, int] = field(default_factory=dict)
+    bits_emb: int | None = None
+    rows_per_codebook: int | None = None
 
     def __post_init__(self) -> None:
         self.bits_conv = _check_bits(self.bits_conv, "bits_conv")
         self.bits_fc = _check_bits(self.bits_fc, "bits_fc")
+        if self.bits_emb is not None:
+            self.bits_emb = _check_emb_bits(self.bits_emb, "bits_emb")
+        rpc = self.rows_per_codebook
+        if rpc is not None and (isinstance(rpc, bool) or not isinstance(rpc, (int, np.integer)) or rpc < 1):
+            raise ConfigError(f"rows_per_codebook must be an integer >= 1 (or None: one codebook per "
+                              f"table), got {rpc!r}")
         self.bits = {str(k): _check_bits(v, f"bits[{k!r}]") for k, v in dict(self.bits).items()}
         if self.init not in INITS:
             raise ConfigError(f"unknown k-means init {self.init!r}; allowed: {', '.join(INITS)}")
@@ -82,6 +106,14 @@ class SharingConfig:
             raise ConfigError(f"max_iter must be >= 1, got {self.max_iter}")
         if self.tol < 0:
             raise ConfigError(f"tol must be >= 0, got {self.tol}")
+
+
+def _check_emb_bits(value: Any, what: str) -> int:
+    lo, hi = EMB_BITS
+    is_int = isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+    if not is_int or not lo <= value <= hi:
+        raise ConfigError(f"{what} must be an integer in {lo}..{hi} for embedding tables, got {value!r}")
+    return int(value)
 
 
 def sharing_ratio(n: int, bits: int) -> float:
@@ -232,11 +264,66 @@ def share_layer(weight: torch.Tensor, bits: int, cfg: SharingConfig) -> LayerSha
                         torch.from_numpy(labels).to(w.device), mask, bits)
 
 
+def share_rows(weight: torch.Tensor, bits: int, rows_per_codebook: int | None,
+               cfg: SharingConfig) -> LayerSharing:
+    """Cluster every value of a 2-D table (an embedding) per block of rows.
+
+    Each block of ``rows_per_codebook`` rows (None: the whole table) gets its own k-means
+    codebook of at most ``2^bits`` centroids; the codebooks are concatenated block after
+    block (each sorted) and ``labels`` index the concatenation, so ``values()`` works as for
+    any layer. The mask is all True: a table is dense and its zeros are clustered too.
+
+    Example:
+        >>> w = torch.tensor([[0., 1.], [1., 1.], [5., 6.], [5., 5.]])
+        >>> share_rows(w, 1, 2, SharingConfig()).codebook.tolist()
+        [0.0, 1.0, 5.0, 6.0]
+    """
+    bits = _check_emb_bits(bits, "bits_emb")
+    w = weight.detach()
+    if w.dim() != 2:
+        raise ConfigError(f"share_rows needs a 2-D table, got shape {list(w.shape)}")
+    rows = w.shape[0]
+    rpc = rows_per_codebook or max(rows, 1)
+    vals = w.cpu().numpy()
+    books, labels = [], []
+    offset = 0
+    for start in range(0, max(rows, 1), rpc):
+        block = vals[start:start + rpc].reshape(-1)  # (rpc * cols,) row-major
+        if block.size == 0:
+            continue
+        res = kmeans_1d(block, 2**bits, init=cfg.init, max_iter=cfg.max_iter, tol=cfg.tol, seed=cfg.seed)
+        cb, lab = _compact(res.centroids, res.labels)
+        books.append(cb)
+        labels.append(lab + offset)
+        offset += cb.size
+    codebook = np.concatenate(books) if books else np.zeros(0, dtype=np.float32)
+    label = np.concatenate(labels) if labels else np.zeros(0, dtype=np.int64)
+    mask = torch.ones(w.shape, dtype=torch.bool, device=w.device)
+    return LayerSharing(torch.from_numpy(codebook.astype(np.float32)).to(w.device),
+                        torch.from_numpy(label.astype(np.int64)).to(w.device), mask, bits)
+
+
+def _embedding_weights(model: nn.Module, cfg: SharingConfig) -> dict[str, nn.Parameter]:
+    """Canonical parameter name -> weight of each selected ``nn.Embedding``."""
+    canonical = {id(p): n for n, p in model.named_parameters()}
+    found = select_layers(model, cfg.include, cfg.exclude, (nn.Embedding,))
+    return {canonical[id(m.weight)]: m.weight for m in found.values() if id(m.weight) in canonical}
+
+
+def _aliases(model: nn.Module, param: torch.Tensor) -> list[str]:
+    """Every state-dict name of ``param`` (a tied table has several)."""
+    return [n for n, t in model.state_dict(keep_vars=True).items() if t is param]
+
+
 def share_weights(model: nn.Module, cfg: SharingConfig | None = None) -> SharedWeights:
     """Q1: replace the nonzero weights of each Linear/Conv layer by their k-means centroid.
 
-    Conv layers get ``2^bits_conv`` clusters, the others ``2^bits_fc``. The model is edited
-    in place; the returned ``SharedWeights`` holds codebooks and labels.
+    Conv layers get ``2^bits_conv`` clusters, the others ``2^bits_fc``. With
+    ``cfg.bits_emb`` the ``nn.Embedding`` tables are shared too (``share_rows``: every
+    value, per table or per block of ``rows_per_codebook`` rows) and marked for the
+    ``kmeans_rows`` codec; a Parameter tied between an Embedding and a Linear head is
+    shared once, as a table. The model is edited in place; the returned ``SharedWeights``
+    holds codebooks and labels.
 
     Example:
         >>> shared = share_weights(model, SharingConfig(bits_conv=8, bits_fc=5))  # doctest: +SKIP
@@ -245,11 +332,31 @@ def share_weights(model: nn.Module, cfg: SharingConfig | None = None) -> SharedW
     """
     cfg = cfg or SharingConfig()
     layers: dict[str, LayerSharing] = {}
-    weights = prunable_weights(model, cfg.include, cfg.exclude)
+    tables = _embedding_weights(model, cfg) if cfg.bits_emb is not None else {}
+    table_ids = {id(p) for p in tables.values()}
+    try:
+        weights = prunable_weights(model, cfg.include, cfg.exclude)
+    except ConfigError:
+        if not tables:
+            raise
+        weights = {}
+    weights = {n: w for n, w in weights.items() if id(w) not in table_ids}
     modules = {n.rsplit(".", 1)[0] for n in weights}
-    unknown = sorted(set(cfg.bits) - modules)
+    table_modules = {n.rsplit(".", 1)[0] for n in tables}
+    unknown = sorted(set(cfg.bits) - modules - table_modules)
     if unknown:
-        raise ConfigError(f"bits names {unknown}, not shared layers of this model; allowed: {sorted(modules)}")
+        raise ConfigError(f"bits names {unknown}, not shared layers of this model; allowed: "
+                          f"{sorted(modules | table_modules)}")
+    hints: dict[str, Any] = {}
+    for name, w in tables.items():
+        module = name.rsplit(".", 1)[0]
+        bits = cfg.bits.get(module, cfg.bits_emb)
+        layers[name] = share_rows(w, bits, cfg.rows_per_codebook, cfg)
+        rpc = cfg.rows_per_codebook or max(int(w.shape[0]), 1)
+        for alias in _aliases(model, w):
+            hints[alias] = (EMB_CODEC, {"rows_per_codebook": int(rpc)})
+        log.info("shared table %s: %d values -> %d centroids (%d bits, %d rows per codebook)",
+                 name, w.numel(), layers[name].codebook.numel(), bits, rpc)
     for name, w in weights.items():
         module = name.rsplit(".", 1)[0]
         bits = cfg.bits.get(module, cfg.bits_conv if is_conv(module_of(model, name)) else cfg.bits_fc)
@@ -258,6 +365,8 @@ def share_weights(model: nn.Module, cfg: SharingConfig | None = None) -> SharedW
                  layers[name].labels.numel(), layers[name].codebook.numel(), bits)
     shared = SharedWeights(layers)
     shared.apply(model)
+    if hints:
+        set_codec_hints(model, hints)
     return shared
 
 
@@ -321,9 +430,13 @@ class CentroidFineTuner(Callback):
             if p.grad is None:
                 self._state.grads[name] = torch.zeros_like(layer.codebook)
                 continue
-            g = p.grad[layer.mask].to(layer.codebook.dtype)  # (nnz,)
+            grad = p.grad.to_dense() if p.grad.is_sparse else p.grad  # sparse embedding grads
+            g = grad[layer.mask].to(layer.codebook.dtype)  # (nnz,)
             self._state.grads[name] = centroid_gradient(g, layer.labels, layer.codebook.numel())
-            p.grad.zero_()
+            if p.grad.is_sparse:
+                p.grad = None  # the optimizer skips it; apply() rewrites the table anyway
+            else:
+                p.grad.zero_()
 
     @torch.no_grad()
     def after_optimizer_step(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
