@@ -541,11 +541,26 @@ def _export_onnx(args: argparse.Namespace, out: Path) -> int:
         import onnxruntime  # noqa: F401
     except ImportError:
         _bad("ONNX export needs the deploy extra: pip install 'nncompress[deploy]' (onnx, onnxruntime)")
-    report = export_onnx(model, out, opset=opset)
+    report = export_onnx(model, out, _recorded_example(args), opset=opset)
     forms = ", ".join(f"{k}: {v}" for k, v in report.layers.items())
     print(f"wrote {args.out} ({report.onnx_bytes:,} bytes, ONNX opset {opset}; max |diff| vs the .nnc "
           f"model {report.max_abs_diff:.2e} in onnxruntime)\nlayers: {forms}")
     return 0
+
+
+def _recorded_example(args: argparse.Namespace) -> Any:
+    """Zeros of the input shape a recipe recorded for a user model (metadata
+    ``input_shape``), or None (built-in models know theirs)."""
+    import torch
+
+    from nncompress.format import read_info
+
+    shape = _read_nnc(read_info, args).metadata.get("input_shape")
+    if (isinstance(shape, list) and 1 <= len(shape) <= MAX_INPUT_DIMS
+            and all(isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in shape)
+            and math.prod(shape) <= MAX_INPUT_ELEMENTS):
+        return torch.zeros(1, *shape)
+    return None
 
 
 def _cmd_sensitivity(args: argparse.Namespace) -> int:

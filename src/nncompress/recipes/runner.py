@@ -167,7 +167,11 @@ def run_recipe(recipe: Recipe, out: str | Path, report_dir: str | Path | None = 
         metadata[FACTORY_KEY] = record
     device_of = next(ctx.model.parameters()).device
     saved = ctx.model if device_of.type == "cpu" else copy.deepcopy(ctx.model).cpu()
-    info = nncompress.save(saved, out, codecs=ctx.codecs or None, metadata=metadata)
+    input_shape = None
+    if arch_of(ctx.model) is None and isinstance(ctx.example_input, torch.Tensor):
+        input_shape = list(ctx.example_input.shape[1:])  # a user model: load checks it runs, export uses it
+        metadata["input_shape"] = input_shape
+    info = nncompress.save(saved, out, codecs=ctx.codecs or None, metadata=metadata, input_shape=input_shape)
     if recipe.model.factory is not None:
         loaded = load_nnc(out, factory=recipe.model.factory)
     else:
