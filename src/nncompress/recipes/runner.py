@@ -35,7 +35,7 @@ from nncompress.report.plots import accuracy_per_stage, weight_histograms
 from nncompress.report.writer import report_markdown, write_json
 from nncompress.train.batches import to_device
 from nncompress.train.checkpoint import atomic_write_bytes
-from nncompress.train.ddp import barrier, broadcast_masks, broadcast_model, world
+from nncompress.train.ddp import barrier, broadcast_masks, broadcast_model, ranks_agree, world
 
 log = logging.getLogger(__name__)
 DISTRIBUTED_STAGES = ("train", "prune", "quantize", "decompose", "encode", "evaluate")
@@ -154,6 +154,8 @@ def run_recipe(recipe: Recipe, out: str | Path, report_dir: str | Path | None = 
         if stage_hook is not None:
             stage_hook(stage.name, ctx)
     ctx.extras.pop("fit_checkpoint", None)
+    if not ranks_agree(ctx.model):  # torchrun: every rank must end with rank 0's model
+        raise NNCompressError(f"rank {rank}: the processes hold different models after the last stage")
     evaluated_accuracy = ctx.score()
     if rank != 0:  # torchrun: rank 0 writes; the others wait for it
         barrier()
@@ -192,6 +194,7 @@ def run_recipe(recipe: Recipe, out: str | Path, report_dir: str | Path | None = 
         "file": str(out),
         "device": ctx.extras["device"],
         "world_size": world()[1],
+        "ranks_identical": True,  # checked (state digests of every rank equal) before saving
         "metric": "accuracy" if recipe.metric is None else recipe.metric.factory,
         "summary": {
             "dense_accuracy": dense_accuracy,

@@ -133,3 +133,30 @@ def init_from_env(device: torch.device) -> bool:
         if device.type == "cuda":
             torch.cuda.set_device(device)
     return True
+
+
+def state_digest(model: nn.Module) -> str:
+    """SHA-256 of every parameter and buffer of ``model`` (names, shapes and bytes)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name, t in model.state_dict().items():
+        h.update(name.encode())
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def ranks_agree(model: nn.Module) -> bool:
+    """True when every process holds bit-identical parameters and buffers (True in a
+    single process).
+
+    Example:
+        >>> ranks_agree(model)  # doctest: +SKIP
+        True
+    """
+    if world()[1] == 1:
+        return True
+    digests: list[Any] = [None] * world()[1]
+    torch.distributed.all_gather_object(digests, state_digest(model))
+    return len(set(digests)) == 1
