@@ -369,9 +369,6 @@ def decode(stream: EncodedStream, table: HuffmanTable) -> np.ndarray:
     Raises ``FormatError`` when the stream is inconsistent (sizes, sync points), holds an
     invalid code, or its chunks do not end exactly where the next one starts.
 
-    Raises ``FormatError`` when the stream is inconsistent (sizes, sync points), holds an
-    invalid code, or its chunks do not end exactly where the next one starts.
-
     Example:
         >>> t = HuffmanTable(np.array([1, 2, 2]))
         >>> decode(encode(np.array([0, 2, 1]), t), t).tolist()
@@ -425,10 +422,12 @@ def decode(stream: EncodedStream, table: HuffmanTable) -> np.ndarray:
         if step == last - 1:
             last_end = int(pos[-1])
     pos = pos.astype(np.int64)
-    full = sym_of[out]  # (steps, lanes)
+    # lane by lane: transpose the 2-byte prefixes, then one sequential gather to int64
+    result = sym_of[out.T.reshape(-1)[:count]]  # (count,)
     for step, lane, sym in longs:
-        full[step, lane] = sym
-    result = full.T.reshape(-1)[:count]  # (count,) lane by lane
+        flat = lane.astype(np.int64) * steps + step
+        keep = flat < count
+        result[flat[keep]] = sym[keep]
     if lanes > 1 and not np.array_equal(pos[:-1], sync[1:]):
         j = int(np.argmax(pos[:-1] != sync[1:]))
         raise FormatError(
