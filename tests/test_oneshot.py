@@ -70,7 +70,7 @@ def test_gptq_equals_exact_sequential_optimum(block_size):
         if i + 1 < d:  # H_FF (w_F - w0_F) = -H_F,fixed (q_fixed - w0_fixed)
             rhs = -(q[:, fixed] - w[:, fixed]) @ hd[fixed, free]  # (rows, free)
             ref[:, free] = w[:, free] + torch.linalg.solve(hd[free, free], rhs.T).T
-    res = solve_layer(w.float(), h, grid=grid, block_size=block_size, damp=damp)
+    res = solve_layer(w.float(), h, grid=grid, block_size=block_size, damp=damp, dtype=torch.float64)
     assert torch.allclose(res.weight.double(), q, atol=1e-6)
     assert torch.equal(res.scales[:, 0], s) and torch.equal(res.zeros[:, 0], z)
 
@@ -81,7 +81,7 @@ def test_single_weight_pruning_equals_layerwise_obs():
     _, h = correlated(6, 128, seed=1)
     w = torch.tensor([[1e-3, 0.9, -1.1, 0.7, 1.3, -0.8]], dtype=torch.float64)
     hinv = damped_inverse(h, 0.01)
-    res = solve_layer(w.float(), h, sparsity=1 / 6, damp=0.01)
+    res = solve_layer(w.float(), h, sparsity=1 / 6, damp=0.01, dtype=torch.float64)
     expected = obs_update(w[0], hinv, 0)
     assert res.mask[0].tolist() == [False] + [True] * 5
     assert torch.allclose(res.weight[0].double(), expected, atol=1e-6)

@@ -230,10 +230,12 @@ def solve_layer(
     damp: float = 0.01,
     act_order: bool = False,
     refit: bool = True,
+    dtype: torch.dtype = torch.float32,
 ) -> SolveResult:
     """Compress ``w`` (rows, d) given its input Hessian ``h`` (d, d); see the module
     docstring. ``sparsity`` in [0, 1) and ``nm`` (N kept of every M) may be combined with a
-    ``grid`` (joint sparsity + quantization).
+    ``grid`` (joint sparsity + quantization). ``dtype``: the column loop's precision (the
+    Cholesky factor is computed in float64 either way).
 
     Example:
         >>> w, x = torch.randn(8, 16), torch.randn(16, 256)
@@ -277,9 +279,10 @@ def solve_layer(
             for g in range(n_groups):
                 scales[:, g], zeros[:, g] = uniform_params(w_orig[:, g * group:(g + 1) * group], grid.bits,
                                                            grid.symmetric)
-    codebook = grid.codebook.double() if isinstance(grid, CodebookGrid) else None
+    codebook = grid.codebook.to(dtype) if isinstance(grid, CodebookGrid) else None
 
-    U = inverse_cholesky(H, damp)  # (d, d) upper
+    U = inverse_cholesky(H, damp).to(dtype)  # (d, d) upper
+    W = W.to(dtype)
     Q = torch.zeros_like(W)
     keep = torch.ones(rows, d, dtype=torch.bool)
     n_total = round(sparsity * rows * d)
@@ -310,7 +313,7 @@ def solve_layer(
                 if group and not act_order and col % group == 0:
                     scales[:, g], zeros[:, g] = uniform_params(W1[:, i:i + group], grid.bits, grid.symmetric)
                 codes = uniform_codes(wcol.unsqueeze(1), scales[:, g], zeros[:, g], grid.bits)
-                q = uniform_dequant(codes, scales[:, g], zeros[:, g]).squeeze(1).double()
+                q = uniform_dequant(codes, scales[:, g], zeros[:, g]).squeeze(1).to(dtype)
             elif codebook is not None:
                 q = nearest_centroid(wcol, codebook)[0]
             else:
