@@ -227,3 +227,20 @@ def test_devices():
     else:
         with pytest.raises(ConfigError, match="does not exist"):
             resolve_device(f"cuda:{torch.cuda.device_count()}")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_recipe_on_cuda_writes_a_device_independent_file(user_module, tmp_path):
+    """On a GPU machine: train, prune and k-means quantize on cuda; the file loads on the
+    CPU and scores what the run reported."""
+    stages = STAGES[:2] + [{"quantize": {"method": "kmeans", "bits_conv": 4, "bits_fc": 4}}, "encode", "evaluate"]
+    recipe = parse_recipe(_recipe(stages))
+    report = run_recipe(recipe, tmp_path / "gpu.nnc", device="cuda")
+    assert report["device"].startswith("cuda")
+    model = factory_load(tmp_path / "gpu.nnc", factory=f"{MODULE}:net")
+    assert next(model.parameters()).device.type == "cpu"
+    from nncompress.recipes.build import build_recipe_data
+    from nncompress.train import evaluate
+
+    test = build_recipe_data(recipe.data).test
+    assert abs(evaluate(model, test)["accuracy"] - report["summary"]["compressed_accuracy"]) <= 1 / 64

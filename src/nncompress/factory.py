@@ -138,14 +138,19 @@ def load(path: str | Path, model: nn.Module | None = None, *, factory: str | Non
     from nncompress.format import load as format_load
     from nncompress.format import read_info
 
-    if model is None:
-        info_options = {k: v for k, v in load_options.items() if k in ("verify_key", "max_params")}
-        info = read_info(path, **info_options)
-        spec, kwargs = recorded_factory(info.metadata)
-        if factory is not None:
-            kw = dict(factory_kwargs) if factory_kwargs is not None else (kwargs if factory == spec else {})
-            model = build_model_from_factory(factory, kw)
-        elif not info.arch and spec is not None:
-            raise FormatError(f"{path} holds a model built by the factory {spec!r}; nncompress does not import "
-                              f"code a file names: pass it, load(path, factory={spec!r}) or --model {spec}")
-    return format_load(path, model, **load_options)
+    info_options = {k: v for k, v in load_options.items() if k in ("verify_key", "max_params")}
+    if model is None and factory is not None:
+        spec, kwargs = recorded_factory(read_info(path, **info_options).metadata)
+        kw = dict(factory_kwargs) if factory_kwargs is not None else (kwargs if factory == spec else {})
+        model = build_model_from_factory(factory, kw)
+    try:
+        return format_load(path, model, **load_options)
+    except FormatError:
+        if model is not None:
+            raise
+        info = read_info(path, **info_options)  # only to say which factory to pass
+        spec, _ = recorded_factory(info.metadata)
+        if info.arch or spec is None:
+            raise
+        raise FormatError(f"{path} holds a model built by the factory {spec!r}; nncompress does not import "
+                          f"code a file names: pass it, load(path, factory={spec!r}) or --model {spec}") from None
