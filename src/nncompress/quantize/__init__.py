@@ -95,9 +95,10 @@ from nncompress.quantize.bwnh_method import BWNHConfig  # noqa: E402
 from nncompress.quantize.hashed_method import HashedConfig  # noqa: E402
 from nncompress.quantize import lowbit_method as _lowbit_method  # noqa: E402, F401  (registers METHODS)
 from nncompress.quantize.pq_method import PQMethodConfig  # noqa: E402  (Q17 product quantization, method: pq)
+from nncompress.quantize.tnn_method import TNNConfig  # noqa: E402  (Q16 ternary activations, method: tnn)
 # isort: on
 
 __all__ += [
     "QUANTIZERS", "BFPConfig", "BWNHConfig", "HashedConfig", "KMeansConfig", "QuantizeResult", "QuantizeRun",
-    "QuantizerConfig", "register_quantizer",
+    "PQMethodConfig", "QuantizerConfig", "TNNConfig", "register_quantizer",
 ]

@@ -214,6 +214,20 @@ def make_activation(spec: dict[str, Any]) -> ActQuantizer:
     return ACTIVATIONS[kind](**spec)
 
 
+def register_activation(cls: type[ActQuantizer], params: tuple[str, ...]) -> type[ActQuantizer]:
+    """Add an activation quantizer kind that ``make_activation`` rebuilds from a spec
+    (``cls.kind``; ``params``: the spec keys its constructor takes, which validates their
+    values with ``ConfigError``). A method file calls it once, at import. Returns ``cls``.
+
+    Example:
+        >>> register_activation(SignAct, ()) is SignAct
+        True
+    """
+    ACTIVATIONS[cls.kind] = cls
+    _PARAMS[cls.kind] = tuple(params)
+    return cls
+
+
 MIN_ACT_BITS, MAX_ACT_BITS = 1, 16
 """Activation bit widths a spec may name (a 1-bit DoReFa/linear/log grid degenerates, but
 is well defined)."""
