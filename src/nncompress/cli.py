@@ -227,9 +227,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
         return 0  # rank 0 prints and writes
     s = report["summary"]
     print(f"recipe        {recipe.name}")
-    print(f"dense         accuracy {100 * s['dense_accuracy']:.2f}%  {s['dense_fp32_bytes']:,} bytes (fp32)"
+    metric = report.get("metric", "accuracy")
+
+    def score(value: float) -> str:  # accuracy in %, a recipe's own metric as it is
+        return f"accuracy {100 * value:.2f}%" if metric == "accuracy" else f"{metric} {value:.4g}"
+    print(f"dense         {score(s['dense_accuracy'])}  {s['dense_fp32_bytes']:,} bytes (fp32)"
           if s["dense_accuracy"] is not None else "dense         (no train stage)")
-    print(f"compressed    accuracy {100 * s['compressed_accuracy']:.2f}%  {s['file_bytes']:,} bytes  "
+    print(f"compressed    {score(s['compressed_accuracy'])}  {s['file_bytes']:,} bytes  "
           f"-> {s['ratio']:.1f}x smaller")
     print(f"file          {out}")
     print(f"report        {report_dir / 'report.md'}")
