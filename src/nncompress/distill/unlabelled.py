@@ -98,7 +98,8 @@ class UnlabelledDistillConfig:
     batch_size: int = 32
     """Samples per batch when the data are a Dataset (batches given as an iterable are used as they are)."""
     grad_clip: float | None = 1.0
-    """Clip the global gradient norm to this value (> 0; None: no clipping)."""
+    """Clip the gradient norm to this value (> 0; None: no clipping), separately for the trained
+    parameters and for the codebooks (a centroid's gradient sums those of all its members)."""
     seed: int = 0
     """Seed of the batch order (same seed, same run)."""
     eval_every: int = 0
@@ -444,7 +445,6 @@ class _Run:
         self.mask_cb = MaskCallback(self.masks) if len(self.masks) else None
         if self.mask_cb is not None:
             self.mask_cb.on_fit_begin(student, self.optimizer)
-        self.grad_params = [p for g in groups for p in g["params"]]
 
     @torch.no_grad()
     def teacher_targets(self, batch: Batch, terms: Mapping[str, float]) -> dict[str, torch.Tensor]:
@@ -471,8 +471,11 @@ class _Run:
             self.codebooks[name].grad = centroid_gradient(g.to(layer.codebook.dtype), layer.labels,
                                                           layer.codebook.numel())
             p.grad = None
-        if cfg.grad_clip is not None:
-            nn.utils.clip_grad_norm_([p for p in self.grad_params if p.grad is not None], cfg.grad_clip)
+        if cfg.grad_clip is not None:  # per group: a centroid's gradient sums thousands of members'
+            for group in self.optimizer.param_groups:
+                grads = [p for p in group["params"] if p.grad is not None]
+                if grads:
+                    nn.utils.clip_grad_norm_(grads, cfg.grad_clip)
         for group, peak in zip(self.optimizer.param_groups, self.peak):
             group["lr"] = peak * lr_factor
         self.optimizer.step()
