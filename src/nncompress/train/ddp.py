@@ -14,7 +14,7 @@ from torch.utils.data import Dataset
 from torch.utils.data.distributed import DistributedSampler
 
 log = logging.getLogger(__name__)
-GRAD_COMPRESSION = ("terngrad", "terngrad-packed")
+GRAD_COMPRESSION = ("terngrad", "terngrad-packed", "int8")
 
 
 def world() -> tuple[int, int]:
@@ -49,7 +49,8 @@ def epoch_sampler(dataset: Dataset, seed: int, epoch: int) -> DistributedSampler
 def wrap_ddp(model: nn.Module, grad_compression: str | None = None, seed: int = 0) -> nn.Module:
     """``model`` in ``DistributedDataParallel`` (same parameters; ``device_ids`` set on
     CUDA), with the TernGrad communication hook when ``grad_compression`` is ``terngrad``
-    or ``terngrad-packed``. Rank 0's parameters and buffers are broadcast at wrap time.
+    or ``terngrad-packed``, the 8-bit gradient hook (``nncompress.distributed.grad8bit``)
+    when it is ``int8``. Rank 0's parameters and buffers are broadcast at wrap time.
 
     Example:
         >>> net = wrap_ddp(model, "terngrad")  # doctest: +SKIP
@@ -59,7 +60,11 @@ def wrap_ddp(model: nn.Module, grad_compression: str | None = None, seed: int = 
     p = next(model.parameters(), None)
     device_ids = [p.device] if p is not None and p.device.type == "cuda" else None
     net = DistributedDataParallel(model, device_ids=device_ids)
-    if grad_compression is not None:
+    if grad_compression == "int8":  # Q18: Dettmers' 8-bit dynamic tree codes, all-gathered
+        from nncompress.distributed.grad8bit import Grad8bitState, grad8bit_hook
+
+        net.register_comm_hook(Grad8bitState(), grad8bit_hook)
+    elif grad_compression is not None:
         from nncompress.distributed.terngrad import TernGradState, terngrad_hook
 
         rank = world()[0]

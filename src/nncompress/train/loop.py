@@ -71,7 +71,8 @@ class TrainConfig:
     """End with the mean of the weights at the ends of the last k epochs (0 = off)."""
     grad_compression: str | None = None
     """Under torchrun (DistributedDataParallel): compress the gradients all-reduced between
-    processes with TernGrad (``terngrad``: int8 codes; ``terngrad-packed``: 2-bit codes).
+    processes with TernGrad (``terngrad``: int8 codes; ``terngrad-packed``: 2-bit codes) or
+    Dettmers' 8-bit approximation (``int8``: dynamic tree codes, 4x less than fp32).
     Ignored in a single process."""
 
     def __post_init__(self) -> None:
