@@ -211,6 +211,11 @@ def test_resume_after_a_killed_run_gives_the_same_file(user_module, tmp_path):
     assert not (tmp_path / "ck").exists()  # removed after the finished run
     with pytest.raises(Killed):
         run_recipe(recipe, part, checkpoint_dir=tmp_path / "ck", stage_hook=kill_after_prune)
+    (tmp_path / "ck" / "stage-2-fit.pt").write_bytes(b"stale")  # a fresh run ignores what a killed one left
+    run_recipe(recipe, tmp_path / "fresh.nnc", checkpoint_dir=tmp_path / "ck")
+    assert (tmp_path / "fresh.nnc").read_bytes() == whole.read_bytes()
+    with pytest.raises(Killed):
+        run_recipe(recipe, part, checkpoint_dir=tmp_path / "ck", stage_hook=kill_after_prune)
     edited = parse_recipe(_recipe(STAGES[:1] + ["evaluate"]))
     with pytest.raises(ConfigError, match="another recipe"):
         run_recipe(edited, part, checkpoint_dir=tmp_path / "ck", resume=True)

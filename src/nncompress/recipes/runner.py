@@ -125,6 +125,9 @@ def run_recipe(recipe: Recipe, out: str | Path, report_dir: str | Path | None = 
         start, dense_accuracy = checkpoints.restore(ctx)
         if start:
             log.info("resumed after stage %d/%d", start, len(recipe.stages))
+    elif checkpoints is not None:
+        checkpoints.clear()  # a fresh run: a killed run's epoch checkpoint must not be picked up
+        barrier()
     for i, stage in enumerate(recipe.stages):
         if i < start:
             continue
