@@ -288,3 +288,32 @@ def test_huggingface_model_and_text_data_forms(tmp_path, monkeypatch):
                             "metric": {"factory": "nnc_text_metric:mean_abs"},
                             "stages": [{"prune": {"sparsity": 0.5, "include": ["encoder.layer.9.*"]}}]})
         run_recipe(bad, tmp_path / "bad.nnc")
+
+
+@pytest.mark.slow  # three CLI processes (~15 s)
+def test_cli_resume_after_sigkill_gives_a_byte_identical_file(user_module, tmp_path):
+    import os
+    import signal
+    import subprocess
+
+    stages = [STAGES[0], {"prune": {"sparsity": {"conv": 0.3, "head": 0.7},
+                                    "retrain": {"epochs": 60, "lr": 0.01, "batch_size": 32}}}, "encode"]
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(_recipe(stages)))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path / "userpkg"), *sys.path]),
+           "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "nncompress", "run", str(path), "-q", "--out"]
+    subprocess.run(cmd + [str(tmp_path / "whole.nnc")], env=env, check=True, capture_output=True)
+    proc = subprocess.Popen(cmd + [str(tmp_path / "part.nnc")], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    first = tmp_path / ".part.nnc.resume" / "stage-0.pt"
+    deadline = time.time() + 120
+    while not first.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    if proc.poll() is not None:
+        pytest.skip("the run finished before it could be killed")
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "part.nnc").exists()
+    subprocess.run(cmd + [str(tmp_path / "part.nnc"), "--resume"], env=env, check=True, capture_output=True)
+    assert (tmp_path / "part.nnc").read_bytes() == (tmp_path / "whole.nnc").read_bytes()
