@@ -86,7 +86,7 @@ FAILURES = ("other_exception", "crash", "timeout", "memory", "accepted_nonfinite
             "accepted_forward_fails")
 """Outcomes that must never happen (the test asserts zero of each)."""
 
-CORPUS_VERSION = 3
+CORPUS_VERSION = 4
 FIXED_INPUT_SEED = 12345
 SIGN_KEY = b"nncompress-fuzz-signing-key-0123456789"
 
@@ -139,7 +139,7 @@ def _seed_builders() -> dict[str, tuple[list[int], Callable[[Path], None]]]:
 
     import nncompress
     from nncompress.models import build_model
-    from nncompress.quantize import quantize_model
+    from nncompress.quantize import QuantizeRun, quantize_model
 
     def lenet300(**kw):
         return build_model("lenet300", in_features=64, **kw)
@@ -245,6 +245,45 @@ def _seed_builders() -> dict[str, tuple[list[int], Callable[[Path], None]]]:
 
         nncompress.save(hash_model(lenet300(), ratio=1 / 16, seed=3).eval(), p)
 
+    # issue 22: layer records (pq, tt, structured, ternary_factors, lbconv) with the symbols
+    # codec, and TNN's ternary activation quantizers
+    def pq(p):
+        from nncompress.quantize.pq import PQConfig, product_quantize
+
+        m = lenet300()
+        product_quantize(m, PQConfig(sub_dim=4, centroids=8, include=["fc1", "fc2"]))
+        nncompress.save(m.eval(), p)
+
+    def tt_structured(p):
+        from nncompress.decompose.toeplitz import StructuredConfig, structure_layers
+        from nncompress.decompose.tt import TTConfig, tt_decompose
+
+        m = lenet300()
+        tt_decompose(m, TTConfig(cores=2, rank=4, include=["fc1"]))
+        structure_layers(m, StructuredConfig("toeplitz", include=["fc2"]))
+        structure_layers(m, StructuredConfig("circulant", include=["fc3"]))
+        nncompress.save(m.eval(), p)
+
+    def ternary_factors(p):
+        from nncompress.decompose.ternary import TernaryDecompConfig, ternary_decompose
+
+        m = lenet300()
+        ternary_decompose(m, TernaryDecompConfig(rank_ratio=0.1, iters=1, include=["fc2", "fc3"]))
+        nncompress.save(m.eval(), p)
+
+    def lbcnn(p):
+        m = build_model("lbcnn-lenet5", mid_channels=6, seed=5).eval()
+        with torch.no_grad():  # fc1 (400,000 weights) 99% zero: a small seed file
+            m.fc1.weight[torch.rand(m.fc1.weight.shape) < 0.99] = 0
+        nncompress.save(m, p, codecs={"fc1.weight": ("sparse", {"index_bits": 8, "huffman": "no"})})
+
+    def tnn(p):
+        from nncompress.quantize.tnn_method import TNNConfig
+
+        m = quantize_model(lenet300(), TNNConfig(ternary_input=True),
+                           QuantizeRun(train_data=_digits(8), finetune=_train_cfg())).model
+        nncompress.save(m.eval(), p)
+
     s8, s28, s32 = [1, 1, 8, 8], [1, 1, 28, 28], [1, 3, 32, 32]
     return {
         "lenet300_raw_kwargs": (s8, raw),
@@ -263,6 +302,11 @@ def _seed_builders() -> dict[str, tuple[list[int], Callable[[Path], None]]]:
         "resnet20_lowrank": (s32, lowrank_resnet),
         "resnet20_removed_blocks": (s32, depth_resnet),
         "lenet300_hashed": (s8, hashed),
+        "lenet300_pq_symbols": (s8, pq),
+        "lenet300_tt_toeplitz_circulant": (s8, tt_structured),
+        "lenet300_ternary_factors": (s8, ternary_factors),
+        "lbcnn_lenet5": (s28, lbcnn),
+        "lenet300_tnn_ternary_act": (s8, tnn),
     }
 
 
@@ -291,6 +335,7 @@ def _describe_file(path: Path) -> tuple[list[str], list[str]]:
         records.append("lowrank:" + ",".join(sorted({s.get("method", "?") for s in info.lowrank.values()})))
     if info.removed_blocks:
         records.append(f"removed_blocks:{len(info.removed_blocks)}")
+    records += sorted(k for k in info.records if k not in ("activations", "lowrank", "removed_blocks"))
     return codecs, records
 
 
@@ -329,7 +374,7 @@ def build_corpus(directory: str | Path, log: Callable[[str], None] = print) -> l
         torch.set_rng_state(rng_state)
     covered = set().union(*(s.codecs for s in seeds))
     missing = {"raw", "fp16", "bf16", "int8", "sparse", "deep", "bfp", "binary", "lut", "int",
-               "pow2", "shift"} - covered
+               "pow2", "shift", "symbols"} - covered
     if missing:
         raise RuntimeError(f"fuzz corpus misses codecs {sorted(missing)}")
     manifest.write_text(json.dumps({"version": CORPUS_VERSION, "torch": torch.__version__,

@@ -9,6 +9,7 @@ from torch import nn
 
 from nncompress.errors import ConfigError
 from nncompress.models.efficient import MobileNetSmall, ShuffleNetSmall, SqueezeNetSmall
+from nncompress.models.lbcnn import lbcnn_lenet5
 from nncompress.models.lenet import LeNet5, LeNet300100
 from nncompress.models.resnet import ResNet20
 from nncompress.models.vgg import SmallVGG
@@ -22,6 +23,7 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "mobilenet-small": MobileNetSmall,
     "shufflenet-small": ShuffleNetSmall,
     "squeezenet-small": SqueezeNetSmall,
+    "lbcnn-lenet5": lbcnn_lenet5,
 }
 
 
@@ -32,7 +34,7 @@ def _image(kwargs: dict[str, Any]) -> list[int]:
 INPUT_SHAPES: dict[str, Callable[[dict[str, Any]], list[int]]] = {
     "lenet300": lambda kw: [int(kw.get("in_features", 784))],
     **{name: _image for name in ("lenet5", "resnet20", "vgg-small", "mobilenet-small",
-                                 "shufflenet-small", "squeezenet-small")},
+                                 "shufflenet-small", "squeezenet-small", "lbcnn-lenet5")},
 }
 """Built-in architecture -> the per-sample input shape it was designed for (a 28x28
 image, or the flattened vector of LeNet-300-100), from its kwargs. ``save`` records it
