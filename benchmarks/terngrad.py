@@ -1,4 +1,5 @@
-"""Benchmark: TernGrad (Q14) as a DDP communication hook vs plain fp32 all-reduce.
+"""Benchmark: TernGrad (Q14) and 8-bit approximate gradients (Q18) as DDP communication hooks
+vs plain fp32 all-reduce.
 
 LeNet-300-100 on Fashion-MNIST, trained with ``DistributedDataParallel`` on 2 CPU processes
 (gloo, one torch thread each). Every global batch of 64 is split in two halves of 32, one
@@ -11,7 +12,10 @@ lr 0.05, cosine schedule) and epochs. Runs:
 - ``terngrad-layer``: one scale per parameter tensor (``per_layer=True``), no clipping;
 - ``terngrad-layer-clip``: the paper's setting: per-layer scales and clipping;
 - ``terngrad-layer-clip-packed``: the same with ``packed=True``: the codes are packed 4 per
-  byte (2 bits each) and exchanged by all-gather instead of all-reduced as int8.
+  byte (2 bits each) and exchanged by all-gather instead of all-reduced as int8;
+- ``int8-dynamic`` / ``int8-linear``: Dettmers' 8-bit approximation (``grad8bit_hook``):
+  uint8 codes of the dynamic tree type (or linear absmax) + one fp32 absmax per tensor,
+  all-gathered, decoded and averaged by every worker.
 
 LeNet-300-100's 266,610 gradients fit in one DDP bucket, so "per bucket" means one scale
 for the whole model here.
@@ -27,7 +31,7 @@ others: the reduced tensor of an all-reduce (same size as its input) and the oth
 are a fixed multiple (2(W-1)/W) of its payload; an all-gather's are exactly the counted
 ones. The 2-bit formula (ceil(N/4) bytes + 4 bytes per scale) is given beside each run.
 
-    python benchmarks/terngrad.py [--epochs 3] [--runs fp32,terngrad,...] [--quick]
+    python benchmarks/terngrad.py [--epochs 3] [--runs fp32,terngrad,...] [--quick] [--merge]
 
 Writes benchmarks/results/terngrad.json and .md (``--quick``: 30 steps per run, print only).
 """
@@ -50,9 +54,10 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
+import nncompress.distributed.grad8bit as grad8bit_mod
 import nncompress.distributed.terngrad as terngrad_mod
 from nncompress.data import load_dataset
-from nncompress.distributed import TernGradState, terngrad_hook
+from nncompress.distributed import Grad8bitState, TernGradState, grad8bit_hook, terngrad_hook
 from nncompress.models import build_model
 from nncompress.train import evaluate
 from nncompress.train.schedules import lr_multiplier
@@ -68,6 +73,8 @@ RUNS: dict[str, dict[str, Any]] = {
     "terngrad-layer": {"hook": True, "clip_sigma": None, "per_layer": True},
     "terngrad-layer-clip": {"hook": True, "clip_sigma": 2.5, "per_layer": True},
     "terngrad-layer-clip-packed": {"hook": True, "clip_sigma": 2.5, "per_layer": True, "packed": True},
+    "int8-dynamic": {"hook": True, "grad8bit": "dynamic"},
+    "int8-linear": {"hook": True, "grad8bit": "linear"},
 }
 LABELS = {
     "fp32": "fp32 all-reduce (DDP default)",
@@ -76,6 +83,8 @@ LABELS = {
     "terngrad-layer": "TernGrad, per-layer scales, no clipping",
     "terngrad-layer-clip": "TernGrad, per-layer scales, clip 2.5 sigma",
     "terngrad-layer-clip-packed": "TernGrad, per-layer scales, clip 2.5 sigma, 2-bit packed",
+    "int8-dynamic": "8-bit dynamic tree (Dettmers), per-layer absmax",
+    "int8-linear": "8-bit linear absmax, per-layer",
 }
 
 
@@ -134,7 +143,12 @@ def worker(rank: int, run: str, cfg: dict[str, Any], port: int, out_dir: str) ->
         ddp = nn.parallel.DistributedDataParallel(model)
         counter = None
         state = None
-        if spec["hook"]:
+        if spec.get("grad8bit"):
+            counter = CountingDist(dist)
+            grad8bit_mod.dist = counter  # only the hook's module sees the proxy
+            state = Grad8bitState(kind=spec["grad8bit"], per_layer=True)
+            ddp.register_comm_hook(state, grad8bit_hook)
+        elif spec["hook"]:
             counter = CountingDist(dist)
             terngrad_mod.dist = counter  # only the hook's module sees the proxy
             state = TernGradState(seed=1000 * cfg["seed"] + rank, clip_sigma=spec["clip_sigma"],
@@ -196,7 +210,8 @@ def worker(rank: int, run: str, cfg: dict[str, Any], port: int, out_dir: str) ->
                   "train_s": train_s, "payload_bytes_per_step": payload, "received_bytes_per_step": received,
                   "collective_calls_per_step": calls,
                   "payload_source": source,
-                  "scales_per_bucket_last": (state.last_scales if state is not None else None)}
+                  "scales_per_bucket_last": (state.last_scales if state is not None else None),
+                  "eight_bit": bool(spec.get("grad8bit"))}
         Path(out_dir, f"{run}.rank{rank}.json").write_text(json.dumps(result))
         dist.barrier()
     except BaseException:
@@ -223,8 +238,10 @@ def summarize(res: dict[str, Any], fp32_bytes: float) -> dict[str, Any]:
     n = res["grad_elements"]
     sent = sum(res["payload_bytes_per_step"].values())
     n_scales = res["payload_bytes_per_step"].get("float32", 0.0) / 4 if res["run"] != "fp32" else 0
-    # 2 bits per element (one bucket here: ceil(N/4) bytes) + 4 bytes per fp32 scale
-    formula = math.ceil(n / 4) + 4 * n_scales if res["run"] != "fp32" else 4.0 * n
+    # 2 bits per element (one bucket here: ceil(N/4) bytes) + 4 bytes per fp32 scale; 8-bit
+    # hooks: N bytes + 4 per scale (their codes are 8 bits; the column is the formula of the run's bits)
+    per_elem = n if res.get("eight_bit") else math.ceil(n / 4)
+    formula = per_elem + 4 * n_scales if res["run"] != "fp32" else 4.0 * n
     res.update({"bytes_per_step": sent, "bytes_received_per_step": sum(res["received_bytes_per_step"].values()),
                 "bytes_per_step_2bit_formula": formula,
                 "reduction_vs_fp32": fp32_bytes / sent, "reduction_vs_fp32_2bit_formula": fp32_bytes / formula,
@@ -240,6 +257,8 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=64, help="global batch (each worker gets half)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--quick", action="store_true", help="30 steps per run; print only")
+    ap.add_argument("--merge", action="store_true",
+                    help="keep the committed rows of runs not in --runs (same epochs/batch/seed/lr required)")
     args = ap.parse_args()
     runs = [r.strip() for r in args.runs.split(",") if r.strip()]
     bad = [r for r in runs if r not in RUNS]
@@ -256,13 +275,22 @@ def main() -> None:
             print(f"[{run}] done in {results[run]['wall_s']:.0f}s", flush=True)
     fp32_bytes = sum(results["fp32"]["payload_bytes_per_step"].values())
     rows = [summarize(results[r], fp32_bytes) for r in runs]
+    out = Path(__file__).resolve().parent / "results" / "terngrad.json"
+    if args.merge and out.exists():
+        old = json.loads(out.read_text())
+        if {k: v for k, v in old["config"].items() if k != "max_steps"} != \
+                {k: v for k, v in cfg.items() if k != "max_steps"}:
+            ap.error(f"--merge: the committed results used {old['config']}, not {cfg}")
+        kept = {r["run"]: r for r in old["runs"] if r["run"] not in runs}
+        rows = [next(r for r in rows if r["run"] == name) if name in runs else kept[name]
+                for name in RUNS if name in runs or name in kept]
 
     n_ep = len(rows[0]["epochs"])
-    md = [f"## TernGrad DDP hook vs fp32 all-reduce (LeNet-300-100, Fashion-MNIST, 2 gloo CPU workers, "
+    md = [f"## TernGrad and 8-bit gradient DDP hooks vs fp32 all-reduce (LeNet-300-100, Fashion-MNIST, 2 gloo CPU workers, "
           f"global batch {args.batch_size}, {args.epochs} epochs, seed {args.seed})", "",
           "| run | " + " | ".join(f"acc e{i + 1}" for i in range(n_ep))
           + " | train loss e1 | last train loss | bytes sent / worker / step | bytes received / worker / step"
-          " | 2-bit formula | reduction (sent) | reduction (2-bit) | train s | wall s |",
+          " | code-bits formula | reduction (sent) | reduction (formula) | train s | wall s |",
           "|---|" + "---:|" * n_ep + "---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         accs = " | ".join(f"{e['test_accuracy']:.4f}" for e in r["epochs"])
@@ -279,9 +307,16 @@ def main() -> None:
            "is what it gets back from the other worker (an all-reduce's reduced tensor, an all-gather's "
            "other inputs). The unpacked hook sends int8 codes (8 bits per element) by all-reduce; the "
            "packed one sends 2-bit codes, ceil(N/4) bytes, by all-gather (plus the all-reduce of the "
-           "fp32 scales). '2-bit formula' is ceil(N/4) bytes + 4 bytes per fp32 scale. One seed; CPU "
+           "fp32 scales). The 8-bit hooks (nncompress.distributed.grad8bit, Q18) all-gather uint8 codes "
+           "(N bytes) and one fp32 absmax per parameter tensor; every worker decodes and averages. "
+           "'Code-bits formula' is ceil(N/4) bytes (2-bit codes; N bytes for the 8-bit hooks) + 4 bytes per "
+           "fp32 scale; 'reduction (formula)' is fp32 over that formula. One seed; CPU "
            "times on a shared 2-core machine.",
            "", "Command: `" + "python " + " ".join(sys.argv) + "`", ""]
+    merged = [LABELS[r["run"]] for r in rows if r["run"] not in runs]
+    if merged:
+        md.insert(-1, f"Rows kept from the committed results of an earlier invocation (same config; the fp32 "
+                      f"row above is this invocation's, gloo runs vary slightly run to run): {'; '.join(merged)}.")
     text = "\n".join(md)
     print(text)
     if args.quick:
