@@ -28,6 +28,7 @@ from nncompress.decompose.common import (
     require_conv,
 )
 from nncompress.decompose.cp import cp_conv, cp_max_rank, cp_ratio_rank, make_cp
+from nncompress.decompose.registry import register_method
 from nncompress.decompose.separable import (
     make_separable,
     separable_conv,
@@ -367,5 +368,15 @@ def _restore_record(model: nn.Module, spec: Any, ctx: RestoreContext) -> None:
     apply_lowrank_spec(model, spec, ctx.max_dim, ctx.budget)
 
 
+def _decompose_layers(model: nn.Module, config: DecomposeConfig,
+                      example_input: torch.Tensor | None = None) -> dict[str, dict[str, Any]]:
+    """:func:`decompose` with the per-layer report of the method registry."""
+    _, report = decompose(model, config, example_input)
+    return {r.name: asdict(r) for r in report.layers}
+
+
+register_method("lowrank", DecomposeConfig, _decompose_layers,
+                f"L1-L5 low-rank factors per layer ({', '.join(METHODS)}; layers: {{name: {{method, rank}}}})",
+                example_input=True)
 register_record(ModelRecord("lowrank", capture=lowrank_spec, restore=_restore_record,
                             phase="structure", order=10, kind=dict))

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nncompress.checks import check_int
+from nncompress.decompose.registry import register_method
 from nncompress.errors import ConfigError
 from nncompress.format.codecs import set_codec_hints
 from nncompress.layer_records import register_layer_record, spec_bool, spec_int, spec_ints
@@ -235,3 +236,5 @@ def ternary_decompose(model: nn.Module, config: TernaryDecompConfig | None = Non
 
 
 register_layer_record("ternary_factors", (TernaryFactorized,), _from_spec)
+register_method("ternary", TernaryDecompConfig, ternary_decompose,
+                "L8 ternary factors with fixed-point scales of Linear/Conv2d layers (ternary_decompose)")

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from nncompress.checks import check_choice
+from nncompress.decompose.registry import register_method
 from nncompress.errors import ConfigError
 from nncompress.layer_records import register_layer_record, spec_bool, spec_int
 from nncompress.modules import select_layers, set_submodule
@@ -176,3 +177,7 @@ def structure_layers(model: nn.Module, config: StructuredConfig | None = None) -
 
 
 register_layer_record("structured", (StructuredLinear,), _from_spec)
+register_method("toeplitz", StructuredConfig, structure_layers,
+                "L7 Toeplitz Linear layers (structure_layers with kind: toeplitz)", fixed={"kind": "toeplitz"})
+register_method("circulant", StructuredConfig, structure_layers,
+                "L7 circulant Linear layers (structure_layers with kind: circulant)", fixed={"kind": "circulant"})

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nncompress.checks import check_int
+from nncompress.decompose.registry import register_method
 from nncompress.errors import ConfigError
 from nncompress.layer_records import register_layer_record, spec_bool, spec_ints
 from nncompress.modules import select_layers, set_submodule
@@ -37,7 +38,7 @@ def factor_modes(n: int, d: int) -> list[int]:
 
     Example:
         >>> factor_modes(784, 3), factor_modes(300, 3)
-        ([16, 7, 7], [10, 6, 5])
+        ([14, 8, 7], [10, 6, 5])
     """
     primes, m, p = [], n, 2
     while p * p <= m:
@@ -182,7 +183,7 @@ def tt_decompose(model: nn.Module, config: TTConfig | None = None) -> dict[str, 
     Example:
         >>> m = nn.Sequential(nn.Linear(16, 8))
         >>> tt_decompose(m, TTConfig(cores=2, rank=2))["0"]["params_after"]
-        24
+        48
     """
     config = config or TTConfig()
     chosen = {n: m for n, m in select_layers(model, config.include, config.exclude, (nn.Linear,)).items()
@@ -202,3 +203,4 @@ def tt_decompose(model: nn.Module, config: TTConfig | None = None) -> dict[str, 
 
 
 register_layer_record("tt", (TTLinear,), _from_spec)
+register_method("tt", TTConfig, tt_decompose, "L6 Tensor-Train cores of Linear layers (tt_decompose)")
