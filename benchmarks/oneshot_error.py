@@ -34,7 +34,8 @@ import torch
 from nncompress.data.corpus import debian_corpus
 from nncompress.data.text import read_lines, text_batches
 from nncompress.modules import name_matches
-from nncompress.oneshot import (
+from nncompress.quantize.kmeans1d import kmeans_1d
+from nncompress.quantize.oneshot import (
     CodebookGrid,
     OneShotConfig,
     UniformGrid,
@@ -44,7 +45,6 @@ from nncompress.oneshot import (
     rtn_layer,
     solve_layer,
 )
-from nncompress.quantize.kmeans1d import kmeans_1d
 
 RESULTS = Path(__file__).resolve().parent / "results"
 BITS = (2, 3, 4, 8)

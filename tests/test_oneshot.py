@@ -1,4 +1,4 @@
-"""One-shot second-order compression (nncompress.oneshot): the column solver against the
+"""One-shot second-order compression (nncompress.quantize.oneshot): the column solver against the
 exact quadratic optimum and the layer-wise OBS, sparsity patterns, grids, errors vs
 round-to-nearest, Hessian capture, dict batches, file round trips and bad configs."""
 
@@ -11,9 +11,11 @@ from torch.utils.data import TensorDataset
 import nncompress
 from nncompress.errors import ConfigError, FormatError
 from nncompress.format.codecs import EncodedTensor, get_codec
-from nncompress.oneshot import (
+from nncompress.prune.obs import damped_inverse, obs_update
+from nncompress.quantize import GPTQConfig
+from nncompress.quantize.kmeans1d import kmeans_1d
+from nncompress.quantize.oneshot import (
     CodebookGrid,
-    GPTQConfig,
     OneShotConfig,
     UniformGrid,
     capture_hessians,
@@ -24,14 +26,12 @@ from nncompress.oneshot import (
     rtn_layer,
     solve_layer,
 )
-from nncompress.oneshot.solver import (
+from nncompress.quantize.oneshot.solver import (
     inverse_cholesky,
     uniform_codes,
     uniform_dequant,
     uniform_params,
 )
-from nncompress.prune.obs import damped_inverse, obs_update
-from nncompress.quantize.kmeans1d import kmeans_1d
 from nncompress.quantize.registry import QuantizeRun, quantize_model
 
 
@@ -352,3 +352,18 @@ def test_unknown_layer_named_with_the_allowed_ones():
         oneshot_compress(mlp(), OneShotConfig(bits=4, include=["fc9"]), [torch.randn(4, 16)])
     with pytest.raises(ConfigError, match="group_size=5 must divide the 16 inputs of layer '0'"):
         oneshot_compress(mlp(), OneShotConfig(bits=4, group_size=5), [torch.randn(4, 16)])
+
+
+@pytest.mark.parametrize("grid", ["uniform", "kmeans"])
+def test_method_gptq_through_a_recipe(tmp_path, grid):
+    """The quantizer added as one file in quantize/ runs from a recipe (no recipes/ glue)
+    and its file reproduces the compressed model."""
+    from nncompress.recipes import parse_recipe
+    from nncompress.recipes.runner import run_recipe
+    raw = {"name": "gptq", "model": {"name": "lenet300"}, "data": {"name": "digits", "train_subset": 128},
+           "stages": [{"quantize": {"method": "gptq", "bits": 3, "grid": grid, "n_samples": 64}}]}
+    out = tmp_path / "r.nnc"
+    run_recipe(parse_recipe(raw), out)
+    loaded = nncompress.load(out)
+    w = loaded.fc1.weight
+    assert torch.unique(w).numel() <= (2 ** 3 if grid == "kmeans" else 2 ** 3 * w.shape[0])

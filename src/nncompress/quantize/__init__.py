@@ -96,9 +96,10 @@ from nncompress.quantize.hashed_method import HashedConfig  # noqa: E402
 from nncompress.quantize import lowbit_method as _lowbit_method  # noqa: E402, F401  (registers METHODS)
 from nncompress.quantize.pq_method import PQMethodConfig  # noqa: E402  (Q17 product quantization, method: pq)
 from nncompress.quantize.tnn_method import TNNConfig  # noqa: E402  (Q16 ternary activations, method: tnn)
+from nncompress.quantize.gptq_method import GPTQConfig  # noqa: E402  (one-shot OBS/GPTQ, method: gptq)
 # isort: on
 
 __all__ += [
     "QUANTIZERS", "BFPConfig", "BWNHConfig", "HashedConfig", "KMeansConfig", "QuantizeResult", "QuantizeRun",
-    "PQMethodConfig", "QuantizerConfig", "TNNConfig", "register_quantizer",
+    "GPTQConfig", "PQMethodConfig", "QuantizerConfig", "TNNConfig", "register_quantizer",
 ]

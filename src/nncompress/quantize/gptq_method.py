@@ -1,7 +1,7 @@
 """One-shot second-order compression as a quantizer: ``method: gptq`` (``GPTQConfig``).
 
 Calibrates on ``run.calibration_data("gptq")`` (batches of ``batch_size``, a dataset's
-``collate_fn`` used when it has one) and runs :func:`nncompress.oneshot.oneshot_compress`.
+``collate_fn`` used when it has one) and runs :func:`nncompress.quantize.oneshot.oneshot_compress`.
 The file stores uniform grids with the ``gptq`` codec (``quantize.gptq_codec``) and k-means
 grids with ``deep``; both decode to exactly the simulated weights. With the k-means grid
 the method fine-tunes the centroids when the run has ``finetune`` (``CentroidFineTuner``:
@@ -9,7 +9,7 @@ a centroid's gradient is the sum of its members').
 
 This registration lives in ``oneshot`` (not in ``quantize/``) because ``oneshot`` builds on
 ``quantize`` (k-means, ``SharedWeights``); a quantize module importing ``oneshot`` would be
-a package cycle. ``import nncompress.oneshot`` registers the method.
+a package cycle. ``import nncompress.quantize.oneshot`` registers the method.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from nncompress.checks import check_float, check_int
-from nncompress.oneshot.api import OneShotConfig, oneshot_compress
+from nncompress.quantize.oneshot.api import OneShotConfig, oneshot_compress
 from nncompress.quantize.registry import (
     QuantizerConfig,
     QuantizeResult,
