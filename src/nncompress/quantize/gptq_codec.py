@@ -1,5 +1,5 @@
 """The ``gptq`` tensor codec: a weight on a uniform grid per (output row, group of input
-columns), as one-shot second-order quantization (``nncompress.oneshot``) leaves it.
+columns), as one-shot second-order quantization (``nncompress.quantize.oneshot``) leaves it.
 
 Stored: the b-bit codes (2..8 bits, row-major over the weight reshaped to (rows, d)),
 fixed-width or Huffman-coded, whichever is smaller (``coding.streams``); one float16

@@ -1,8 +1,8 @@
 """One-shot second-order compression of a whole model (OBQ / GPTQ / SparseGPT, the S10
 layer-wise OBS scaled up): ``oneshot_compress(model, OneShotConfig(...), batches)``.
 
-Every selected Linear / Conv2d layer is compressed by :func:`nncompress.oneshot.solver.
-solve_layer` from its input Hessian (:mod:`nncompress.oneshot.calibration`). Sequential
+Every selected Linear / Conv2d layer is compressed by :func:`nncompress.quantize.oneshot.solver.
+solve_layer` from its input Hessian (:mod:`nncompress.quantize.oneshot.calibration`). Sequential
 mode (default) calibrates each group of layers reading the same input (q/k/v) on the
 outputs of the layers already compressed, re-running the model per group and keeping only
 that group's H; parallel mode takes every H from the dense model in one pass.
@@ -30,14 +30,16 @@ from nncompress.checks import check_choice, check_float, check_int
 from nncompress.errors import ConfigError
 from nncompress.format import set_codec_hints
 from nncompress.modules import select_layers
-from nncompress.oneshot.calibration import (
+from nncompress.prune.mask import Masks
+from nncompress.quantize.kmeans1d import kmeans_1d
+from nncompress.quantize.oneshot.calibration import (
     LAYER_TYPES,
     batch_size_of,
     capture_hessians,
     input_groups,
     limit_batches,
 )
-from nncompress.oneshot.solver import (
+from nncompress.quantize.oneshot.solver import (
     CodebookGrid,
     Grid,
     UniformGrid,
@@ -45,8 +47,6 @@ from nncompress.oneshot.solver import (
     rtn_layer,
     solve_layer,
 )
-from nncompress.prune.mask import Masks
-from nncompress.quantize.kmeans1d import kmeans_1d
 from nncompress.quantize.sharing import LayerSharing, SharedWeights
 
 log = logging.getLogger(__name__)
