@@ -9,7 +9,7 @@ that group's H; parallel mode takes every H from the dense model in one pass.
 
 The weights are changed in place; the result carries the masks of pruned weights, the
 k-means codebooks as ``SharedWeights`` (so ``CentroidFineTuner`` and distillation can
-fine-tune the centroids), the codec hints ``save`` uses (``deep`` for codebooks, ``gptq``
+fine-tune the centroids), the codec hints ``save`` uses (``kmeans_rows`` for dense codebook layers, ``deep`` for pruned ones, ``gptq``
 for uniform grids: b-bit codes with fp16 scales, decoding to exactly these weights), and
 per layer the relative output error ``||WX - W'X||^2 / ||WX||^2`` next to that of
 round-to-nearest on the same grid.
@@ -261,7 +261,8 @@ def _compress_layer(name, module, h, config, masks, shared, errors, hints) -> No
         mask = w != 0
         codebook, labels = torch.unique(w[mask].float(), return_inverse=True)
         shared[pname] = LayerSharing(codebook, labels.to(torch.int64), mask, int(config.bits))
-        hints[pname] = ("deep", {})
+        # a dense 2-D layer: codebook + indices, no positions (kmeans_rows); else deep (CSR)
+        hints[pname] = ("kmeans_rows", {}) if res.mask is None and p.dim() == 2 else ("deep", {})
     elif isinstance(grid, UniformGrid):
         hints[pname] = ("gptq", {"bits": grid.bits, "group_size": grid.group_size, "scales": res.scales,
                                  "zeros": res.zeros})
