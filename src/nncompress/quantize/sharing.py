@@ -470,3 +470,52 @@ class CentroidFineTuner(Callback):
         self._state.ref_lr = state.get("ref_lr")
         self._state.momentum = {k: v.clone() for k, v in state.get("momentum", {}).items()}
         self._state.restored = True
+
+
+def recover_sharing(model: nn.Module, bits: int = 8) -> SharedWeights:
+    """The ``SharedWeights`` of a model whose shared weights are marked by their codec
+    hints (``deep`` or ``kmeans_rows``, as ``method: gptq`` on a k-means grid and the
+    embedding sharing set them) or hold at most 256 distinct nonzero values (more than 1024
+    weights; ``share_weights`` of Linear/Conv layers): each such parameter's distinct nonzero
+    values (``deep``) or distinct values per block of ``rows_per_codebook`` rows
+    (``kmeans_rows``) become its codebook. A later stage (distillation) can then train the
+    centroids with every weight kept on its codebook. ``bits`` is only recorded.
+
+    Example:
+        >>> m = nn.Linear(4, 2); shared = share_weights(m, SharingConfig(bits_fc=1))  # doctest: +SKIP
+        >>> recover_sharing(m)["weight"].codebook.numel() <= 2  # doctest: +SKIP
+        True
+    """
+    from nncompress.format.codecs import codec_hints, normalise_choice
+
+    params = dict(model.named_parameters())
+    hints = {n: normalise_choice(c) for n, c in codec_hints(model).items()}
+    for name, p in params.items():  # shared without a hint (share_weights: ``auto`` picks deep)
+        if name not in hints and p.dim() >= 2 and p.numel() > 1024 \
+                and torch.unique(p.detach()[p.detach() != 0]).numel() <= 256:
+            hints[name] = ("deep", {})
+    layers: dict[str, LayerSharing] = {}
+    for name, (codec, opts) in hints.items():
+        if name not in params or codec not in ("deep", EMB_CODEC):
+            continue
+        w = params[name].detach()
+        if codec == "deep":
+            mask = w != 0
+            codebook, labels = torch.unique(w[mask].float(), return_inverse=True)
+        else:
+            if w.dim() != 2:
+                continue
+            rows = w.shape[0]
+            rpc = int(opts.get("rows_per_codebook") or max(rows, 1))
+            books, labs, offset = [], [], 0
+            for start in range(0, rows, rpc):
+                cb, lab = torch.unique(w[start:start + rpc].float().reshape(-1), return_inverse=True)
+                books.append(cb)
+                labs.append(lab + offset)
+                offset += cb.numel()
+            codebook, labels = torch.cat(books), torch.cat(labs)
+            mask = torch.ones_like(w, dtype=torch.bool)
+        if codebook.numel() > 1 << 16:
+            continue  # not a shared weight (more distinct values than any codebook)
+        layers[name] = LayerSharing(codebook, labels.to(torch.int64), mask, bits)
+    return SharedWeights(layers)

@@ -2,6 +2,7 @@
 
 from nncompress.recipes import (  # noqa: F401  (register stages)
     decompose_stage,
+    distill_stage,
     prune_stage,
     quantize_stage,
     sparse_stage,

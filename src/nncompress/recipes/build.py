@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from nncompress.errors import ConfigError
 from nncompress.factory import build_model_from_factory, import_factory
-from nncompress.recipes.schema import DataSpec, FactorySpec, ModelSpec
+from nncompress.recipes.schema import DataSpec, FactorySpec, ModelSpec, corpus_sizes
 from nncompress.train.batches import make_loader, split_batch
 
 log = logging.getLogger(__name__)
@@ -64,6 +64,8 @@ def build_recipe_data(spec: DataSpec, seed: int = 0, pretrained: Any = None) -> 
         data = _call_data_factory(spec.factory, spec.kwargs)
     elif spec.text is not None:
         data = _text_data(spec.text, pretrained)
+    elif spec.corpus is not None:
+        data = _corpus_data(spec.corpus, pretrained)
     else:
         from nncompress.data import load_dataset
 
@@ -116,6 +118,20 @@ def _text_data(files: Mapping[str, str], pretrained: Any) -> BuiltData:
     if train is None:
         raise ConfigError("data.text needs a train or calib file")
     return BuiltData(train, sets["test"], sets.get("calib"))
+
+
+def _corpus_data(spec: Mapping[str, Any], pretrained: Any) -> BuiltData:
+    """``data.corpus``: disjoint calib/train/test passages from Debian's package lists,
+    written to a temporary folder and read as ``data.text``."""
+    import tempfile
+
+    from nncompress.data.corpus import debian_corpus
+
+    c = corpus_sizes(spec)
+    with tempfile.TemporaryDirectory(prefix="nncompress-corpus-") as tmp:
+        debian_corpus(tmp, calib=c["calib"], train=c["train"], eval=c["test"], seed=c["seed"])
+        files = {"calib": f"{tmp}/calib.txt", "train": f"{tmp}/train.txt", "test": f"{tmp}/eval.txt"}
+        return _text_data(files, pretrained)
 
 
 def first_sample(data: Any) -> Any:

@@ -44,12 +44,16 @@ class RunContext:
     loss_fn: Callable[..., torch.Tensor] | None = None  # recipe 'loss:' (logits, target, inputs); None = CE
     metric_fn: Callable[..., Any] | None = None  # recipe 'metric:' (logits, target); None = accuracy
     calib_data: Any = None  # data factory's / text 'calib' split, when given
+    score_fn: Callable[[nn.Module], float] | None = None  # replaces the test metric (an embedder's cosine)
 
     def score(self, model: nn.Module | None = None) -> float:
         """The run's score of ``model`` (default: the run's model) on the test data: accuracy,
-        or the recipe's ``metric``."""
+        the recipe's ``metric``, or ``score_fn`` (a Hugging Face model on text without a
+        metric: the mean cosine of its sentence embeddings to the model as given)."""
         from nncompress.train.loop import evaluate
 
+        if self.score_fn is not None:
+            return self.score_fn(model if model is not None else self.model)
         return evaluate(model if model is not None else self.model, self.test_data, loss_fn=self.loss_fn,
                         metric_fn=self.metric_fn)["accuracy"]
 

@@ -64,7 +64,14 @@ def build_context(recipe: Recipe, progress: bool = False, device: torch.device |
     ctx.extras["device"] = str(device)
     if pretrained is not None:
         ctx.extras["pretrained"] = pretrained
-    ctx.keep_teacher = any(getattr(s.config, "distill", None) is not None for s in recipe.stages)
+        if recipe.metric is None:  # an embedder's score: cosine to the model as given, on the test text
+            from nncompress.models.huggingface import cosine_scorer
+
+            ctx.score_fn = cosine_scorer(model, data.test, pretrained.pooling or "mean", pretrained.normalize)
+    ctx.keep_teacher = any(getattr(s.config, "distill", None) is not None or s.name == "distill"
+                           for s in recipe.stages)
+    if recipe.stages and recipe.stages[0].name != "train" and any(s.name == "distill" for s in recipe.stages):
+        keep_trained_teacher(ctx)  # a given (pretrained) model: the distill stage's teacher is it as given
     return ctx
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -51,8 +52,11 @@ class ModelSpec:
         if self.huggingface is not None:
             if self.kwargs:
                 raise ConfigError("huggingface takes no kwargs")
-            if not Path(self.huggingface).exists():
-                raise ConfigError(f"huggingface {self.huggingface!r} does not exist; give a local model folder")
+            from nncompress.models.huggingface import BUNDLED
+
+            if self.huggingface not in BUNDLED and not Path(self.huggingface).exists():
+                raise ConfigError(f"huggingface {self.huggingface!r} does not exist; give a local model folder "
+                                  f"or a bundled model ({', '.join(sorted(BUNDLED))})")
             return
         if self.name is None:
             self.name = "lenet300"
@@ -62,6 +66,33 @@ class ModelSpec:
     def kind(self) -> str:
         """``builtin``, ``factory`` or ``huggingface``."""
         return "factory" if self.factory else "huggingface" if self.huggingface else "builtin"
+
+
+CORPUS_KEYS = {"source": "debian", "calib": 512, "train": 8192, "test": 1024, "seed": 0}
+
+
+def corpus_sizes(spec: Mapping[str, Any]) -> dict[str, Any]:
+    """``data.corpus`` with its defaults, checked: ``source`` debian, positive split sizes.
+
+    Example:
+        >>> corpus_sizes({"train": 100})["test"]
+        1024
+    """
+    if not isinstance(spec, Mapping):
+        raise ConfigError(f"data.corpus must be a mapping such as {CORPUS_KEYS}, got {spec!r}")
+    bad = sorted(set(spec) - set(CORPUS_KEYS))
+    if bad:
+        raise ConfigError(f"data.corpus: unknown key(s) {bad}; allowed: {sorted(CORPUS_KEYS)}")
+    out = {**CORPUS_KEYS, **spec}
+    if out["source"] != "debian":
+        raise ConfigError(f"data.corpus.source {out['source']!r} not allowed; allowed: ['debian']")
+    for k in ("calib", "train", "test"):
+        v = out[k]
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ConfigError(f"data.corpus.{k}={v!r} not allowed; allowed: a positive integer")
+    if isinstance(out["seed"], bool) or not isinstance(out["seed"], int) or out["seed"] < 0:
+        raise ConfigError(f"data.corpus.seed={out['seed']!r} not allowed; allowed: an integer >= 0")
+    return out
 
 
 @dataclass
@@ -83,14 +114,21 @@ class DataSpec:
     """Arguments of the data factory."""
     text: dict[str, str] | None = None
     """Sentence files ``{calib: F, train: F, test: F}`` (one sentence a line)."""
+    corpus: dict[str, Any] | None = None
+    """Text built at run time instead of files: ``{source: debian, calib: N, train: N,
+    test: N, seed: S}`` writes disjoint splits of the package descriptions of Debian's
+    package lists (``nncompress corpus``) to a temporary folder and reads them as ``text``."""
 
     def __post_init__(self) -> None:
         n = self.train_subset
         if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
             raise ConfigError(f"train_subset must be a positive integer (training images to use), got {n!r}")
-        given = [k for k in ("name", "factory", "text") if getattr(self, k) is not None]
+        given = [k for k in ("name", "factory", "text", "corpus") if getattr(self, k) is not None]
         if len(given) > 1:
-            raise ConfigError(f"give one of name, factory or text, not {given}")
+            raise ConfigError(f"give one of name, factory, text or corpus, not {given}")
+        if self.corpus is not None:
+            corpus_sizes(self.corpus)
+            return
         if self.kwargs and self.factory is None:
             raise ConfigError("kwargs are the data factory's arguments; add 'factory'")
         if self.factory is not None:
@@ -115,7 +153,7 @@ class DataSpec:
     @property
     def label(self) -> str:
         """What the report and the file call this data."""
-        return self.name or self.factory or "text"
+        return self.name or self.factory or ("corpus" if self.corpus else "text")
 
 
 @dataclass

