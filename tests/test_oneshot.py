@@ -368,3 +368,28 @@ def test_method_gptq_through_a_recipe(tmp_path, grid):
     loaded = nncompress.load(out)
     w = loaded.fc1.weight
     assert torch.unique(w).numel() <= (2 ** 3 if grid == "kmeans" else 2 ** 3 * w.shape[0])
+
+
+def test_codebook_per_block_of_rows(tmp_path):
+    """rows_per_codebook: every block of rows lies on its own <= 2^bits codebook, the file
+    (kmeans_rows) reproduces it, and the finer grid does not lose to one codebook."""
+    torch.manual_seed(0)
+    errs = {}
+    for rpc in (None, 4):
+        model = mlp()
+        data = [torch.randn(32, 16) for _ in range(3)]
+        res = oneshot_compress(model, OneShotConfig(bits=2, grid="kmeans", rows_per_codebook=rpc), data)
+        errs[rpc] = res.errors["0"]["obs"]
+        w = model[0].weight
+        if rpc:
+            for start in range(0, w.shape[0], rpc):
+                assert torch.unique(w[start:start + rpc]).numel() <= 4
+            path = tmp_path / "m.nnc"
+            nncompress.save(model, path)
+            assert {t.name: t.codec for t in nncompress.read_info(path).tensors}["0.weight"] == "kmeans_rows"
+            loaded = nncompress.load(path, model=mlp(1))
+            assert torch.equal(loaded[0].weight, w)
+            assert torch.equal(res.shared["0.weight"].values().reshape(w.shape), w)
+    assert errs[4] <= errs[None] * 1.05
+    with pytest.raises(ConfigError, match="rows_per_codebook"):
+        OneShotConfig(bits=4, rows_per_codebook=8)  # uniform grid

@@ -67,7 +67,9 @@ class UniformGrid:
 
 @dataclass(frozen=True)
 class CodebookGrid:
-    """A non-uniform grid: the sorted values (K,) of a k-means codebook.
+    """A non-uniform grid: the sorted values (K,) of a k-means codebook, or one sorted
+    codebook per block of output rows, (blocks, K) with ``rows_per_codebook`` rows each
+    (a block's shorter codebook padded by repeating its last value).
 
     Example:
         >>> CodebookGrid(torch.tensor([-1.0, 0.5])).codebook.numel()
@@ -75,6 +77,14 @@ class CodebookGrid:
     """
 
     codebook: torch.Tensor
+    rows_per_codebook: int | None = None
+
+    def per_row(self, rows: int) -> torch.Tensor:
+        """The codebook of every row, (rows, K) (a per-layer codebook: (1, K))."""
+        if self.codebook.dim() == 1:
+            return self.codebook.unsqueeze(0)
+        block = torch.arange(rows) // self.rows_per_codebook
+        return self.codebook[block]
 
 
 Grid = UniformGrid | CodebookGrid
@@ -165,9 +175,18 @@ def nearest_centroid(x: torch.Tensor, codebook: torch.Tensor) -> tuple[torch.Ten
         ([0.0, 1.0], [0, 1])
     """
     cb = codebook.to(x.dtype)
-    mids = (cb[1:] + cb[:-1]) / 2
-    labels = torch.bucketize(x.contiguous(), mids)
-    return cb[labels], labels
+    if cb.dim() == 2 and cb.shape[0] == 1:
+        cb = cb[0]
+    if cb.dim() == 1:
+        mids = (cb[1:] + cb[:-1]) / 2
+        labels = torch.bucketize(x.contiguous(), mids)
+        return cb[labels], labels
+    # one sorted codebook per row of x: (rows, K); x is (rows,) or (rows, n)
+    mids = (cb[:, 1:] + cb[:, :-1]) / 2  # (rows, K-1)
+    xx = x.unsqueeze(-1) if x.dim() == 1 else x
+    labels = torch.searchsorted(mids.contiguous(), xx.contiguous())  # (rows, n)
+    vals = torch.gather(cb, 1, labels)
+    return (vals.squeeze(-1), labels.squeeze(-1)) if x.dim() == 1 else (vals, labels)
 
 
 # ---- Hessian helpers -----------------------------------------------------------------------
@@ -279,7 +298,7 @@ def solve_layer(
             for g in range(n_groups):
                 scales[:, g], zeros[:, g] = uniform_params(w_orig[:, g * group:(g + 1) * group], grid.bits,
                                                            grid.symmetric)
-    codebook = grid.codebook.to(dtype) if isinstance(grid, CodebookGrid) else None
+    codebook = grid.per_row(rows).to(dtype) if isinstance(grid, CodebookGrid) else None
 
     U = inverse_cholesky(H, damp).to(dtype)  # (d, d) upper
     W = W.to(dtype)
@@ -332,7 +351,8 @@ def solve_layer(
     Q[:, dead] = 0.0
     out = Q.float()
     if codebook is not None:
-        out, codebook = _maybe_refit(w, out, h0, codebook.float(), keep, refit)
+        cbf = codebook.float()
+        out, codebook = _maybe_refit(w, out, h0, cbf[0] if cbf.shape[0] == 1 else cbf, keep, refit)
     has_mask = sparsity > 0 or nm is not None
     return SolveResult(out, keep if has_mask else None, scales, zeros, codebook,
                        relative_error(w, out, h0))
@@ -380,6 +400,8 @@ def refit_codebook(w: torch.Tensor, labels: torch.Tensor, h: torch.Tensor, k: in
 
 
 def _maybe_refit(w, q, h, codebook, keep, refit):
+    if codebook.dim() == 2:  # (rows, K): per-row-block codebooks are not refitted
+        return q, codebook
     if not refit or codebook.numel() < 1:
         return q, codebook
     _, labels = nearest_centroid(q, codebook)
@@ -422,7 +444,7 @@ def rtn_layer(w: torch.Tensor, *, grid: Grid | None = None, sparsity: float = 0.
         s, z = uniform_params(parts, grid.bits, grid.symmetric)
         q = uniform_dequant(uniform_codes(parts, s, z, grid.bits), s, z).reshape(rows, d)
     elif isinstance(grid, CodebookGrid):
-        q = nearest_centroid(w, grid.codebook.float())[0]
+        q = nearest_centroid(w, grid.per_row(rows).float())[0]
     else:
         q = w.clone()
     return torch.where(keep, q, torch.zeros_like(q))
