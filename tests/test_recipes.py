@@ -321,14 +321,14 @@ def _stage_configs(stage):
     return seen
 
 
-@pytest.mark.parametrize("stage", ["decompose", "encode", "evaluate", "prune", "quantize", "sparse_train",
-                                   "structured", "train"])
+@pytest.mark.parametrize("stage", ["decompose", "distill", "encode", "evaluate", "prune", "quantize",
+                                   "sparse_train", "structured", "train"])
 def test_every_stage_key_has_a_description(stage):
     from nncompress.recipes import STAGES
     from nncompress.recipes.describe import config_keys
 
-    assert set(STAGES.names()) <= {"decompose", "encode", "evaluate", "prune", "quantize", "sparse_train",
-                                   "structured", "train"}, "a new stage: add it to the parametrize list"
+    assert set(STAGES.names()) <= {"decompose", "distill", "encode", "evaluate", "prune", "quantize",
+                                   "sparse_train", "structured", "train"}, "a new stage: add it to the parametrize list"
     missing = [f"{getattr(cls, '__name__', type(cls).__name__)}.{key}"
                for cls in _stage_configs(stage) for key, _, _, doc in config_keys(cls) if not doc.strip()]
     assert missing == []
