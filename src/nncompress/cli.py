@@ -296,7 +296,11 @@ def _cmd_info(args: argparse.Namespace) -> int:
     else:
         model = _read_nnc(load, args)  # a damaged file: FormatError, exit 2
         try:
-            rows = layer_stats(model, torch.zeros(1, *shape))
+            example = torch.zeros(1, *shape)
+            if (info.arch or {}).get("name") == "huggingface" and args.input_shape is None:
+                tokens = torch.zeros(1, 128, dtype=torch.long)  # one sequence of 128 tokens
+                example = {"input_ids": tokens, "attention_mask": torch.ones_like(tokens)}
+            rows = layer_stats(model, example)
             out["layers"] = [r.to_dict() for r in rows]
             out["totals"] = totals(rows)
         except Exception as exc:  # noqa: BLE001 - the model does not take this input shape
@@ -545,6 +549,24 @@ def _export_onnx(args: argparse.Namespace, out: Path) -> int:
         import onnxruntime  # noqa: F401
     except ImportError:
         _bad("ONNX export needs the deploy extra: pip install 'nncompress[deploy]' (onnx, onnxruntime)")
+    from nncompress.models.hf_arch import is_transformers_model
+
+    if is_transformers_model(model):
+        import collections
+
+        from nncompress.deploy.transformers_onnx import export_transformers_onnx
+
+        report = export_transformers_onnx(model, out, runtime=args.runtime, source=args.file)
+        forms = collections.Counter(t.form for t in report.tensors)
+        check = (f"max |diff| vs the .nnc model {report.max_abs_diff:.2e}" if args.runtime == "float"
+                 else f"int8 activations, max |diff| vs the .nnc model {report.max_abs_diff:.2e}")
+        print(f"wrote {args.out} ({report.onnx_bytes:,} bytes = {report.onnx_bytes / report.source_bytes:.2f}x "
+              f"the .nnc; ONNX opset {report.opset}, inputs input_ids/attention_mask/token_type_ids "
+              f"[batch, sequence]; {check} in onnxruntime)\nweights: "
+              + ", ".join(f"{k} {v}" for k, v in sorted(forms.items())))
+        return 0
+    if args.runtime != "float":
+        _bad(f"--runtime {args.runtime} is built for transformers models only")
     report = export_onnx(model, out, _recorded_example(args), opset=opset)
     forms = ", ".join(f"{k}: {v}" for k, v in report.layers.items())
     print(f"wrote {args.out} ({report.onnx_bytes:,} bytes, ONNX opset {opset}; max |diff| vs the .nnc "
@@ -715,6 +737,8 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--format", choices=["onnx", "safetensors"],
                    help="output format (default: from OUT's suffix, else safetensors)")
     x.add_argument("--opset", type=int, help="ONNX opset (13..21; default 17)")
+    x.add_argument("--runtime", choices=["float", "int8"], default="float",
+                   help="ONNX: int8 = dynamic int8 MatMuls (transformers models)")
     x.add_argument("--huggingface", action="store_true",
                    help="write OUT as a Hugging Face folder (config, safetensors, tokenizer, pooling)")
     x.add_argument("--dtype", choices=["float32", "float16"], default="float32",

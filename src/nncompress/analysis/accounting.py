@@ -60,8 +60,10 @@ def layer_macs(module: nn.Module, out: torch.Tensor) -> int:
 
 
 @torch.no_grad()
-def layer_stats(model: nn.Module, example_input: torch.Tensor) -> list[LayerStats]:
+def layer_stats(model: nn.Module, example_input: torch.Tensor | dict[str, torch.Tensor]) -> list[LayerStats]:
     """Per-layer stats of every Linear/Conv module reached by a forward pass, in order.
+    ``example_input``: a batch tensor, or a dict of them passed as keyword arguments (a
+    tokenizer batch for a transformer); only its first sample runs.
 
     Example:
         >>> [s.macs for s in layer_stats(LeNet300100(), torch.zeros(1, 1, 28, 28))]  # doctest: +SKIP
@@ -85,7 +87,10 @@ def layer_stats(model: nn.Module, example_input: torch.Tensor) -> list[LayerStat
     was_training = model.training
     model.eval()
     try:
-        model(example_input[:1])
+        if isinstance(example_input, dict):
+            model(**{k: v[:1] for k, v in example_input.items()})
+        else:
+            model(example_input[:1])
     finally:
         for h in handles:
             h.remove()
