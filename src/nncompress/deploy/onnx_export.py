@@ -127,7 +127,7 @@ def _diagnose(proto, gm, inputs, value_of_node: dict[str, str], layer_of_value: 
 def export_onnx(model_or_nnc_path: nn.Module | str | os.PathLike, out_path: str | os.PathLike,
                 example_inputs: torch.Tensor | Sequence[torch.Tensor] | None = None, *,
                 opset: int = DEFAULT_OPSET, check: bool = True, forms: Iterable[str] = FORMS,
-                tolerance: float = DEFAULT_TOLERANCE, verify_key=None) -> ExportReport:
+                tolerance: float = DEFAULT_TOLERANCE, verify_key=None, runtime: str = "float") -> ExportReport:
     """Export a (compressed) model to ONNX, keeping each weight in its smallest exact form.
 
     Every parameter is stored in the smallest of ``forms`` that reproduces it (see
@@ -150,6 +150,12 @@ def export_onnx(model_or_nnc_path: nn.Module | str | os.PathLike, out_path: str 
         opset: ONNX opset, 13..21.
         forms: storage forms allowed (``dense`` is always); ``("dense",)`` writes a plain
             float32 model.
+        runtime: ``float`` (weights decoded to float32 at load) or, for transformers
+            models only, ``int8`` (dynamic int8 MatMuls, see ``deploy.transformers_onnx``).
+
+    A transformers model (or a ``.nnc`` file holding one) is exported by
+    :func:`nncompress.deploy.transformers_onnx.export_transformers_onnx` (inputs
+    ``input_ids``/``attention_mask``/``token_type_ids``, dynamic batch and sequence).
 
     Example:
         >>> report = export_onnx("lenet300.nnc", "lenet300.onnx")  # doctest: +SKIP
@@ -180,6 +186,17 @@ def export_onnx(model_or_nnc_path: nn.Module | str | os.PathLike, out_path: str 
     else:
         raise ConfigError(f"model_or_nnc_path must be an nn.Module or a .nnc path, got "
                           f"{type(model_or_nnc_path).__name__}")
+    from nncompress.models.hf_arch import is_transformers_model
+
+    if is_transformers_model(model):
+        from nncompress.deploy.transformers_onnx import export_transformers_onnx
+
+        src = model_or_nnc_path if source_bytes is not None else None
+        return export_transformers_onnx(model, out_path, runtime=runtime, check=check, tolerance=tolerance,
+                                        forms=forms, source=src)
+    if runtime != "float":
+        raise ConfigError(f"runtime={runtime!r}: only 'float' is built for non-transformers models "
+                          "(static int8 with calibration data for CNNs is not built yet)")
     inputs = _example_inputs(model, example_inputs)
     batch = int(inputs[0].shape[0])
     input_names = ["input"] if len(inputs) == 1 else [f"input_{i}" for i in range(len(inputs))]
