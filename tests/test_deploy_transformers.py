@@ -160,3 +160,23 @@ def test_cli_export_transformers(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "input_ids" in out and "int8" in out
     assert (tmp_path / "c.onnx").is_file()
+
+
+def test_bench_tiny_file(tmp_path, capsys):
+    from nncompress.cli import main
+    from nncompress.deploy.bench import bench_file, interleaved_median, mean_pool
+
+    path = _shared_file(tmp_path, bits_fc=4)
+    rep = bench_file(str(path), str(tmp_path / "b.onnx"), rounds=2, batches=(1, 2), seq=8)
+    assert [r.runtime.split(" ")[0] for r in rep.rows] == ["torch", "onnxruntime", "onnxruntime"]
+    assert all(set(r.latency_ms) == {1, 2} and r.bytes > 0 for r in rep.rows)
+    assert (tmp_path / "b.onnx").is_file()  # exported where --onnx points
+    assert rep.rows[0].bytes == path.stat().st_size
+    assert "ms batch 1" in rep.table()
+    with pytest.raises(ConfigError, match="rounds"):
+        interleaved_median({"a": lambda: None}, rounds=0)
+    e = mean_pool(np.array([[[1.0, 0.0], [0.0, 5.0]]]), np.array([[1, 0]]))
+    assert np.allclose(e, [[1.0, 0.0]])  # masked tokens do not count
+    assert main(["bench", str(path), "--rounds", "1", "--batch", "1", "--seq", "8", "--onnx",
+                 str(tmp_path / "b.onnx")]) == 0
+    assert "onnxruntime fp32" in capsys.readouterr().out

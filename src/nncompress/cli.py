@@ -589,6 +589,34 @@ def _recorded_example(args: argparse.Namespace) -> Any:
     return None
 
 
+def _cmd_bench(args: argparse.Namespace) -> int:
+    """``bench FILE [--onnx OUT.onnx] [--text EVAL.txt]``: latency of torch, onnxruntime fp32
+    and the compressed ONNX file (``nncompress.deploy.bench``), bytes, cosine."""
+    source = _input_file(args.file, ".nnc file")
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        _bad("bench needs the deploy extra: pip install 'nncompress[deploy]' (onnx, onnxruntime)")
+    from nncompress.deploy.bench import bench_file
+
+    report = bench_file(str(source), args.onnx, args.text, threads=args.threads, rounds=args.rounds,
+                        batches=tuple(args.batch), seq=args.seq, limit=args.limit, runtime=args.runtime)
+    if args.json:
+        print(json.dumps({"file": report.file, "threads": report.threads, "rounds": report.rounds,
+                          "seq": report.seq, "quality": report.quality, "load_average": report.load_average,
+                          "rows": [r.to_dict() for r in report.rows]}, indent=2))
+        return 0
+    seq = f", {report.seq} tokens per sequence" if report.seq else ""
+    print(f"{report.file}: median of {report.rounds} interleaved rounds (batch >= 16: "
+          f"{max(3, report.rounds // 3)}), {report.threads} thread(s){seq}; load average "
+          f"{report.load_average[0]:.2f} -> {report.load_average[1]:.2f}")
+    print(report.table())
+    if report.quality == "cosine":
+        print("cosine: mean over the passages of the cosine of mean-pooled embeddings to the loaded model's in torch")
+    return 0
+
+
 def _cmd_sensitivity(args: argparse.Namespace) -> int:
     import torch
 
@@ -746,6 +774,20 @@ def build_parser() -> argparse.ArgumentParser:
     _add_format_options(x)
     _add_model_option(x)
     x.set_defaults(fn=_cmd_export)
+    bn = sub.add_parser("bench", help="latency of a .nnc model in torch and onnxruntime (fp32 and its "
+                                      "compressed ONNX file), bytes, cosine on --text")
+    bn.add_argument("file")
+    bn.add_argument("--onnx", metavar="OUT.onnx", help="compressed ONNX file (exported there when missing)")
+    bn.add_argument("--text", metavar="EVAL.txt", help="text model: passages (one a line) for timing and cosine")
+    bn.add_argument("--limit", type=int, default=256, help="first N passages of --text")
+    bn.add_argument("--threads", type=int, default=1)
+    bn.add_argument("--rounds", type=int, default=11)
+    bn.add_argument("--batch", type=int, nargs="+", default=[1, 64])
+    bn.add_argument("--seq", type=int, default=128, help="text: tokens per sequence")
+    bn.add_argument("--runtime", choices=["float", "int8"], default="int8",
+                    help="text model: runtime of the ONNX file exported when --onnx is missing")
+    bn.add_argument("--json", action="store_true")
+    bn.set_defaults(fn=_cmd_bench)
     sv = sub.add_parser("sensitivity", help="per-layer channel-pruning sensitivity curves of a .nnc model")
     sv.add_argument("file")
     sv.add_argument("--data", default="fashion-mnist", help="fashion-mnist, mnist or digits")

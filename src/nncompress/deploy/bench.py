@@ -138,3 +138,158 @@ def token_batch(tokenizer, texts: Sequence[str], batch: int, seq: int = 128) -> 
     """A ``[batch, seq]`` timing batch: ``texts`` cycled, padded or cut to ``seq`` tokens."""
     picked = [texts[i % len(texts)] for i in range(batch)]
     return tokenize(tokenizer, picked, max_length=seq, pad_to=seq)
+
+
+@dataclass
+class BenchReport:
+    """What :func:`bench_file` measured: one row per runtime, the settings used."""
+
+    file: str
+    rows: list[BenchRow]
+    threads: int
+    rounds: int
+    seq: int | None
+    quality: str
+    """What ``BenchRow.quality`` is: ``cosine`` (text), or ``none``."""
+    load_average: tuple[float, float] = (0.0, 0.0)
+    """1-minute load average before and after the timing."""
+
+    def table(self) -> str:
+        sizes = sorted({b for r in self.rows for b in r.latency_ms})
+        head = ["runtime", "bytes"] + [f"ms batch {b}" for b in sizes] + [self.quality]
+        lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for r in self.rows:
+            q = "" if r.quality is None else f"{r.quality:.5f}"
+            cells = [r.runtime, "" if r.bytes is None else f"{r.bytes:,}"]
+            cells += [f"{r.latency_ms[b]:.3f}" if b in r.latency_ms else "" for b in sizes] + [q]
+            lines.append("| " + " | ".join(cells) + " |")
+        return "\n".join(lines)
+
+
+def _image_inputs(model: nn.Module, batch: int) -> np.ndarray:
+    from nncompress.models.registry import arch_of, default_input_shape
+
+    shape = default_input_shape(arch_of(model))
+    if shape is None:
+        raise ConfigError("bench: the model is neither a transformers model nor a built-in architecture "
+                          "with a known input shape")
+    return np.random.default_rng(0).standard_normal((batch, *shape)).astype(np.float32)
+
+
+def bench_file(path: str, onnx_path: str | None = None, text: str | None = None, *, threads: int = 1,
+               rounds: int = 11, batches: Sequence[int] = (1, 64), seq: int = 128, limit: int = 256,
+               runtime: str = "int8", workdir: str | None = None) -> BenchReport:
+    """Latency (median of interleaved rounds, ``threads`` threads) of a ``.nnc`` model in
+    torch (the loaded, decoded model), in onnxruntime as a dense fp32 export, and as the
+    compressed ONNX file ``onnx_path`` (exported there, or to ``workdir``, when missing;
+    ``runtime`` ``int8`` or ``float`` for text models); file bytes of each; for text models
+    with ``text`` (one passage a line, first ``limit``), the mean cosine of each runtime's
+    mean-pooled embeddings to the torch model's.
+
+    Text models are timed on ``[batch, seq]`` tokens; image models on seeded normal inputs.
+    Batch 64 runs a third of the rounds (at least 3), one call each.
+
+    Raises:
+        ConfigError: bad numbers, or a model this cannot feed.
+
+    Example:
+        >>> r = bench_file("minilm-8bit.nnc", text="eval.txt")  # doctest: +SKIP
+        >>> print(r.table())  # doctest: +SKIP
+    """
+    import os
+    import tempfile
+    from pathlib import Path
+
+    from nncompress.deploy.onnx_export import export_onnx
+    from nncompress.format import load
+    from nncompress.models.hf_arch import is_transformers_model
+
+    if not (isinstance(threads, int) and threads >= 1):
+        raise ConfigError(f"threads={threads!r}: use an int >= 1")
+    if not (isinstance(rounds, int) and rounds >= 1):
+        raise ConfigError(f"rounds={rounds!r}: use an int >= 1")
+    if not batches or any(not isinstance(b, int) or b < 1 for b in batches):
+        raise ConfigError(f"batches={batches!r}: use ints >= 1")
+    if not (isinstance(seq, int) and 2 <= seq <= 512):
+        raise ConfigError(f"seq={seq!r}: use an int in 2..512")
+    if runtime not in ("float", "int8"):
+        raise ConfigError(f"runtime={runtime!r}: use 'float' or 'int8'")
+    texts = None
+    if text is not None:
+        if not Path(text).is_file():
+            raise ConfigError(f"text={text!r}: no such file")
+        texts = [ln.strip() for ln in Path(text).read_text(encoding="utf-8").splitlines() if ln.strip()][:limit]
+        if not texts:
+            raise ConfigError(f"text={text!r} holds no passages")
+    torch.set_num_threads(threads)
+    model = load(path).eval()
+    is_text = is_transformers_model(model)
+    if is_text:
+        seq = min(seq, int(getattr(model.config, "max_position_embeddings", seq) or seq))
+    if texts is not None and not is_text:
+        raise ConfigError("--text applies to transformers (text) models only")
+    tmp = tempfile.TemporaryDirectory(dir=workdir)
+    try:
+        dense = Path(tmp.name) / "dense.onnx"
+        export_onnx(model, dense, forms=("dense",))
+        if onnx_path is None or not Path(onnx_path).is_file():
+            target = Path(onnx_path) if onnx_path is not None else Path(tmp.name) / "compressed.onnx"
+            export_onnx(path, target, runtime=runtime if is_text else "float")
+            onnx_path = str(target)
+        sessions = {"onnxruntime fp32 (dense export)": ort_session(dense, threads),
+                    f"onnxruntime compressed ({Path(onnx_path).name})": ort_session(onnx_path, threads)}
+        sizes = {"torch (loaded .nnc)": os.path.getsize(path),
+                 "onnxruntime fp32 (dense export)": dense.stat().st_size,
+                 f"onnxruntime compressed ({Path(onnx_path).name})": os.path.getsize(onnx_path)}
+        rows = {k: BenchRow(Path(path).name, k, v) for k, v in sizes.items()}
+        tok = None
+        if is_text:
+            from nncompress.models.huggingface import tokenizer_of
+
+            tok = tokenizer_of(model)
+            if tok is None and texts is not None:
+                raise ConfigError(f"{path} stores no tokenizer; --text needs one (save a model loaded "
+                                  "with nncompress.models.huggingface.load_pretrained)")
+        if texts is not None:
+            tb = text_batches(tok, texts, 32)
+            ref = embed_torch(model, tb)
+            rows["torch (loaded .nnc)"].quality = 1.0
+            for k, s in sessions.items():
+                rows[k].quality = mean_cosine(embed_ort(s, tb), ref)
+        load_before = os.getloadavg()[0]
+        for b in batches:
+            if is_text:
+                if texts is not None:
+                    feed = token_batch(tok, texts, b, seq)
+                else:
+                    g = np.random.default_rng(0)
+                    ids = g.integers(1, int(model.config.vocab_size), (b, seq)).astype(np.int64)
+                    feed = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
+                tfeed = {k: torch.from_numpy(v) for k, v in feed.items()}
+
+                def run_torch(tf=tfeed):
+                    with torch.no_grad():
+                        model(**tf)
+            else:
+                x = _image_inputs(model, b)
+                feed = {"input": x}
+                tx = torch.from_numpy(x)
+
+                def run_torch(tx=tx):
+                    with torch.no_grad():
+                        model(tx)
+            fns = {"torch (loaded .nnc)": run_torch}
+            for k, s in sessions.items():
+                names = [i.name for i in s.get_inputs()]
+                fd = {n: feed[n] for n in names} if is_text else {names[0]: feed["input"]}
+                fns[k] = lambda s=s, fd=fd: s.run(None, fd)
+            big = b >= 16
+            t = interleaved_median(fns, rounds=max(3, rounds // 3) if big else rounds, calls=1 if big else 5,
+                                   warmup=1)
+            for k, v in t.items():
+                rows[k].latency_ms[b] = v
+        load_after = os.getloadavg()[0]
+    finally:
+        tmp.cleanup()
+    return BenchReport(path, list(rows.values()), threads, rounds, seq if is_text else None,
+                       "cosine" if texts is not None else "none", (load_before, load_after))
