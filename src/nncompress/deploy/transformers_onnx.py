@@ -156,7 +156,7 @@ def encode_weight(b: GraphBuilder, name: str, w: np.ndarray, forms: Iterable[str
 
     Example:
         >>> b = GraphBuilder(17)
-        >>> w = np.repeat(np.array([[0.5, -1.0]], np.float32), 32, axis=0)
+        >>> w = np.repeat(np.array([[0.5, -1.3]], np.float32), 32, axis=0)
         >>> encode_weight(b, "w", w)[1]
         'shared'
     """
