@@ -174,3 +174,14 @@ def test_dense_table_is_smaller_than_deep():
     deep = nncompress.format.builtin_codecs.DEEP.encode(table)
     assert rows.nbytes < deep.nbytes
     assert np.array_equal(CODEC.decode(rows).numpy(), table.numpy())
+
+
+def test_rows_per_codebook_larger_than_the_table_saves(tmp_path):
+    """A block size above the row count (one block) is stored as the row count."""
+    import nncompress
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Embedding(2, 8))
+    share_weights(m, SharingConfig(bits_emb=2, rows_per_codebook=16))
+    nncompress.save(m, tmp_path / "e.nnc")
+    back = nncompress.load(tmp_path / "e.nnc", model=nn.Sequential(nn.Embedding(2, 8)))
+    assert torch.equal(back[0].weight, m[0].weight)

@@ -93,7 +93,7 @@ class RowBlockCodec(TensorCodec):
         half = table.astype(np.float16)
         exact = bool(np.array_equal(half.astype(np.float32), table))
         cb_bytes = (half if exact else table).tobytes()
-        meta = {"rows_per_codebook": int(rpc), "codebook_size": int(k), "value_bits": width,
+        meta = {"rows_per_codebook": int(min(rpc, max(rows, 1))), "codebook_size": int(k), "value_bits": width,
                 "values": kind, "codebook_dtype": "float16" if exact else "float32",
                 "bits": {"weights": 8 * len(data), "other": 8 * len(cb_bytes)}}
         return EncodedTensor(self.name, [rows, cols], "float32", meta,
