@@ -186,8 +186,8 @@ def resolve_model_folder(name_or_path: str | Path) -> Path:
             raise ConfigError(f"model {str(name_or_path)!r} comes from the package {module!r}, which is "
                               f"not installed: {install}") from None
         return Path(package.get_model_path())
-    raise ConfigError(f"huggingface {str(name_or_path)!r} is neither a local model folder / .nnc file nor "
-                      f"a bundled model; bundled: {sorted(BUNDLED)}")
+    raise ConfigError(f"huggingface {str(name_or_path)!r} does not exist: give a local model folder or "
+                      f".nnc file, or a bundled model ({', '.join(sorted(BUNDLED))})")
 
 
 def load_pretrained(path: str | Path) -> Pretrained:
