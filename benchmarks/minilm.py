@@ -232,11 +232,21 @@ def row_recipe(name: str, stages: Callable[[list], list] | None = None) -> Calla
             raw["stages"] = stages(raw["stages"])
         check_disjoint(ctx, raw["data"]["corpus"])
         path = ctx["tmp"] / f"{name}.nnc"
+        before: dict = {}
+
+        def hook(stage: str, run_ctx) -> None:  # the model as the one-shot stages left it
+            if stage == "quantize":
+                before["model"] = copy.deepcopy(run_ctx.model)
+                before["seconds"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        report = run_recipe(parse_recipe(raw, name), path)
+        report = run_recipe(parse_recipe(raw, name), path, stage_hook=hook)
         row = nnc_row(ctx, path, time.perf_counter() - t0)
         row["stages"] = [{k: v for k, v in s.items() if k in ("stage", "seconds", "accuracy", "method", "steps")}
                          for s in report["stages"]]
+        if "model" in before and any(s["stage"] == "distill" for s in report["stages"]):
+            pre = ctx["tmp"] / f"{name}.oneshot.nnc"
+            nncompress.save(before["model"], pre)
+            row["before_distillation"] = nnc_row(ctx, pre, before["seconds"])
         return row
     return row
 
@@ -311,7 +321,13 @@ def markdown(res: dict) -> str:
            f"or distillation); threads {res['threads']}.", "",
            "| variant | file bytes | ratio | cos mean | cos min | top-10 overlap | compress s | "
            "load s | sentences/s |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    rows = []
     for r in res["rows"]:
+        if "before_distillation" in r:
+            rows.append({**r["before_distillation"], "label": f"{r['label']}: its one-shot stages only "
+                         "(the model before distillation)"})
+        rows.append(r)
+    for r in rows:
         if "error" in r:
             out.append(f"| {r['label']} | failed: {r['error'][:80]} | | | | | | | |")
             continue
@@ -323,7 +339,8 @@ def markdown(res: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--rows", default=",".join(ROWS), help=f"comma list of {list(ROWS)}")
+    ap.add_argument("--rows", default="fp32,torch-int8,ort-int8,kmeans4,minilm-8x,minilm-12x",
+                    help=f"comma list of {list(ROWS)}")
     ap.add_argument("--corpus", default=None, help="folder with calib.txt/train.txt/eval.txt "
                     "(default: built with nncompress corpus into a temp folder)")
     ap.add_argument("--n-eval", type=int, default=500)
