@@ -60,7 +60,24 @@ def row_arch(row: dict) -> str:
     return "lenet5" if row["family"] == "E4" or row["method"].startswith("lenet5") else "lenet300"
 
 
-def measure(name: str, family: str, model, test, tmp: Path, input_shape=None, base: str | None = None) -> dict:
+class NarrowLeNet5(torch.nn.Module):
+    """A plain LeNet-5 with narrower convolutions (``c1``/``c2`` channels) and ``hidden``
+    fc1 units: the E4 row of a plain conv net whose stored numbers equal LBCNN's."""
+
+    def __init__(self, c1: int = 6, c2: int = 14, hidden: int = 500):
+        super().__init__()
+        self.conv1, self.conv2 = torch.nn.Conv2d(1, c1, 5), torch.nn.Conv2d(c1, c2, 5)
+        self.fc1, self.fc2 = torch.nn.Linear(c2 * 16, hidden), torch.nn.Linear(hidden, 10)
+        self.pool = torch.nn.MaxPool2d(2)
+
+    def forward(self, x):
+        x = self.pool(torch.relu(self.conv1(x)))
+        x = self.pool(torch.relu(self.conv2(x))).flatten(1)
+        return self.fc2(torch.relu(self.fc1(x)))
+
+
+def measure(name: str, family: str, model, test, tmp: Path, input_shape=None, base: str | None = None,
+            skeleton=None) -> dict:
     """Save, load back, check equal outputs, evaluate the loaded model. ``base``: the
     built-in model whose weights count as the dense size (default lenet5 for E4, else
     lenet300)."""
@@ -73,7 +90,8 @@ def measure(name: str, family: str, model, test, tmp: Path, input_shape=None, ba
         return row
     path = tmp / f"{name}.nnc"
     nncompress.save(model, path, input_shape=input_shape)
-    skeleton = build_model("lenet5") if family == "E4" else None
+    if skeleton is None:
+        skeleton = build_model("lenet5") if family == "E4" else None
     base = base or ("lenet5" if family == "E4" else "lenet300")
     loaded = nncompress.load(path, model=skeleton) if skeleton is not None else nncompress.load(path)
     x = torch.stack([test[i][0] for i in range(64)])
@@ -184,6 +202,17 @@ def main() -> None:
         lb = lbcnn_lenet5(mid_channels=32, sparsity=0.5, seed=0)
         fit(lb, train, TrainConfig(epochs=args.epochs, lr=0.005, batch_size=128))  # 0.05 diverged (unnormalised responses)
         rows.append(measure("lenet5 LBCNN m=32, lr 0.005 (E4)", "E4", lb, test, tmp, input_shape=[1, 28, 28]))
+        # plain conv nets of LBCNN's stored size: convs of ~2,310 weights (6 and 14 channels),
+        # fc1 of 500 units (equal conv numbers) or 1,731 (equal total stored numbers)
+        stored = sum(p.numel() for n, p in lb.named_parameters() if n.endswith("weight"))
+        for hidden in (500, round((stored - 2250) / (14 * 16 + 10))):
+            torch.manual_seed(0)
+            narrow = NarrowLeNet5(hidden=hidden)
+            fit(narrow, train, tcfg)
+            rows.append(measure(f"lenet5 plain narrow convs 6/14 ch, fc1 {hidden} (stored weights "
+                                f"{sum(p.numel() for n, p in narrow.named_parameters() if n.endswith('weight')):,} vs "
+                                f"LBCNN {stored:,})", "E4", narrow, test, tmp, input_shape=[1, 28, 28],
+                                skeleton=NarrowLeNet5(hidden=hidden)))
 
     # Q16 TNN beside XNOR (Q5) and TWN (Q6): the same QAT budget (Adam 1e-3, cosine)
     if "Q16" in fams:
