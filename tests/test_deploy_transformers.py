@@ -180,3 +180,18 @@ def test_bench_tiny_file(tmp_path, capsys):
     assert main(["bench", str(path), "--rounds", "1", "--batch", "1", "--seq", "8", "--onnx",
                  str(tmp_path / "b.onnx")]) == 0
     assert "onnxruntime fp32" in capsys.readouterr().out
+
+
+def test_bench_device_option(tmp_path, capsys):
+    """``--device cpu`` runs; a device this machine lacks is refused by name before any work."""
+    from nncompress.cli import main
+    from nncompress.deploy.bench import bench_file
+
+    path = _shared_file(tmp_path, bits_fc=4)
+    rep = bench_file(str(path), str(tmp_path / "b.onnx"), rounds=1, batches=(1,), seq=8, device="cpu")
+    assert rep.rows[0].latency_ms[1] > 0
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="cuda"):
+            bench_file(str(path), None, rounds=1, batches=(1,), seq=8, device="cuda:3")
+        assert main(["bench", str(path), "--device", "cuda:3"]) == 2
+        assert "cuda" in capsys.readouterr().err.lower()

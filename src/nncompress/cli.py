@@ -601,7 +601,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     from nncompress.deploy.bench import bench_file
 
     report = bench_file(str(source), args.onnx, args.text, threads=args.threads, rounds=args.rounds,
-                        batches=tuple(args.batch), seq=args.seq, limit=args.limit, runtime=args.runtime)
+                        batches=tuple(args.batch), seq=args.seq, limit=args.limit, runtime=args.runtime,
+                        device=args.device)
     if args.json:
         print(json.dumps({"file": report.file, "threads": report.threads, "rounds": report.rounds,
                           "seq": report.seq, "quality": report.quality, "load_average": report.load_average,
@@ -781,6 +782,7 @@ def build_parser() -> argparse.ArgumentParser:
     bn.add_argument("--text", metavar="EVAL.txt", help="text model: passages (one a line) for timing and cosine")
     bn.add_argument("--limit", type=int, default=256, help="first N passages of --text")
     bn.add_argument("--threads", type=int, default=1)
+    bn.add_argument("--device", default="cpu", help="where the torch row runs: cpu, cuda, cuda:N, mps or auto")
     bn.add_argument("--rounds", type=int, default=11)
     bn.add_argument("--batch", type=int, nargs="+", default=[1, 64])
     bn.add_argument("--seq", type=int, default=128, help="text: tokens per sequence")

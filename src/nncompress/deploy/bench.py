@@ -120,11 +120,14 @@ def embed_ort(sess, batches: Sequence[Mapping[str, np.ndarray]]) -> np.ndarray:
 
 
 def embed_torch(model: nn.Module, batches: Sequence[Mapping[str, np.ndarray]]) -> np.ndarray:
-    """Mean-pooled embeddings of token batches through a transformers encoder in torch."""
+    """Mean-pooled embeddings of token batches through a transformers encoder in torch (on
+    the model's device)."""
+    p = next(model.parameters(), None)
+    dev = p.device if p is not None else torch.device("cpu")
     out = []
     with torch.no_grad():
         for b in batches:
-            h = model(**{k: torch.from_numpy(v) for k, v in b.items()}).last_hidden_state.numpy()
+            h = model(**{k: torch.from_numpy(v).to(dev) for k, v in b.items()}).last_hidden_state.float().cpu().numpy()
             out.append(mean_pool(h, b["attention_mask"]))
     return np.concatenate(out)
 
@@ -178,7 +181,7 @@ def _image_inputs(model: nn.Module, batch: int) -> np.ndarray:
 
 def bench_file(path: str, onnx_path: str | None = None, text: str | None = None, *, threads: int = 1,
                rounds: int = 11, batches: Sequence[int] = (1, 64), seq: int = 128, limit: int = 256,
-               runtime: str = "int8", workdir: str | None = None) -> BenchReport:
+               runtime: str = "int8", workdir: str | None = None, device: str = "cpu") -> BenchReport:
     """Latency (median of interleaved rounds, ``threads`` threads) of a ``.nnc`` model in
     torch (the loaded, decoded model), in onnxruntime as a dense fp32 export, and as the
     compressed ONNX file ``onnx_path`` (exported there, or to ``workdir``, when missing;
@@ -187,6 +190,8 @@ def bench_file(path: str, onnx_path: str | None = None, text: str | None = None,
     mean-pooled embeddings to the torch model's.
 
     Text models are timed on ``[batch, seq]`` tokens; image models on seeded normal inputs.
+    ``device`` (cpu, cuda, cuda:N, mps, auto) is where the torch row runs (synchronised per
+    call on CUDA); onnxruntime runs on the CPU provider.
     Batch 64 runs a third of the rounds (at least 3), one call each.
 
     Raises:
@@ -221,6 +226,9 @@ def bench_file(path: str, onnx_path: str | None = None, text: str | None = None,
         texts = [ln.strip() for ln in Path(text).read_text(encoding="utf-8").splitlines() if ln.strip()][:limit]
         if not texts:
             raise ConfigError(f"text={text!r} holds no passages")
+    from nncompress.train.device import resolve_device
+
+    dev = resolve_device(device)  # a device this machine lacks: ConfigError before any work
     torch.set_num_threads(threads)
     model = load(path).eval()
     is_text = is_transformers_model(model)
@@ -241,6 +249,8 @@ def bench_file(path: str, onnx_path: str | None = None, text: str | None = None,
         sizes = {"torch (loaded .nnc)": os.path.getsize(path),
                  "onnxruntime fp32 (dense export)": dense.stat().st_size,
                  f"onnxruntime compressed ({Path(onnx_path).name})": os.path.getsize(onnx_path)}
+        model = model.to(dev)  # the exports above ran on the CPU
+        sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
         rows = {k: BenchRow(Path(path).name, k, v) for k, v in sizes.items()}
         tok = None
         if is_text:
@@ -265,19 +275,21 @@ def bench_file(path: str, onnx_path: str | None = None, text: str | None = None,
                     g = np.random.default_rng(0)
                     ids = g.integers(1, int(model.config.vocab_size), (b, seq)).astype(np.int64)
                     feed = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
-                tfeed = {k: torch.from_numpy(v) for k, v in feed.items()}
+                tfeed = {k: torch.from_numpy(v).to(dev) for k, v in feed.items()}
 
                 def run_torch(tf=tfeed):
                     with torch.no_grad():
                         model(**tf)
+                    sync()
             else:
                 x = _image_inputs(model, b)
                 feed = {"input": x}
-                tx = torch.from_numpy(x)
+                tx = torch.from_numpy(x).to(dev)
 
                 def run_torch(tx=tx):
                     with torch.no_grad():
                         model(tx)
+                    sync()
             fns = {"torch (loaded .nnc)": run_torch}
             for k, s in sessions.items():
                 names = [i.name for i in s.get_inputs()]
