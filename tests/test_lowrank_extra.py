@@ -137,3 +137,16 @@ def test_refusals_name_the_value():
         TernaryDecompConfig(rank_ratio=0)
     with pytest.raises(ConfigError, match="ranks"):
         TTLinear([2, 2], [2, 2], [2, 2, 1])
+
+
+def test_loaded_ternary_factors_must_be_ternary(tmp_path):
+    """A file whose ternary factors were edited to other values is refused (FormatError)."""
+    import nncompress
+    from nncompress.decompose.ternary import TernaryFactorized
+    from nncompress.errors import FormatError
+    layer = TernaryFactorized(6, 4, 3)
+    state = {k: v.clone() for k, v in layer.state_dict().items()}
+    state["a"][0, 0] = 7.0
+    with pytest.raises(RuntimeError, match="ternary factors"):
+        TernaryFactorized(6, 4, 3).load_state_dict(state)
+    assert nncompress.FormatError is FormatError

@@ -124,6 +124,19 @@ class TernaryFactorized(nn.Module):
         self.register_buffer("scale_codes", torch.zeros(k))
         self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
 
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs):
+        """Loaded factors must be ternary and scale codes integers (a file is untrusted)."""
+        for name in ("a", "b"):
+            t = state_dict.get(prefix + name)
+            if isinstance(t, torch.Tensor) and t.numel() and not bool(((t == 0) | (t.abs() == 1)).all()):
+                error_msgs.append(f"{prefix}{name}: ternary factors must lie in {{-1, 0, +1}}")
+        t = state_dict.get(prefix + "scale_codes")
+        if isinstance(t, torch.Tensor) and t.numel() and not bool((t == t.round()).all()):
+            error_msgs.append(f"{prefix}scale_codes: fixed-point scale codes must be integers")
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                      unexpected_keys, error_msgs)
+
     def scales(self) -> torch.Tensor:
         return self.scale_codes * 2.0**self.exp
 
