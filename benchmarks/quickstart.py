@@ -1,0 +1,60 @@
+"""Benchmark (issue 21): the quick start's main job as a new user runs it.
+
+Runs ``nncompress run`` (the default recipe, ``deep-compression-lenet300``) in a fresh
+process with the machine's default threads, into a temporary output folder, and records
+the wall time of the whole command, the time per stage, the file's bytes, ratio and the
+accuracy of the loaded file (from the run's report).
+
+    python benchmarks/quickstart.py [--recipe deep-compression-lenet300]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import write_results  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--recipe", default=None, help="recipe name or path (default: the CLI's default)")
+    args = ap.parse_args(argv)
+    exe = Path(sys.executable).with_name("nncompress")
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "model.nnc"
+        report_dir = Path(tmp) / "report"
+        cmd = [str(exe), "run", *([args.recipe] if args.recipe else []), "--out", str(out),
+               "--report", str(report_dir), "-q"]
+        load_before = os.getloadavg()
+        t0 = time.perf_counter()
+        subprocess.run(cmd, check=True)
+        wall = time.perf_counter() - t0
+        load_after = os.getloadavg()
+        report = json.loads((report_dir / "report.json").read_text())
+    s = report["summary"]
+    res = {"recipe": report.get("recipe"), "wall_seconds": wall, "file_bytes": s.get("file_bytes"),
+           "ratio": s.get("ratio"), "accuracy": s.get("compressed_accuracy"),
+           "stages": [{"stage": r["stage"], "seconds": r["seconds"], "accuracy": r["accuracy"]}
+                      for r in report["stages"]],
+           "cpus": os.cpu_count(), "load_average_before": load_before, "load_average_after": load_after}
+    md = [f"# Quick start main job ({res['recipe']})", "",
+          f"`nncompress run` in a fresh process, default threads, {res['cpus']} CPUs; load average "
+          f"before {load_before[0]:.2f}, after {load_after[0]:.2f}.", "",
+          f"**{wall / 60:.1f} min** wall for the whole command; {res['file_bytes']:,} bytes, "
+          f"**{res['ratio']:.1f}x**, accuracy of the loaded file **{100 * res['accuracy']:.2f}%**.", "",
+          "| stage | seconds | accuracy |", "|---|---:|---:|"]
+    md += [f"| {r['stage']} | {r['seconds']:.1f} | {100 * r['accuracy']:.2f}% |" for r in res["stages"]]
+    write_results("quickstart", res, "\n".join(md) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
