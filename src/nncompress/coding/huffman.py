@@ -376,7 +376,7 @@ def decode(stream: EncodedStream, table: HuffmanTable) -> np.ndarray:
         >>> decode(encode(np.array([0, 2, 1]), t), t).tolist()
         [0, 2, 1]
     """
-    count, nbits, every = stream.count, stream.nbits, stream.sync_every
+    count, nbits = stream.count, stream.nbits
     sync = _check_stream(stream)
     if count == 0:
         return np.zeros(0, dtype=np.int64)
@@ -385,13 +385,7 @@ def decode(stream: EncodedStream, table: HuffmanTable) -> np.ndarray:
         raise FormatError(f"the stream holds {count} symbols but the table has no codes")
     if top == 1 and int(np.count_nonzero(table.lengths)) == 1:
         return _decode_single(stream, table, sync)
-    lanes = sync.size
-    last = count - (lanes - 1) * every  # symbols in the last chunk, 1..every
-    steps = every if lanes > 1 else last
-    pad = (steps * top + 7) // 8  # lanes may read up to steps * top bits past the end
-    # 32-bit arithmetic is about twice as fast; a window needs top + 7 valid bits
-    word = np.uint32 if top <= 25 and 8 * (len(stream.data) + pad) < 1 << 32 else _U64
-    windows = byte_windows(stream.data, pad, word)  # (bytes + pad,)
+    lanes, last, steps, word, windows = _lane_layout(stream, sync, top)
     sym_of_long = table._decoder[0].__getitem__
     bits, sym_of, len_of = table._prefix
     len_of = len_of.astype(word)
@@ -430,21 +424,7 @@ def decode(stream: EncodedStream, table: HuffmanTable) -> np.ndarray:
         flat = lane.astype(np.int64) * steps + step
         keep = flat < count
         result[flat[keep]] = sym[keep]
-    if lanes > 1 and not np.array_equal(pos[:-1], sync[1:]):
-        j = int(np.argmax(pos[:-1] != sync[1:]))
-        raise FormatError(
-            f"chunk {j} ends at bit {int(pos[j])} but the next sync point is "
-            f"{int(sync[j + 1])}; the stream or table is damaged"
-        )
-    if last_end != nbits:
-        raise FormatError(
-            f"decoding ended at bit {last_end} but the stream has {nbits} payload bits; "
-            f"the stream or table is damaged"
-        )
-    if result.size and result.min() < 0:
-        i = int(np.argmax(result < 0))
-        raise FormatError(f"invalid code at symbol {i}; the stream or table is damaged")
-    return result
+    return _checked(result, pos, sync, last_end, nbits)
 
 
 
@@ -461,20 +441,14 @@ def decode_stepwise(stream: EncodedStream, table: HuffmanTable) -> np.ndarray:
         >>> decode_stepwise(encode(np.array([0, 2, 1]), t), t).tolist()
         [0, 2, 1]
     """
-    count, nbits, every = stream.count, stream.nbits, stream.sync_every
+    count, nbits = stream.count, stream.nbits
     sync = _check_stream(stream)
     if count == 0:
         return np.zeros(0, dtype=np.int64)
     top = table.max_length
     if top == 0:
         raise FormatError(f"the stream holds {count} symbols but the table has no codes")
-    lanes = sync.size
-    last = count - (lanes - 1) * every  # symbols in the last chunk, 1..every
-    steps = every if lanes > 1 else last
-    pad = (steps * top + 7) // 8  # lanes may read up to steps * top bits past the end
-    # 32-bit arithmetic is about twice as fast; a window needs top + 7 valid bits
-    word = np.uint32 if top <= 25 and 8 * (len(stream.data) + pad) < 1 << 32 else _U64
-    windows = byte_windows(stream.data, pad, word)  # (bytes + pad,)
+    lanes, last, steps, word, windows = _lane_layout(stream, sync, top)
     sym_of, len_of, ends = table._decoder
     len_of = len_of.astype(word)
     if ends is not None:
@@ -503,7 +477,26 @@ def decode_stepwise(stream: EncodedStream, table: HuffmanTable) -> np.ndarray:
             last_end = int(pos[-1])
     pos = pos.astype(np.int64)
     result = sym_of[out.T.reshape(-1)[:count]]  # (count,) lane by lane
-    if lanes > 1 and not np.array_equal(pos[:-1], sync[1:]):
+    return _checked(result, pos, sync, last_end, nbits)
+
+
+def _lane_layout(stream: EncodedStream, sync: np.ndarray, top: int):
+    """(lanes, symbols in the last chunk, steps, word dtype, byte windows) of a stream
+    decoded one symbol of every lane per step."""
+    lanes = sync.size
+    last = stream.count - (lanes - 1) * stream.sync_every  # symbols in the last chunk, 1..every
+    steps = stream.sync_every if lanes > 1 else last
+    pad = (steps * top + 7) // 8  # lanes may read up to steps * top bits past the end
+    # 32-bit arithmetic is about twice as fast; a window needs top + 7 valid bits
+    word = np.uint32 if top <= 25 and 8 * (len(stream.data) + pad) < 1 << 32 else _U64
+    return lanes, last, steps, word, byte_windows(stream.data, pad, word)  # (bytes + pad,)
+
+
+def _checked(result: np.ndarray, pos: np.ndarray, sync: np.ndarray, last_end: int,
+             nbits: int) -> np.ndarray:
+    """``result`` after the end-of-decoding checks: every chunk ends at the next sync
+    point, the last at the payload's end, and no invalid code was met."""
+    if sync.size > 1 and not np.array_equal(pos[:-1], sync[1:]):
         j = int(np.argmax(pos[:-1] != sync[1:]))
         raise FormatError(
             f"chunk {j} ends at bit {int(pos[j])} but the next sync point is "
@@ -539,7 +532,7 @@ def _decode_single(stream: EncodedStream, table: HuffmanTable, sync: np.ndarray)
 
 def _check_stream(stream: EncodedStream) -> np.ndarray:
     """Validate the sizes of ``stream``; returns its sync offsets as int64."""
-    count, nbits, every = stream.count, stream.nbits, stream.sync_every
+    count, nbits = stream.count, stream.nbits
     if count < 0 or nbits < 0 or every < 1:
         raise FormatError(
             f"invalid stream sizes count={count}, nbits={nbits}, sync_every={every}"
