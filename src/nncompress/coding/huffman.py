@@ -532,7 +532,7 @@ def _decode_single(stream: EncodedStream, table: HuffmanTable, sync: np.ndarray)
 
 def _check_stream(stream: EncodedStream) -> np.ndarray:
     """Validate the sizes of ``stream``; returns its sync offsets as int64."""
-    count, nbits = stream.count, stream.nbits
+    count, nbits, every = stream.count, stream.nbits, stream.sync_every
     if count < 0 or nbits < 0 or every < 1:
         raise FormatError(
             f"invalid stream sizes count={count}, nbits={nbits}, sync_every={every}"
