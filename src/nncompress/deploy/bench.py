@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from nncompress.deploy.runtime import ort_session
 from nncompress.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -63,19 +64,6 @@ def interleaved_median(fns: Mapping[str, Callable[[], Any]], rounds: int = 15, c
                 fn()
             times[k].append((time.perf_counter() - t0) * 1000.0 / calls)
     return {k: statistics.median(v) for k, v in times.items()}
-
-
-def ort_session(path_or_bytes: Any, threads: int = 1):
-    """An onnxruntime CPU session with ``threads`` intra-op threads, 1 inter-op, all graph
-    optimizations."""
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    return ort.InferenceSession(str(path_or_bytes) if not isinstance(path_or_bytes, bytes) else path_or_bytes,
-                                opts, providers=["CPUExecutionProvider"])
 
 
 def tokenize(tokenizer, texts: Sequence[str], max_length: int = 128, pad_to: int | None = None) -> dict[str, np.ndarray]:

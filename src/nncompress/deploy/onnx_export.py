@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from nncompress.deploy.report import ExportError, ExportReport
+from nncompress.deploy.runtime import checked_bytes, ort_session
 from nncompress.deploy.storage import FORMS
 from nncompress.deploy.tracing import record, trace
 from nncompress.deploy.translate import build_graph
@@ -70,14 +71,6 @@ def _flatten_outputs(out: Any) -> list[torch.Tensor]:
     return [o.detach().float() for o in outs]
 
 
-def _session(data: bytes, threads: int = CHECK_THREADS):
-    ort = _need("onnxruntime")
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    return ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
-
-
 def _max_diff(a: Sequence[Any], b: Sequence[torch.Tensor]) -> tuple[float, float]:
     """(max |a - b|, max |b|) over all outputs."""
     diff, scale = 0.0, 0.0
@@ -111,7 +104,7 @@ def _diagnose(proto, gm, inputs, value_of_node: dict[str, str], layer_of_value: 
             order.append((node.name, v))
     if not order:
         return "no layer output could be compared"
-    sess = _session(probe.SerializeToString())
+    sess = ort_session(probe.SerializeToString(), CHECK_THREADS)
     names = [o.name for o in probe.graph.output]
     got = dict(zip(names, sess.run(None, {n: t.numpy() for n, t in zip(input_names, inputs)})))
     for node_name, v in order:
@@ -162,7 +155,7 @@ def export_onnx(model_or_nnc_path: nn.Module | str | os.PathLike, out_path: str 
         >>> report.onnx_bytes, report.layers  # doctest: +SKIP
         (35210, {'fc1': 'pruned-shared', ...})
     """
-    onnx = _need("onnx")
+    _need("onnx")  # a clear ImportError naming the extra
     from onnx import TensorProto, helper
 
     from nncompress._version import __version__
@@ -219,15 +212,11 @@ def export_onnx(model_or_nnc_path: nn.Module | str | os.PathLike, out_path: str 
         proto = helper.make_model(graph, opset_imports=opsets, producer_name="nncompress",
                                   producer_version=__version__,
                                   ir_version=helper.find_min_ir_version_for(opsets))
-        try:
-            onnx.checker.check_model(proto, full_check=True)
-        except onnx.checker.ValidationError as exc:
-            raise ExportError(f"the ONNX graph fails onnx.checker: {str(exc)[:400]}") from None
-        data = proto.SerializeToString()
+        data = checked_bytes(proto)
         max_diff = tol = None
         batches: list[int] = []
         if check:
-            sess = _session(data)
+            sess = ort_session(data, CHECK_THREADS)
             max_diff, scale = 0.0, 0.0
             runs = [(inputs, ref)]
             if batch > 1:

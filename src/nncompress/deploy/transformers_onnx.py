@@ -37,6 +37,7 @@ from torch import nn
 from nncompress.deploy.blocks import block_candidates
 from nncompress.deploy.graph import GraphBuilder
 from nncompress.deploy.report import ExportError, ExportReport, TensorStorage
+from nncompress.deploy.runtime import checked_bytes, ort_session
 from nncompress.deploy.storage import FORMS, candidates
 from nncompress.errors import ConfigError
 
@@ -272,15 +273,6 @@ def _int8_matmuls(proto, values: Mapping[str, np.ndarray]) -> int:
     return count
 
 
-def _session(data: bytes, threads: int = 1):
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    return ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
-
-
 def _run(sess, inputs: tuple[torch.Tensor, ...]) -> np.ndarray:
     return sess.run(None, {k: t.numpy() for k, t in zip(INPUT_NAMES, inputs)})[0]
 
@@ -320,7 +312,6 @@ def export_transformers_onnx(model_or_nnc_path: nn.Module | str | os.PathLike, o
         source: the ``.nnc`` file a given model was loaded from (its header gives the
             block and group sizes of ``kmeans_rows`` / ``gptq`` tensors, and its bytes).
     """
-    import onnx
     from onnx import helper
 
     from nncompress.models.hf_arch import is_transformers_model
@@ -361,15 +352,11 @@ def export_transformers_onnx(model_or_nnc_path: nn.Module | str | os.PathLike, o
         proto.opset_import.extend([helper.make_opsetid("", EXPORT_OPSET)])
         proto.ir_version = helper.find_min_ir_version_for(list(proto.opset_import))
         proto.producer_name = "nncompress"
-        try:
-            onnx.checker.check_model(proto, full_check=True)
-        except onnx.checker.ValidationError as exc:
-            raise ExportError(f"the ONNX graph fails onnx.checker: {str(exc)[:400]}") from None
-        data = proto.SerializeToString()
+        data = checked_bytes(proto)
         max_diff = tol = None
         batches: list[int] = []
         if check:
-            sess = _session(data)
+            sess = ort_session(data)
             max_diff, min_cos = 0.0, 1.0
             for xs in (inputs, example_text_inputs(model, 1, 9, seed=1)):
                 with torch.no_grad():

@@ -1,0 +1,41 @@
+"""onnxruntime and onnx plumbing shared by the exporters and ``nncompress bench``: one way
+to open a CPU session and one way to validate and serialise an exported graph."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from nncompress.deploy.report import ExportError
+
+NEED = "pip install 'nncompress[deploy]' (onnx>=1.16, onnxruntime>=1.18)"
+
+
+def ort_session(path_or_bytes: Any, threads: int = 1):
+    """An onnxruntime CPU session on a file path or serialised model, ``threads`` intra-op
+    threads, 1 inter-op thread, sequential execution, all graph optimizations.
+
+    Example:
+        >>> sess = ort_session("model.onnx", threads=2)  # doctest: +SKIP
+    """
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise ImportError(f"nncompress.deploy needs the 'onnxruntime' package: {NEED}") from None
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    src = path_or_bytes if isinstance(path_or_bytes, bytes) else str(path_or_bytes)
+    return ort.InferenceSession(src, opts, providers=["CPUExecutionProvider"])
+
+
+def checked_bytes(proto: Any) -> bytes:
+    """``proto`` serialised after ``onnx.checker.check_model(full_check=True)``; a graph
+    that fails it raises ``ExportError`` with the checker's message."""
+    import onnx
+
+    try:
+        onnx.checker.check_model(proto, full_check=True)
+    except onnx.checker.ValidationError as exc:
+        raise ExportError(f"the ONNX graph fails onnx.checker: {str(exc)[:400]}") from None
+    return proto.SerializeToString()
