@@ -253,16 +253,10 @@ def row_recipe(name: str, stages: Callable[[list], list] | None = None) -> Calla
 
 def check_disjoint(ctx: dict, corpus: dict) -> None:
     """The recipe's calibration and training passages must not meet the evaluation set."""
-    from nncompress.data.corpus import (
-        distinct_passages,
-        dumpavail_text,
-        parse_descriptions,
-        split_passages,
-    )
+    from nncompress.data.corpus import debian_splits
     from nncompress.recipes.schema import corpus_sizes
     c = corpus_sizes(corpus)
-    used = split_passages(distinct_passages(parse_descriptions(dumpavail_text())),
-                          {"calib": c["calib"], "train": c["train"]}, c["seed"])
+    used, _ = debian_splits({"calib": c["calib"], "train": c["train"]}, c["seed"])
     seen = set(used["calib"]) | set(used["train"])
     clash = seen & set(ctx["sentences"])
     if clash:

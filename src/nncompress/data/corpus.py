@@ -166,6 +166,20 @@ def dumpavail_text() -> str:
     return run.stdout.decode("utf-8", errors="replace")
 
 
+def debian_splits(sizes: dict[str, int], seed: int = 0, text: str | None = None) -> tuple[dict[str, list[str]], int]:
+    """(split name -> passages, distinct passages found): disjoint splits of the given
+    sizes, in order, of the package descriptions of ``apt-cache dumpavail`` (or ``text``,
+    that output), shuffled with ``seed``. The same sizes and seed give the same splits, and
+    a split of a run is a prefix-aligned cut of the same shuffled list.
+
+    Example:
+        >>> debian_splits({"calib": 256, "test": 1000})[0]["test"][:1]  # doctest: +SKIP
+        ['Tool to ...']
+    """
+    passages = distinct_passages(parse_descriptions(dumpavail_text() if text is None else text))
+    return split_passages(passages, sizes, seed), len(passages)
+
+
 def debian_corpus(out_dir: str | Path, calib: int = 512, train: int = 8192, eval: int = 1024,
                   seed: int = 0, text: str | None = None) -> CorpusReport:
     """Write disjoint ``calib.txt``, ``train.txt`` and ``eval.txt`` into ``out_dir`` from
@@ -182,11 +196,10 @@ def debian_corpus(out_dir: str | Path, calib: int = 512, train: int = 8192, eval
     sizes = {"calib": check_int(calib, "calib", 1), "train": check_int(train, "train", 1),
              "eval": check_int(eval, "eval", 1)}
     check_int(seed, "seed", 0)
-    passages = distinct_passages(parse_descriptions(dumpavail_text() if text is None else text))
-    splits = split_passages(passages, sizes, seed)
+    splits, available = debian_splits(sizes, seed, text)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     for name, lines in splits.items():
         (out / f"{name}.txt").write_text("".join(line + "\n" for line in lines), encoding="utf-8")
-    log.info("corpus: %d distinct passages, wrote %s to %s", len(passages), sizes, out)
-    return CorpusReport(str(out), {k: len(v) for k, v in splits.items()}, len(passages))
+    log.info("corpus: %d distinct passages, wrote %s to %s", available, sizes, out)
+    return CorpusReport(str(out), {k: len(v) for k, v in splits.items()}, available)

@@ -109,11 +109,18 @@ def _call_data_factory(name: str, kwargs: Mapping[str, Any]) -> BuiltData:
 
 
 def _text_data(files: Mapping[str, str], pretrained: Any) -> BuiltData:
+    from nncompress.data.text import read_lines
+
+    return _text_sets({k: read_lines(f) for k, f in files.items()}, pretrained)
+
+
+def _text_sets(lines: Mapping[str, list[str]], pretrained: Any) -> BuiltData:
+    """TextDatasets of the calib/train/test passages, tokenized by the model's tokenizer."""
     if pretrained is None:
         raise ConfigError("data.text needs a tokenizer: use it with model: {huggingface: PATH}")
-    from nncompress.data.text import TextDataset, read_lines  # H1's text data
+    from nncompress.data.text import TextDataset
 
-    sets = {k: TextDataset(read_lines(f), pretrained.tokenizer) for k, f in files.items()}
+    sets = {k: TextDataset(v, pretrained.tokenizer) for k, v in lines.items()}
     train = sets.get("train", sets.get("calib"))
     if train is None:
         raise ConfigError("data.text needs a train or calib file")
@@ -122,16 +129,12 @@ def _text_data(files: Mapping[str, str], pretrained: Any) -> BuiltData:
 
 def _corpus_data(spec: Mapping[str, Any], pretrained: Any) -> BuiltData:
     """``data.corpus``: disjoint calib/train/test passages from Debian's package lists,
-    written to a temporary folder and read as ``data.text``."""
-    import tempfile
-
-    from nncompress.data.corpus import debian_corpus
+    tokenized like ``data.text``."""
+    from nncompress.data.corpus import debian_splits
 
     c = corpus_sizes(spec)
-    with tempfile.TemporaryDirectory(prefix="nncompress-corpus-") as tmp:
-        debian_corpus(tmp, calib=c["calib"], train=c["train"], eval=c["test"], seed=c["seed"])
-        files = {"calib": f"{tmp}/calib.txt", "train": f"{tmp}/train.txt", "test": f"{tmp}/eval.txt"}
-        return _text_data(files, pretrained)
+    splits, _ = debian_splits({k: c[k] for k in ("calib", "train", "test")}, c["seed"])
+    return _text_sets(splits, pretrained)
 
 
 def first_sample(data: Any) -> Any:
