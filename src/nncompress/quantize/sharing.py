@@ -275,7 +275,7 @@ def share_rows(weight: torch.Tensor, bits: int, rows_per_codebook: int | None,
 
     Example:
         >>> w = torch.tensor([[0., 1.], [1., 1.], [5., 6.], [5., 5.]])
-        >>> share_rows(w, 1, 2, SharingConfig()).codebook.tolist()
+        >>> share_rows(w, 2, 2, SharingConfig()).codebook.tolist()
         [0.0, 1.0, 5.0, 6.0]
     """
     bits = _check_emb_bits(bits, "bits_emb")
@@ -499,23 +499,37 @@ def recover_sharing(model: nn.Module, bits: int = 8) -> SharedWeights:
         if name not in params or codec not in ("deep", EMB_CODEC):
             continue
         w = params[name].detach()
-        if codec == "deep":
-            mask = w != 0
-            codebook, labels = torch.unique(w[mask].float(), return_inverse=True)
-        else:
-            if w.dim() != 2:
-                continue
-            rows = w.shape[0]
-            rpc = int(opts.get("rows_per_codebook") or max(rows, 1))
-            books, labs, offset = [], [], 0
-            for start in range(0, rows, rpc):
-                cb, lab = torch.unique(w[start:start + rpc].float().reshape(-1), return_inverse=True)
-                books.append(cb)
-                labs.append(lab + offset)
-                offset += cb.numel()
-            codebook, labels = torch.cat(books), torch.cat(labs)
-            mask = torch.ones_like(w, dtype=torch.bool)
-        if codebook.numel() > 1 << 16:
-            continue  # not a shared weight (more distinct values than any codebook)
-        layers[name] = LayerSharing(codebook, labels.to(torch.int64), mask, bits)
+        if codec == EMB_CODEC and w.dim() != 2:
+            continue
+        layer = sharing_of(w, bits, opts.get("rows_per_codebook") if codec == EMB_CODEC else None,
+                           dense=codec == EMB_CODEC)
+        if layer.codebook.numel() <= 1 << 16:  # more distinct values than any codebook: not shared
+            layers[name] = layer
     return SharedWeights(layers)
+
+
+def sharing_of(weight: torch.Tensor, bits: int, rows_per_codebook: int | None = None,
+               dense: bool = False) -> LayerSharing:
+    """The ``LayerSharing`` of a weight whose values already lie on codebooks: its distinct
+    nonzero values (``dense``: every value, zeros included) per block of
+    ``rows_per_codebook`` rows (None: one block) become the joined codebook.
+
+    Example:
+        >>> sharing_of(torch.tensor([[0., 2.], [2., 0.]]), 1).codebook.tolist()
+        [2.0]
+    """
+    w = weight.detach()
+    if rows_per_codebook is None and not dense:
+        mask = w != 0
+        codebook, labels = torch.unique(w[mask].float(), return_inverse=True)
+        return LayerSharing(codebook, labels.to(torch.int64), mask, bits)
+    rows = w.shape[0]
+    rpc = int(rows_per_codebook or max(rows, 1))
+    books, labs, offset = [], [], 0
+    for start in range(0, rows, rpc):
+        cb, lab = torch.unique(w[start:start + rpc].float().reshape(-1), return_inverse=True)
+        books.append(cb)
+        labs.append(lab + offset)
+        offset += cb.numel()
+    return LayerSharing(torch.cat(books), torch.cat(labs).to(torch.int64), torch.ones_like(w, dtype=torch.bool),
+                        bits)

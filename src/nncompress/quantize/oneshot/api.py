@@ -47,7 +47,7 @@ from nncompress.quantize.oneshot.solver import (
     rtn_layer,
     solve_layer,
 )
-from nncompress.quantize.sharing import LayerSharing, SharedWeights
+from nncompress.quantize.sharing import LayerSharing, SharedWeights, sharing_of
 
 log = logging.getLogger(__name__)
 GRIDS = ("uniform", "kmeans")
@@ -276,22 +276,11 @@ def _compress_layer(name, module, h, config, masks, shared, errors, hints) -> No
     if res.mask is not None:
         masks[pname] = res.mask.view(p.shape).to(p.device)
     if isinstance(grid, CodebookGrid):
-        w = p.detach()
         if grid.rows_per_codebook is not None and p.dim() == 2:  # a codebook per block of rows
-            rpc = grid.rows_per_codebook
-            books, labs, offset = [], [], 0
-            for start in range(0, w.shape[0], rpc):
-                cb, lab = torch.unique(w[start:start + rpc].float().reshape(-1), return_inverse=True)
-                books.append(cb)
-                labs.append(lab + offset)
-                offset += cb.numel()
-            shared[pname] = LayerSharing(torch.cat(books), torch.cat(labs).to(torch.int64),
-                                         torch.ones_like(w, dtype=torch.bool), int(config.bits))
-            hints[pname] = ("kmeans_rows", {"rows_per_codebook": rpc})
+            shared[pname] = sharing_of(p, int(config.bits), grid.rows_per_codebook)
+            hints[pname] = ("kmeans_rows", {"rows_per_codebook": grid.rows_per_codebook})
         else:
-            mask = w != 0
-            codebook, labels = torch.unique(w[mask].float(), return_inverse=True)
-            shared[pname] = LayerSharing(codebook, labels.to(torch.int64), mask, int(config.bits))
+            shared[pname] = sharing_of(p, int(config.bits))
             # a dense 2-D layer: codebook + indices, no positions (kmeans_rows); else deep (CSR)
             hints[pname] = ("kmeans_rows", {}) if res.mask is None and p.dim() == 2 else ("deep", {})
     elif isinstance(grid, UniformGrid):
