@@ -85,7 +85,7 @@ def from_dict(cls: type[T], data: Any, where: str = "config") -> T:
     Example:
         >>> from nncompress.train import TrainConfig
         >>> from_dict(TrainConfig, {"epochs": 2}).epochs
-        2
+        2.0
     """
     if data is None:
         data = {}

@@ -45,6 +45,7 @@ def prunable_weights(
     Raises ``ConfigError`` when nothing is left to prune.
 
     Example:
+        >>> from nncompress.models.lenet import LeNet300100
         >>> list(prunable_weights(LeNet300100()))
         ['fc1.weight', 'fc2.weight', 'fc3.weight']
     """

@@ -18,8 +18,8 @@ codebooks as fp16 (the simulated model uses the fp16-rounded codewords).
 
 Example:
     >>> m = nn.Sequential(nn.Linear(16, 8))
-    >>> product_quantize(m, PQConfig(sub_dim=4, centroids=4)).layers["0"]["bits_per_weight"]
-    0.5
+    >>> product_quantize(m, PQConfig(sub_dim=4, centroids=4)).layers["0"]["bits_per_weight"]  # codes + fp16 codebooks
+    8.5
 """
 
 from __future__ import annotations

@@ -162,8 +162,9 @@ def find_groups(
     """All prunable channel groups of ``model`` (the output layer's group excluded).
 
     Example:
+        >>> from nncompress.models import build_model
         >>> [g.name for g in find_groups(build_model("lenet5"), torch.randn(1, 1, 28, 28))]
-        ['conv2', 'fc1', 'conv1']
+        ['fc1', 'conv2', 'conv1']
     """
     return groups_from_graph(model, build_graph(model, example_inputs), skip)
 

@@ -426,7 +426,7 @@ def rtn_layer(w: torch.Tensor, *, grid: Grid | None = None, sparsity: float = 0.
 
     Example:
         >>> rtn_layer(torch.tensor([[0.4, -1.0]]), grid=UniformGrid(2, symmetric=True)).tolist()
-        [[0.6666666865348816, -0.6666666865348816]]
+        [[0.66650390625, -1.3330078125]]
     """
     w = w.detach().float()
     rows, d = w.shape
