@@ -9,6 +9,7 @@ import yaml
 
 import nncompress
 from nncompress import cli
+from nncompress.cli import run as cli_run
 from nncompress.cli import main
 from nncompress.errors import ConfigError
 from nncompress.models import build_model
@@ -227,7 +228,7 @@ def test_sign_and_verify(tmp_path, capsys, nnc):
 def test_internal_error_is_one_line_and_traceback_only_with_v(monkeypatch, capsys):
     def boom(args):
         raise RuntimeError("kaputt")
-    monkeypatch.setattr(cli, "_cmd_recipes", boom)
+    monkeypatch.setattr(cli_run, "_cmd_recipes", boom)
     assert main(["recipes"]) == 1
     err = capsys.readouterr().err
     assert err == "nncompress: internal error: RuntimeError: kaputt (run with -v for the traceback)\n"
@@ -245,7 +246,7 @@ def test_internal_error_is_one_line_and_traceback_only_with_v(monkeypatch, capsy
 def test_bad_input_exceptions(monkeypatch, capsys, exc, rc, text):
     def raise_it(args):
         raise exc
-    monkeypatch.setattr(cli, "_cmd_recipes", raise_it)
+    monkeypatch.setattr(cli_run, "_cmd_recipes", raise_it)
     assert main(["recipes"]) == rc
     err = capsys.readouterr().err
     assert text in err and "Traceback" not in err
