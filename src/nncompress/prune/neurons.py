@@ -36,6 +36,7 @@ def prune_dead_neurons(model: nn.Module, example_inputs: torch.Tensor, atol: flo
     as zero (default: exactly zero, as left by masks).
 
     Example:
+        >>> from nncompress.models import build_model
         >>> model = build_model("lenet300")
         >>> model.fc1.weight.data[:10] = 0  # ten neurons with no input left
         >>> prune_dead_neurons(model, torch.zeros(2, 1, 28, 28))

@@ -47,6 +47,7 @@ def layer_costs(model: nn.Module, example_input: torch.Tensor) -> list[LayerCost
     """Per-module cost for ONE sample (the batch dimension of ``example_input`` is dropped).
 
     Example:
+        >>> from nncompress.models import build_model
         >>> [c.macs for c in layer_costs(build_model("lenet300"), torch.randn(1, 784))]
         [235200, 30000, 1000]
     """

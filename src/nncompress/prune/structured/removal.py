@@ -88,6 +88,7 @@ def remove_channels(
     leave a layer with zero channels. Returns ``model`` (modified in place).
 
     Example:
+        >>> from nncompress.models import build_model
         >>> m = build_model("lenet5")
         >>> remove_channels(m, {"conv1": [0, 1]}, torch.randn(1, 1, 28, 28)).conv1.out_channels
         18

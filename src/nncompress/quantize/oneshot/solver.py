@@ -257,9 +257,12 @@ def solve_layer(
     Cholesky factor is computed in float64 either way).
 
     Example:
-        >>> w, x = torch.randn(8, 16), torch.randn(16, 256)
-        >>> r = solve_layer(w, 2 * x @ x.T / 256, grid=UniformGrid(4))
-        >>> r.error < relative_error(w, rtn_layer(w, grid=UniformGrid(4)), 2 * x @ x.T / 256)
+        >>> g = torch.Generator().manual_seed(0)
+        >>> w = torch.randn(8, 16, generator=g)
+        >>> # correlated inputs (rank 4 plus noise): where OBS's compensation pays off
+        >>> x = torch.randn(16, 4, generator=g) @ torch.randn(4, 256, generator=g) + 0.1 * torch.randn(16, 256, generator=g)
+        >>> h = 2 * x @ x.T / 256
+        >>> solve_layer(w, h, grid=UniformGrid(4)).error < relative_error(w, rtn_layer(w, grid=UniformGrid(4)), h)
         True
     """
     rows, d = w.shape
