@@ -8,6 +8,7 @@ from nncompress.distill.attention import (
     attention_transfer_loss_fn,
 )
 from nncompress.distill.kd import DistillConfig, distillation_loss_fn, frozen_teacher, kd_loss
+from nncompress.distill.relational import relational_loss, similarity_matrix
 from nncompress.distill.unlabelled import (
     DistillReport,
     UnlabelledDistillConfig,
@@ -21,4 +22,4 @@ from nncompress.distill.unlabelled import (
 __all__ = ["AttentionTransferLoss", "DistillConfig", "DistillReport", "UnlabelledDistillConfig", "at_loss",
            "attention_map", "attention_transfer_loss_fn", "cosine_loss", "distill_unlabelled",
            "distillation_loss_fn", "frozen_teacher", "kd_loss", "masked_mse", "pool_embeddings",
-           "soft_target_loss"]
+           "relational_loss", "similarity_matrix", "soft_target_loss"]

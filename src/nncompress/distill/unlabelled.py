@@ -11,7 +11,14 @@ minimises one of, or a weighted sum of, these terms:
 - ``hidden``: mean squared error of the last hidden states over the unmasked tokens;
 - ``kd``: the K1 soft-target term ``T^2 KL(softmax(t/T) || softmax(s/T))`` on logits
   (``output.logits`` when the model returns them, else the first output), per token with
-  the attention mask for (N, T, V) logits.
+  the attention mask for (N, T, V) logits;
+- ``relational``: the in-batch cosine-similarity matrix of the student's pooled embeddings
+  matches the teacher's (``nncompress.distill.relational``: RKD / similarity-preserving KD;
+  ``relational_mode`` ``mse`` or ``kl`` at ``relational_temperature``): neighbour structure,
+  what a top-k nearest-neighbour search sees;
+- ``layers``: mean squared error of the outputs of the modules named in ``layers`` (e.g.
+  intermediate transformer blocks ``encoder.layer.2``), over the unmasked tokens, the same
+  module names in student and teacher.
 
 The compression already applied to the student is kept exact at every step:
 
@@ -43,7 +50,8 @@ import logging
 import math
 import random
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -53,6 +61,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from nncompress.checks import check_choice, check_float, check_int
+from nncompress.distill.relational import RELATIONAL_MODES, relational_loss
 from nncompress.errors import ConfigError
 from nncompress.modules import name_matches
 from nncompress.prune.mask import MaskCallback, Masks
@@ -60,7 +69,8 @@ from nncompress.quantize.sharing import SharedWeights, centroid_gradient
 
 log = logging.getLogger(__name__)
 
-LOSSES = ("cosine", "mse", "hidden", "kd")
+LOSSES = ("cosine", "mse", "hidden", "kd", "relational", "layers")
+POOLED_TERMS = ("cosine", "mse", "relational")
 SCHEDULES = ("cosine", "linear", "constant")
 Batch = Any  # a Tensor, a tuple/list (inputs first) or a dict of tensors (tokenizer output)
 
@@ -73,14 +83,25 @@ class UnlabelledDistillConfig:
     Example:
         >>> UnlabelledDistillConfig(loss="hidden", weights={"cosine": 0.5}).terms()
         {'hidden': 1.0, 'cosine': 0.5}
+        >>> UnlabelledDistillConfig(weights={"relational": 2.0}, relational_mode="kl").terms()
+        {'cosine': 1.0, 'relational': 2.0}
     """
 
     loss: str = "cosine"
-    """Main term: ``cosine`` / ``mse`` (pooled embeddings), ``hidden`` (last hidden states) or ``kd`` (soft targets on logits)."""
+    """Main term: ``cosine`` / ``mse`` (pooled embeddings), ``hidden`` (last hidden states), ``kd``
+    (soft targets on logits), ``relational`` (in-batch similarities) or ``layers`` (named modules' outputs)."""
     weights: Mapping[str, float] = field(default_factory=dict)
-    """Extra terms and their weights (``{"hidden": 0.5}``); ``loss`` has weight 1 unless listed here."""
+    """Extra terms and their weights (``{"relational": 1.0}``); ``loss`` has weight 1 unless listed here."""
     temperature: float = 2.0
     """Softmax temperature T of the ``kd`` term (> 0)."""
+    relational_mode: str = "mse"
+    """Form of the ``relational`` term: ``mse`` of the off-diagonal cosine similarities, or ``kl``
+    of their row-wise softmax (a soft nearest-neighbour ranking)."""
+    relational_temperature: float = 0.1
+    """Softmax temperature of ``relational_mode: kl`` over cosine similarities in [-1, 1] (> 0)."""
+    layers: Sequence[str] = ()
+    """Module names whose outputs the ``layers`` term matches (MSE over unmasked tokens),
+    e.g. ``[encoder.layer.1, encoder.layer.3]``; needed by, and only allowed with, that term."""
     epochs: float = 1.0
     """Passes over the training batches (> 0; a fraction stops part-way through the last pass)."""
     max_steps: int | None = None
@@ -126,6 +147,18 @@ class UnlabelledDistillConfig:
         if sum(self.terms().values()) <= 0:
             raise ConfigError(f"the loss weights must not all be 0, got {self.terms()}")
         check_float(self.temperature, "temperature", 0, lo_open=True)
+        check_choice(self.relational_mode, RELATIONAL_MODES, "relational_mode")
+        check_float(self.relational_temperature, "relational_temperature", 0, lo_open=True)
+        if isinstance(self.layers, str) or not all(isinstance(n, str) and n for n in self.layers):
+            raise ConfigError(f"layers must be a list of module names, got {self.layers!r}")
+        self.layers = tuple(self.layers)
+        uses_layers = self.terms().get("layers", 0.0) > 0
+        if uses_layers and not self.layers:
+            raise ConfigError("the 'layers' loss term needs layers: a list of module names "
+                              "(e.g. [encoder.layer.2, encoder.layer.4])")
+        if self.layers and not uses_layers:
+            raise ConfigError(f"layers={list(self.layers)} is given but the 'layers' term has no weight; "
+                              "add weights: {layers: 1.0} (or loss: layers), or drop layers")
         check_float(self.epochs, "epochs", 0, lo_open=True)
         if self.max_steps is not None:
             check_int(self.max_steps, "max_steps", 1)
@@ -308,10 +341,37 @@ def _device_of(model: nn.Module) -> torch.device:
     return p.device if p is not None else torch.device("cpu")
 
 
+@contextmanager
+def _capture_layers(model: nn.Module, names: Sequence[str]) -> Iterator[dict[str, torch.Tensor]]:
+    """While open, every forward pass of ``model`` records the output (its first tensor) of
+    the modules ``names`` into the yielded dict, under ``layer:NAME``."""
+    got: dict[str, torch.Tensor] = {}
+    modules = dict(model.named_modules())
+    handles = []
+    for name in names:
+        def hook(_module: nn.Module, _inputs: Any, output: Any, key: str = f"layer:{name}") -> None:
+            got[key] = _first_output(output)
+        handles.append(modules[name].register_forward_hook(hook))
+    try:
+        yield got
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def _outputs(model: nn.Module, batch: Batch, cfg: UnlabelledDistillConfig,
+             terms: Mapping[str, float]) -> dict[str, torch.Tensor]:
+    """Run ``model`` on ``batch`` and collect what ``terms`` need (``layers`` via hooks)."""
+    names = cfg.layers if "layers" in terms else ()
+    with _capture_layers(model, names) as layers:
+        out = call_model(model, batch)
+    return {**_targets(out, batch, terms), **layers}
+
+
 def _targets(out: Any, batch: Batch, terms: Mapping[str, float]) -> dict[str, torch.Tensor]:
     """What the loss terms need of one model output: pooled embedding, hidden states, logits."""
     got: dict[str, torch.Tensor] = {}
-    if "cosine" in terms or "mse" in terms:
+    if any(t in terms for t in POOLED_TERMS):
         got["pooled"] = pool_embeddings(_first_output(out), _attention_mask(batch))
     if "hidden" in terms:
         got["hidden"] = _first_output(out)
@@ -333,6 +393,12 @@ def _loss(student: dict[str, torch.Tensor], teacher: dict[str, torch.Tensor], ba
             term = F.mse_loss(student["pooled"], teacher["pooled"])
         elif name == "hidden":
             term = masked_mse(student["hidden"], teacher["hidden"], mask)
+        elif name == "relational":
+            term = relational_loss(student["pooled"], teacher["pooled"], cfg.relational_mode,
+                                   cfg.relational_temperature)
+        elif name == "layers":
+            term = sum(masked_mse(student[f"layer:{n}"], teacher[f"layer:{n}"], mask)
+                       for n in cfg.layers) / len(cfg.layers)
         else:
             term = soft_target_loss(student["logits"], teacher["logits"], cfg.temperature, mask)
         total = total + w * term
@@ -372,6 +438,11 @@ def _check_names(model: nn.Module, shared: SharedWeights | None, masks: Masks | 
         if tuple(m.shape) != tuple(params[name].shape):
             raise ConfigError(f"mask {name}: shape {tuple(m.shape)} differs from the weight's "
                               f"{tuple(params[name].shape)}")
+    modules = dict(model.named_modules())
+    missing = [n for n in cfg.layers if n not in modules]
+    if missing:
+        raise ConfigError(f"layers {missing} are not modules of the student; module names look like "
+                          f"{[n for n in modules if n][:6]}")
     for pattern in cfg.freeze:
         if not any(name_matches(n, [pattern]) for n in params):
             raise ConfigError(f"freeze pattern {pattern!r} matches no parameter of the student; "
@@ -421,6 +492,11 @@ class _Run:
                  shared: SharedWeights | None, masks: Masks | None):
         self.student, self.teacher, self.cfg = student, teacher, cfg
         self.params = _check_names(student, shared, masks, cfg)
+        teacher_modules = dict(teacher.named_modules())
+        missing = [n for n in cfg.layers if n not in teacher_modules]
+        if missing:
+            raise ConfigError(f"layers {missing} are not modules of the teacher; module names look like "
+                              f"{[n for n in teacher_modules if n][:6]}")
         self.frozen = {n for n in self.params if name_matches(n, cfg.freeze)}
         self.shared = SharedWeights({n: l for n, l in (shared or {}).items() if n not in self.frozen})
         self.masks = Masks({n: m for n, m in (masks or {}).items() if n not in self.frozen})
@@ -450,15 +526,14 @@ class _Run:
     def teacher_targets(self, batch: Batch, terms: Mapping[str, float]) -> dict[str, torch.Tensor]:
         t0 = time.perf_counter()
         b = _to(batch, self.teacher_device)
-        got = {k: v.detach().to(self.device) for k, v in _targets(call_model(self.teacher, b), b, terms).items()}
+        got = {k: v.detach().to(self.device) for k, v in _outputs(self.teacher, b, self.cfg, terms).items()}
         self.teacher_seconds += time.perf_counter() - t0
         return got
 
     def step(self, batch: Batch, target: dict[str, torch.Tensor], lr_factor: float) -> float:
         cfg = self.cfg
         b = _to(batch, self.device)
-        out = call_model(self.student, b)
-        loss = _loss(_targets(out, b, cfg.terms()), target, b, cfg)
+        loss = _loss(_outputs(self.student, b, cfg, cfg.terms()), target, b, cfg)
         self.optimizer.zero_grad(set_to_none=True)
         for cb in self.codebooks.values():
             cb.grad = None
