@@ -40,10 +40,17 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     device = resolve_device(args.device)
     init_from_env(device)  # torchrun: one process group, gloo on CPU, nccl on CUDA
-    report = run_recipe(recipe, out, report_dir, progress=not args.quiet, command=command, device=device,
-                        checkpoint_dir=out.parent / f".{out.name}.resume", resume=args.resume)
-    if world()[0] != 0:
-        return 0  # rank 0 prints and writes
+    from nncompress.progress import RunProgress
+
+    # headings, bars (or plain lines off a terminal) and result lines on stderr; -q and the
+    # other ranks of torchrun: none (the curves are still recorded for the report)
+    progress = RunProgress(None if args.quiet or world()[0] != 0 else sys.stderr,
+                           stages=[s.name for s in recipe.stages])
+    report = run_recipe(recipe, out, report_dir, progress=progress, command=command, device=device,
+                        checkpoint_dir=out.parent / f".{out.name}.resume", resume=args.resume,
+                        stage_hook=progress.stage_hook)
+    if world()[0] != 0 or args.quiet:
+        return 0  # rank 0 prints and writes; -q prints nothing but errors
     s = report["summary"]
     print(f"recipe        {recipe.name}")
     metric = report.get("metric", "accuracy")
@@ -105,7 +112,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("recipe", nargs="?", default=DEFAULT_RECIPE, help="YAML path or built-in name")
     r.add_argument("--out", help="output .nnc file (default runs/<recipe>/model.nnc)")
     r.add_argument("--report", help="report folder (default: next to --out)")
-    r.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    r.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors (no progress, no summary)")
     r.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, mps or auto (default cpu)")
     r.add_argument("--resume", action="store_true",
                    help="continue a killed run from its last finished stage (or train epoch)")

@@ -12,6 +12,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from nncompress.format.codecs import CodecChoice
+from nncompress.progress import RunProgress
 from nncompress.prune.mask import Masks
 
 
@@ -45,6 +46,30 @@ class RunContext:
     metric_fn: Callable[..., Any] | None = None  # recipe 'metric:' (logits, target); None = accuracy
     calib_data: Any = None  # data factory's / text 'calib' split, when given
     score_fn: Callable[[nn.Module], float] | None = None  # replaces the test metric (an embedder's cosine)
+
+    @property
+    def progress(self) -> RunProgress:
+        """The run's progress reporter (``nncompress.progress.RunProgress``): stage headings,
+        labelled bars and result lines when the caller gave one that draws, and always the
+        recorded training curves (``ctx.progress.curves``, for the report). Kept in
+        ``extras["progress"]``, where ``run_recipe(progress=...)`` puts what it is given:
+        a ``RunProgress``, ``True`` (one drawing on stderr) or ``False`` (recording only).
+
+        Example:
+            >>> ctx.progress.curves[0]["label"]  # doctest: +SKIP
+            'train'
+        """
+        given = self.extras.get("progress")
+        if not isinstance(given, RunProgress):
+            import sys
+
+            given = RunProgress(sys.stderr if given else None)
+            self.extras["progress"] = given
+        return given
+
+    @progress.setter
+    def progress(self, value: RunProgress) -> None:
+        self.extras["progress"] = value
 
     def score(self, model: nn.Module | None = None) -> float:
         """The run's score of ``model`` (default: the run's model) on the test data: accuracy,

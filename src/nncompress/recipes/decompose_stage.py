@@ -92,7 +92,7 @@ def run_decompose(ctx: RunContext, cfg: DecomposeStageConfig) -> dict[str, Any]:
         if cfg.finetune is not None:
             callbacks = [MaskCallback(ctx.masks)] if ctx.masks is not None else []
             fit(ctx.model, ctx.train_data, cfg.finetune, callbacks=callbacks,
-                loss_fn=distill_loss(ctx, cfg.distill, cfg.finetune), progress=ctx.extras.get("progress", False))
+                loss_fn=distill_loss(ctx, cfg.distill, cfg.finetune), progress=ctx.progress.fits(f"{cfg.method} fine-tune"))
             ctx.snapshot("after_decompose_finetune")
         summary = distill_summary(cfg.distill, ctx)
     return {"method": cfg.method, "layers": [{**rep, "name": name} for name, rep in layers.items()],

@@ -57,6 +57,17 @@ class PruneStageConfig(IterativeConfig):
             raise ConfigError("prune.final_soup averages runs of final_retrain; add a 'final_retrain' config")
 
 
+def final_label(ingredients: int):
+    """Labels of the final retraining's fits: ``final retrain`` alone, ``final retrain
+    2/4`` for the ingredients of a soup.
+
+    Example:
+        >>> final_label(4)(1)
+        'final retrain 2/4'
+    """
+    return lambda i: "final retrain" if ingredients == 1 else f"final retrain {i + 1}/{ingredients}"
+
+
 @register_stage("prune", PruneStageConfig, "magnitude pruning, one-shot or iterative with retraining")
 def run_prune(ctx: RunContext, cfg: PruneStageConfig) -> dict[str, Any]:
     """The ``prune`` stage (attention-transfer hooks, if any, removed at its end)."""
@@ -80,7 +91,7 @@ def _prune(ctx: RunContext, cfg: PruneStageConfig) -> dict[str, Any]:
         res = iterative_prune(ctx.model, ctx.train_data, replace(cfg, schedule=schedule), val_data=ctx.test_data,
                               masks=ctx.masks, on_prune=adjust,
                               loss_fn=distill_loss(ctx, cfg.distill, cfg.retrain),
-                              progress=ctx.extras.get("progress", False))
+                              progress=ctx.progress.fits(lambda i: f"round {i + 1}/{len(schedule)} retrain"))
         ctx.masks = res.masks
         rounds = [{"sparsity": r.sparsity, "accuracy_pruned": r.accuracy_pruned,
                    "accuracy_retrained": r.accuracy_retrained} for r in res.rounds]
@@ -93,7 +104,7 @@ def _prune(ctx: RunContext, cfg: PruneStageConfig) -> dict[str, Any]:
         rounds = []
         if cfg.retrain is not None:
             fit(ctx.model, ctx.train_data, cfg.retrain, callbacks=[MaskCallback(ctx.masks)],
-                loss_fn=distill_loss(ctx, cfg.distill, cfg.retrain))
+                loss_fn=distill_loss(ctx, cfg.distill, cfg.retrain), progress=ctx.progress.fits("retrain"))
     soup: dict[str, Any] = {}
     if cfg.final_retrain is not None:
         masks = ctx.masks
@@ -101,7 +112,7 @@ def _prune(ctx: RunContext, cfg: PruneStageConfig) -> dict[str, Any]:
                        callbacks=lambda: [MaskCallback(masks)],
                        loss_fn=distill_loss(ctx, cfg.distill, cfg.final_retrain),
                        evaluate_fn=ctx.score if cfg.final_soup > 1 else None,
-                       progress=ctx.extras.get("progress", False))
+                       progress=ctx.progress.fits(final_label(cfg.final_soup)))
         if cfg.final_soup > 1:
             soup = {"ingredients": cfg.final_soup, "ingredient_accuracy": res.ingredient_scores,
                     "soup_of_first_accuracy": res.prefix_scores, "soup_accuracy": res.soup_score}

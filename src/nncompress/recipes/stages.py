@@ -5,6 +5,7 @@ New techniques register their stage with ``register_stage``; the YAML key is its
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -32,15 +33,30 @@ class StageSpec:
     doc: str = ""
 
 
+def reported(name: str, fn: Callable[[RunContext, Any], dict[str, Any] | None]
+             ) -> Callable[[RunContext, Any], dict[str, Any] | None]:
+    """``fn`` with the run's progress told when the stage starts (its heading, after the
+    previous stage's result line): every registered stage gets it, so a stage's own code
+    only labels its fits (``ctx.progress.fits(label)``)."""
+    @functools.wraps(fn)
+    def run(ctx: RunContext, cfg: Any) -> dict[str, Any] | None:
+        progress = getattr(ctx, "progress", None)
+        if progress is not None:
+            progress.stage_begin(name, cfg, ctx)
+        return fn(ctx, cfg)
+    return run
+
+
 class StageRegistry:
-    """Stage name -> spec; ``STAGES`` is the default instance."""
+    """Stage name -> spec; ``STAGES`` is the default instance. A registered stage's ``run``
+    reports its start to the run's progress (``reported``)."""
 
     def __init__(self) -> None:
         self._stages: dict[str, StageSpec] = {}
 
     def register(self, name: str, config: type, doc: str = ""):
         def deco(fn):
-            self._stages[name] = StageSpec(name, config, fn, doc)
+            self._stages[name] = StageSpec(name, config, reported(name, fn), doc)
             return fn
         return deco
 
@@ -82,7 +98,7 @@ class EvaluateConfig:
 @register_stage("train", TrainConfig, "train the model (options: TrainConfig fields)")
 def run_train(ctx: RunContext, cfg: TrainConfig) -> dict[str, Any]:
     callbacks = [MaskCallback(ctx.masks)] if ctx.masks is not None else []
-    hist = fit(ctx.model, ctx.train_data, cfg, callbacks=callbacks, progress=ctx.extras.get("progress", False),
+    hist = fit(ctx.model, ctx.train_data, cfg, callbacks=callbacks, progress=ctx.progress.fits("train"),
                loss_fn=ctx.loss_fn, checkpoint=ctx.extras.get("fit_checkpoint"))
     keep_trained_teacher(ctx)
     ctx.snapshot("trained")

@@ -192,7 +192,7 @@ def fit(
     val_data: Data | None = None,
     optimizer: torch.optim.Optimizer | None = None,
     checkpoint: str | Path | None = None,
-    progress: bool = False,
+    progress: bool | Any = False,
     loss_fn: LossFn | None = None,
 ) -> History:
     """Train ``model`` on ``train_data`` with SGD/Adam, an LR schedule and callbacks.
@@ -205,6 +205,11 @@ def fit(
     cross-entropy (distillation and non-classification tasks; needed when batches carry no
     labels); ``logits`` is the model's output tensor (``.logits`` or the first element of a
     tuple output).
+
+    ``progress``: ``True`` draws a bar (or, off a terminal, a few lines) on stderr; a
+    reporter with ``fit_begin`` (``nncompress.progress.RunProgress.fits(label)``) gets the
+    fit's steps and epochs instead (its label, running loss and accuracy, the recorded
+    curve); ``False`` reports nothing (``log.info`` per epoch only).
 
     Determinism: the shuffle order of epoch e is drawn from ``seed + e`` and the global RNG
     is seeded from ``seed``, so a run killed and resumed from ``checkpoint`` (saved after
@@ -257,11 +262,15 @@ def fit(
     cbs.on_fit_begin(model, opt)
     t0 = time.perf_counter()
     step = start_epoch * steps_per_epoch
-    bar = None
-    if progress and rank == 0:
-        from tqdm.auto import tqdm
+    reporter = None
+    if progress is not False and progress is not None and rank == 0:
+        if not hasattr(progress, "fit_begin"):  # progress=True: the terminal's stderr
+            import sys
 
-        bar = tqdm(total=total_steps, initial=step, desc="train", leave=False)
+            from nncompress.progress import RunProgress
+
+            progress = RunProgress(sys.stderr).fits("train")
+        reporter = progress.fit_begin(total_steps, steps_per_epoch, n_epochs, step, list(history.epochs))
     for epoch in range(start_epoch, n_epochs):
         model.train()
         cbs.on_epoch_begin(epoch)
@@ -294,9 +303,11 @@ def fit(
             else:
                 loss = nn.functional.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
             n = batch_len(batch)
-            loss_sum += loss.item() * n
+            batch_loss, batch_correct = loss.item(), None
+            loss_sum += batch_loss * n
             if y is not None and _is_class_target(logits, y):
-                correct += (logits.argmax(1) == y).sum().item()
+                batch_correct = int((logits.argmax(1) == y).sum().item())
+                correct += batch_correct
                 counted += n
             seen += n
             loss = cbs.before_backward(loss, model)
@@ -306,8 +317,8 @@ def fit(
             opt.step()
             cbs.after_optimizer_step(model, opt)
             step += 1
-            if bar is not None:
-                bar.update(1)
+            if reporter is not None:
+                reporter.step(batch_loss, n, batch_correct)
         metrics = {"epoch": float(epoch), "train_loss": loss_sum / max(seen, 1)}
         if counted:
             metrics["train_accuracy"] = correct / counted
@@ -316,11 +327,13 @@ def fit(
             metrics.update(val_accuracy=ev["accuracy"], val_loss=ev["loss"])
         cbs.on_epoch_end(epoch, metrics)
         history.epochs.append(metrics)
+        if reporter is not None:
+            reporter.epoch_end(epoch, metrics)
         log.info("epoch %d: %s", epoch, metrics)
         if checkpoint is not None and rank == 0:
             save_checkpoint(checkpoint, model, opt, cbs, epoch + 1, history.epochs, asdict(cfg))
-    if bar is not None:
-        bar.close()
+    if reporter is not None:
+        reporter.close()
     for g, base in zip(opt.param_groups, base_lrs):
         g["lr"] = base
     unwrap(net)
