@@ -75,3 +75,28 @@ def test_transformer_recipe_gptq_embeddings_distill(tmp_path, tiny_minilm):
         assert torch.equal(v, loaded.state_dict()[k]), k
     assert not torch.equal(original["encoder.layer.0.attention.self.query.weight"],
                            tiny.encoder.layer[0].attention.self.query.weight)
+
+
+def test_transformer_recipe_pq_embeddings_relational_distill(tmp_path, tiny_minilm):
+    """PQ word embeddings train their fp16 codewords in the distill stage (relational +
+    cosine) and are rounded back to fp16 values, so the saved file holds the distilled model
+    (the runner checks the loaded file scores exactly the same)."""
+    folder, tiny, _ = tiny_minilm
+    words = "a cat sat on the mat while the dog barked at rain in spring and the sun was warm".split()
+    g = torch.Generator().manual_seed(1)
+    lines = [" ".join(words[i] for i in torch.randint(len(words), (6,), generator=g).tolist()) for _ in range(40)]
+    for k, (a, b) in {"calib": (0, 8), "train": (8, 32), "test": (32, 40)}.items():
+        (tmp_path / f"{k}.txt").write_text("\n".join(lines[a:b]) + "\n")
+    recipe = parse_recipe({
+        "name": "tiny-pq", "model": {"huggingface": folder},
+        "data": {"text": {k: str(tmp_path / f"{k}.txt") for k in ("calib", "train", "test")}},
+        "stages": [{"quantize": {"method": "pq", "sub_dim": 4, "centroids": 16,
+                                 "include": ["embeddings.word_embeddings"]}},
+                   {"distill": {"weights": {"relational": 1.0}, "epochs": 2, "lr": 1e-3, "batch_size": 8}}]})
+    report = run_recipe(recipe, tmp_path / "m.nnc")
+    distill = next(s for s in report["stages"] if s["stage"] == "distill")
+    assert distill["accuracy"] > report["stages"][0]["accuracy"]
+    books = tiny.embeddings.word_embeddings.codebooks
+    assert torch.equal(books, books.half().float())  # rounded after training
+    loaded = nncompress.load(tmp_path / "m.nnc")
+    assert torch.equal(loaded.embeddings.word_embeddings.codebooks, books)
