@@ -31,13 +31,19 @@ from nncompress.recipes.schema import Recipe
 from nncompress.recipes.stages import STAGES
 from nncompress.recipes.teacher import keep_trained_teacher
 from nncompress.recipes.validate import validate_recipe
-from nncompress.report.plots import accuracy_per_stage, weight_histograms
+from nncompress.report import plots
+from nncompress.report.byte_split import byte_split
+from nncompress.report.distributions import weight_distributions
+from nncompress.report.html import report_html
 from nncompress.report.writer import report_markdown, write_json
 from nncompress.train.batches import to_device
 from nncompress.train.checkpoint import atomic_write_bytes
 from nncompress.train.ddp import barrier, broadcast_masks, broadcast_model, ranks_agree, world
 
 log = logging.getLogger(__name__)
+STAGE_BYTES_MAX_PARAMETERS = 5_000_000
+"""Above this many parameters the size after each stage is not measured (encoding the
+model once per stage would cost more than the report is worth)."""
 DISTRIBUTED_STAGES = ("train", "prune", "quantize", "decompose", "encode", "evaluate")
 """Stages that run under torchrun: their training goes through ``fit`` (DDP) and their
 decisions (masks, codebooks, low-rank factors) are made from identical weights on every
@@ -155,6 +161,8 @@ def run_recipe(recipe: Recipe, out: str | Path, report_dir: str | Path | None = 
         ctx.masks = broadcast_masks(ctx.masks)
         acc = ctx.score()
         ctx.records.append(StageRecord(stage.name, time.perf_counter() - t0, acc, extra))
+        if "bytes" not in extra:
+            extra["bytes"] = stored_bytes(ctx.model, ctx.codecs)
         if stage.name == "train" and dense_accuracy is None:
             dense_accuracy = acc
             ctx.extras["dense_stats"] = count_parameters(ctx.model)
@@ -193,7 +201,8 @@ def run_recipe(recipe: Recipe, out: str | Path, report_dir: str | Path | None = 
     if compressed_accuracy != evaluated_accuracy:
         raise NNCompressError(f"the loaded model scores {compressed_accuracy}, the saved one "
                               f"{evaluated_accuracy}: the file does not reproduce the model")
-    ctx.records.append(StageRecord("save+load", time.perf_counter() - t0, compressed_accuracy))
+    ctx.records.append(StageRecord("save+load", time.perf_counter() - t0, compressed_accuracy,
+                                   {"bytes": info.file_bytes}))
     table = compression_table(info)
     stats, tot = _model_stats(loaded, ctx.example_input)
     report = {
@@ -216,6 +225,9 @@ def run_recipe(recipe: Recipe, out: str | Path, report_dir: str | Path | None = 
             "weights": tot["weights"], "nonzero_weights": tot["nonzeros"],
             "macs": tot["macs"], "sparse_macs": tot["sparse_macs"], "original_macs": original_macs,
         },
+        "references": [ref.to_dict() for ref in recipe.references],
+        "curves": list(getattr(getattr(ctx, "progress", None), "curves", None) or []),
+        "byte_split": byte_split(info),
         "stages": [{"stage": r.stage, "seconds": r.seconds, "accuracy": r.accuracy, **r.extra}
                    for r in ctx.records],
         "layers": [s.to_dict() for s in stats],
@@ -223,6 +235,9 @@ def run_recipe(recipe: Recipe, out: str | Path, report_dir: str | Path | None = 
                                      "ratio_vs_original": original["dense_fp32_bytes"] / info.file_bytes}},
     }
     if report_dir is not None:
+        stored = {k: v.detach().cpu().numpy().ravel() for k, v in loaded.state_dict().items()
+                  if k.endswith("weight") and v.dim() > 1 and v.is_floating_point()}
+        report["distributions"] = weight_distributions(ctx.snapshots, stored) if ctx.snapshots else {}
         write_report(report, ctx, Path(report_dir))
     if checkpoints is not None:
         checkpoints.clear()
@@ -230,16 +245,56 @@ def run_recipe(recipe: Recipe, out: str | Path, report_dir: str | Path | None = 
     return report
 
 
-def write_report(report: dict[str, Any], ctx: RunContext, folder: Path) -> None:
-    """report.json, report.md and the plots into ``folder``."""
+def stored_bytes(model: torch.nn.Module, codecs: Mapping[str, Any] | None = None) -> int | None:
+    """Bytes of the model's tensor sections as ``save`` would write them now (the run's
+    codec choices, else ``auto``; header not counted): the size after a stage. None for
+    a model above ``STAGE_BYTES_MAX_PARAMETERS`` or one the codecs cannot store yet.
+
+    Example:
+        >>> stored_bytes(torch.nn.Linear(4, 2))  # 8 fp32 weights + 2 biases, raw
+        40
+    """
+    from nncompress.format.model_io import encode_state, plan_codecs
+
+    if sum(p.numel() for p in model.parameters()) > STAGE_BYTES_MAX_PARAMETERS:
+        return None
+    try:
+        return sum(enc.nbytes for enc in encode_state(model, plan_codecs(model, codecs or None), verify=False).values())
+    except NNCompressError as exc:  # e.g. a codec chosen for a later stage's weights
+        log.info("size after the stage not measured: %s", exc)
+        return None
+
+
+def write_report(report: dict[str, Any], ctx: RunContext | None, folder: Path) -> None:
+    """report.json, report.md, report.html and the plots (PNG, for report.md) into
+    ``folder``. ``ctx`` is unused (kept for callers); everything drawn comes from the
+    report dictionary, so ``nncompress report`` can draw the same page again."""
     folder.mkdir(parents=True, exist_ok=True)
-    plots = []
-    if ctx.snapshots:
-        weight_histograms(ctx.snapshots, folder / "weights.png")
-        plots.append("weights.png")
-    accuracy_per_stage([r["stage"] for r in report["stages"]], [r["accuracy"] for r in report["stages"]],
-                       folder / "accuracy.png")
-    plots.append("accuracy.png")
-    report["plots"] = plots
+    report["plots"] = write_plots(report, folder)
+    report["html"] = "report.html"
     write_json(folder / "report.json", report)
     atomic_write_bytes(folder / "report.md", report_markdown(report).encode())
+    atomic_write_bytes(folder / "report.html", report_html(report).encode())
+
+
+def write_plots(report: dict[str, Any], folder: Path) -> list[str]:
+    """The report's figures as PNG files for ``report.md``; returns their names. A figure
+    without its data (no curves, no snapshots) is not written."""
+    s = report["summary"]
+    figures = {
+        "weights.png": (lambda: plots.distributions_figure(report["distributions"]))
+        if report.get("distributions") else None,
+        "accuracy.png": lambda: plots.stages_figure(report["stages"], s.get("dense_fp32_bytes")),
+        "tradeoff.png": (lambda: plots.tradeoff_figure(s, report.get("references") or []))
+        if s.get("compressed_accuracy") is not None else None,
+        "curves.png": (lambda: plots.curves_figure(report["curves"]))
+        if any(c.get("epochs") for c in report.get("curves") or []) else None,
+        "layers.png": (lambda: plots.layers_figure(report["table"]["rows"], report.get("byte_split")))
+        if report.get("table", {}).get("rows") else None,
+    }
+    written = []
+    for name, draw in figures.items():
+        if draw is not None:
+            plots.save_png(draw(), folder / name)
+            written.append(name)
+    return written

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -235,6 +236,63 @@ def _no_negative_counts(value: Any, where: str) -> None:
 
 
 @dataclass
+class Reference:
+    """One point of ``references:``, drawn beside the run in the report's accuracy-vs-size
+    figure: a peer measured elsewhere (``bytes`` and ``accuracy``) or a published figure
+    given only as a compression ``ratio`` (drawn as a line at the size that ratio gives
+    this run's dense model)."""
+
+    label: str = ""
+    """What the point is, e.g. ``peer pipeline (torch prune + sklearn KMeans), seed 0``."""
+    source: str = ""
+    """Where the figure comes from: a results file of the benchmarks or a paper."""
+    bytes: int | None = None
+    """File size in bytes (give this or ``ratio``)."""
+    ratio: float | None = None
+    """Compression ratio vs the dense fp32 model, when no size applies to this set-up."""
+    accuracy: float | None = None
+    """Test accuracy as a fraction in [0, 1] (0.8951, not 89.51); none for a ratio-only figure."""
+
+    def __post_init__(self) -> None:
+        for key in ("label", "source"):
+            if not isinstance(getattr(self, key), str) or not getattr(self, key).strip():
+                raise ConfigError(f"{key} is required: a non-empty text, got {getattr(self, key)!r}")
+        if (self.bytes is None) == (self.ratio is None):
+            raise ConfigError(f"give one of bytes (a file size) or ratio (a compression ratio), got "
+                              f"bytes={self.bytes!r}, ratio={self.ratio!r}")
+        if self.bytes is not None and (isinstance(self.bytes, bool) or not isinstance(self.bytes, int)
+                                       or self.bytes < 1):
+            raise ConfigError(f"bytes={self.bytes!r} not allowed; allowed: a positive integer (a file size)")
+        if self.ratio is not None and not (isinstance(self.ratio, (int, float)) and not isinstance(self.ratio, bool)
+                                           and math.isfinite(self.ratio) and self.ratio > 0):
+            raise ConfigError(f"ratio={self.ratio!r} not allowed; allowed: a positive number (e.g. 40 for 40x)")
+        if self.accuracy is not None and not (isinstance(self.accuracy, (int, float))
+                                              and not isinstance(self.accuracy, bool)
+                                              and 0 <= self.accuracy <= 1):
+            hint = " (a fraction: write 0.8951 for 89.51%)" if isinstance(self.accuracy, (int, float)) else ""
+            raise ConfigError(f"accuracy={self.accuracy!r} not allowed; allowed: a number in [0, 1]{hint}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The point as the report stores it (unset fields left out)."""
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+
+def parse_references(raw: Any, source: str) -> list[Reference]:
+    """``references:`` of a recipe: a list of mappings, each a ``Reference``.
+
+    Example:
+        >>> parse_references([{"label": "paper", "ratio": 40, "source": "Han et al. 2016"}], "r")[0].ratio
+        40.0
+    """
+    if raw is None:
+        return []
+    if not isinstance(raw, list):
+        raise ConfigError(f"{source}: references must be a list of {{label, bytes or ratio, accuracy, source}}, "
+                          f"got {_short(raw)}")
+    return [from_dict(Reference, item, f"{source}: references[{i}]") for i, item in enumerate(raw)]
+
+
+@dataclass
 class Stage:
     name: str
     config: Any
@@ -250,9 +308,10 @@ class Recipe:
     description: str = ""
     loss: FactorySpec | None = None
     metric: FactorySpec | None = None
+    references: list[Reference] = field(default_factory=list)
 
 
-_TOP_KEYS = {"name", "description", "model", "data", "seed", "stages", "loss", "metric"}
+_TOP_KEYS = {"name", "description", "model", "data", "seed", "stages", "loss", "metric", "references"}
 
 
 def parse_recipe(raw: Any, source: str = "recipe") -> Recipe:
@@ -299,6 +358,7 @@ def parse_recipe(raw: Any, source: str = "recipe") -> Recipe:
         stages=stages, seed=seed, description=str(raw.get("description", "")),
         loss=None if raw.get("loss") is None else from_dict(FactorySpec, raw["loss"], f"{source}: loss"),
         metric=None if raw.get("metric") is None else from_dict(FactorySpec, raw["metric"], f"{source}: metric"),
+        references=parse_references(raw.get("references"), source),
     )
 
 
