@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TextIO
@@ -99,6 +100,15 @@ def _duration(seconds: float) -> str:
     return f"{int(seconds // 3600)}h{int(seconds % 3600 // 60):02d}m"
 
 
+def _size_known(stream: Any) -> bool:
+    """Whether the terminal behind ``stream`` tells its size (a pseudo-terminal may say 0 x 0)."""
+    try:
+        size = os.get_terminal_size(stream.fileno())
+    except (AttributeError, OSError, ValueError):
+        return False
+    return size.columns > 0 and size.lines > 0
+
+
 def _pct(value: float) -> str:
     return f"{100 * value:.2f}%"
 
@@ -123,8 +133,10 @@ class FitProgress:
         if run.drawing and run.terminal:
             from tqdm import tqdm
 
+            known = _size_known(run.stream)  # a terminal of unknown size (0 x 0) draws nothing: 100 x 24
             self.bar = tqdm(total=total_steps, initial=start_step, desc=self.title, leave=True,
-                            file=run.stream, dynamic_ncols=True)
+                            file=run.stream, dynamic_ncols=known, ncols=None if known else 100,
+                            nrows=None if known else 24)
 
     @property
     def title(self) -> str:
