@@ -94,6 +94,14 @@ def test_recording_only_by_default_and_curves_with_validation():
     assert all(0 <= e["val_accuracy"] <= 1 for e in curve["epochs"])
 
 
+def test_a_run_progress_given_to_fit_directly_labels_by_stage():
+    progress = RunProgress()
+    fit(nn.Linear(6, 2), _tiny_data(), TrainConfig(epochs=1, batch_size=16), progress=progress)
+    progress.stage_begin("warmup", None)
+    fit(nn.Linear(6, 2), _tiny_data(), TrainConfig(epochs=1, batch_size=16), progress=progress)
+    assert [(c["label"], c["stage"]) for c in progress.curves] == [("fit", ""), ("warmup", "warmup")]
+
+
 def test_a_bar_on_a_terminal_names_stage_epoch_and_loss():
     term = FakeTerminal()
     progress = RunProgress(term, stages=["train"])

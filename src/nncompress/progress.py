@@ -276,6 +276,12 @@ class RunProgress:
         (or ``label(i)`` for the i-th)."""
         return FitReporter(self, label)
 
+    def fit_begin(self, total_steps: int, steps_per_epoch: int, n_epochs: int, start_step: int = 0,
+                  done: Sequence[Mapping[str, float]] = ()) -> FitProgress:
+        """``fit(..., progress=run_progress)`` itself: the fit is labelled by the current
+        stage's name (``fit`` outside a stage)."""
+        return self.fits(self.stage or "fit").fit_begin(total_steps, steps_per_epoch, n_epochs, start_step, done)
+
     def stage_begin(self, name: str, cfg: Any, ctx: Any = None) -> None:
         """A stage starts: the previous stage's result line if not written yet (``ctx``: the
         run's context, whose last record it reads), then the heading."""
