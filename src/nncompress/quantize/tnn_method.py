@@ -43,6 +43,16 @@ from nncompress.quantize.methods import LayerInfo, QuantConfig
 from nncompress.quantize.quantizers import TWNQuantizer
 from nncompress.quantize.registry import QuantizeResult, QuantizeRun, register_quantizer
 
+MAX_LEVEL = 2.0**32
+"""Largest ``|Delta|``, ``a`` or ``|c|`` a ternary activation may hold (about 4.3e9). Each is at
+most the largest input the layer saw in calibration (``a <= max |x|``, ``Delta <= a``, ``c =
+a <= max x / 2``), and the inputs of a working float32 network stay many orders below 2^32
+(image bytes < 2^8, raw 16/24-bit audio samples < 2^23, activations of a trained layer
+O(1..1e3)). A larger value in a file is a damaged or hostile file, refused at load; a
+calibration that would produce one is refused at fit (normalise the inputs)."""
+_REL = 1e-6
+"""Relative slack of the level relations a file must satisfy (float32 rounding)."""
+
 SAMPLE = 1 << 16
 """Calibration values kept per layer and batch (a random subset) to fit Delta and a."""
 _A_GRID = 96
@@ -127,6 +137,32 @@ def fit_nonnegative(x: torch.Tensor) -> float:
     return float(cands[int(err.argmin())])
 
 
+def check_levels(delta: float, alpha: float, center: float) -> None:
+    """Refuse (``ConfigError`` naming the value and the bound) levels no calibration writes:
+    any of ``Delta``, ``a``, ``|c|`` above ``MAX_LEVEL``, or values off the two shapes ``fit``
+    produces: centred codes (``c = 0``, ``0 <= Delta <= a``) or non-negative inputs (``c =
+    a``, ``Delta = a / 2``), each up to float32 rounding.
+
+    Example:
+        >>> check_levels(0.5, 1.0, 1.0)  # {0, a, 2a}: c = a, Delta = a / 2
+        >>> check_levels(0.5, 2.0**40, 0.0)
+        Traceback (most recent call last):
+        ...
+        nncompress.errors.ConfigError: ternary activation: alpha=1099511627776.0 exceeds the bound 4294967296.0 (2^32) of a layer input; a damaged file, or a model fed unnormalised inputs
+    """
+    for key, v in (("alpha", alpha), ("center", center), ("delta", delta)):
+        if abs(v) > MAX_LEVEL:
+            raise ConfigError(f"ternary activation: {key}={v!r} exceeds the bound {MAX_LEVEL!r} (2^32) of a layer "
+                              "input; a damaged file, or a model fed unnormalised inputs")
+    if center == 0.0:
+        if not delta <= alpha * (1 + _REL):
+            raise ConfigError(f"ternary activation: delta={delta!r} > alpha={alpha!r} with center 0; allowed: "
+                              "delta <= alpha (the fitted threshold lies below the level)")
+    elif not (math.isclose(center, alpha, rel_tol=_REL) and math.isclose(delta, alpha / 2, rel_tol=_REL)):
+        raise ConfigError(f"ternary activation: center={center!r}, alpha={alpha!r}, delta={delta!r}; allowed: "
+                          "center 0 (with delta <= alpha) or center = alpha with delta = alpha / 2")
+
+
 class TernaryAct(ActQuantizer):
     """TNN ternary activation quantizer ``c + a t``: calibrated (a sample of inputs is
     kept while ``calibrating``), fitted once on the first forward after calibration (or
@@ -149,12 +185,14 @@ class TernaryAct(ActQuantizer):
             raise ConfigError("ternary activation: give delta, alpha and center together")
         for key, v in (("delta", delta), ("alpha", alpha), ("center", center)):
             if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))
-                                  or not math.isfinite(v) or abs(v) > 1e30):
+                                  or not math.isfinite(v)):
                 raise ConfigError(f"ternary activation: {key}={str(v)[:40]} is not a finite number")
         if delta is not None and delta < 0:
             raise ConfigError(f"ternary activation: delta={delta} must be >= 0")
         if alpha is not None and not alpha > 0:
             raise ConfigError(f"ternary activation: alpha={alpha} must be > 0")
+        if given:
+            check_levels(float(delta), float(alpha), float(center))
         self.delta, self.alpha, self.center = (None if v is None else float(v) for v in (delta, alpha, center))
         self.centered = centered
         self._sample: list[torch.Tensor] = []
@@ -187,6 +225,7 @@ class TernaryAct(ActQuantizer):
         self.delta, self.alpha, self.center = (float(torch.tensor(v, dtype=torch.float32))
                                                for v in (self.delta, self.alpha, self.center))
         self._sample = []
+        check_levels(self.delta, self.alpha, self.center)
 
     def apply_quant(self, x: torch.Tensor) -> torch.Tensor:
         if not self.fitted:
