@@ -24,4 +24,12 @@ if [ ! -d /usr/share/datasets/fashion-mnist ] && [ -z "${NNCOMPRESS_DATA:-}" ]; 
     echo "setup: Fashion-MNIST not found; run 'apt-get install dataset-fashion-mnist' as root or set NNCOMPRESS_DATA" >&2
   fi
 fi
+if [ ! -x /usr/bin/chromium ]; then  # headless Chromium renders report.html in tests/test_report_html.py
+  if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+    (apt-get update -qq && apt-get install -y -qq chromium) >/dev/null \
+      || echo "setup: could not install chromium (apt-get install chromium); the HTML report's browser test needs it" >&2
+  else
+    echo "setup: /usr/bin/chromium not found; run 'apt-get install chromium' as root for the HTML report's browser test" >&2
+  fi
+fi
 echo "setup: ready (torch $(python -c 'import torch; print(torch.__version__)'), nncompress $(python -c 'import nncompress; print(nncompress.__version__)'))"

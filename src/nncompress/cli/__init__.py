@@ -21,7 +21,7 @@ from nncompress.cli._common import (  # noqa: F401 - re-exported for callers of 
 )
 
 #: Modules of nncompress.cli, each with ``register(sub)`` adding its subcommands (help order).
-COMMAND_MODULES = ("run", "info", "export", "sign")
+COMMAND_MODULES = ("run", "info", "export", "sign", "report")
 
 
 def build_parser() -> argparse.ArgumentParser:
