@@ -396,6 +396,7 @@ def decode(stream: EncodedStream, table: HuffmanTable) -> np.ndarray:
     # window (lookup table) or canonical rank (binary search), per step and lane
     out = np.empty((steps, lanes), dtype=np.uint16)  # prefix per step and lane
     idx, win, sh, ln = (np.empty(lanes, dtype=word) for _ in range(4))
+    at = _index_view(idx)
     three, seven = word(3), word(7)
     drop = word(8 * np.dtype(word).itemsize - bits)
     long_drop = word(8 * np.dtype(word).itemsize - top)
@@ -403,7 +404,7 @@ def decode(stream: EncodedStream, table: HuffmanTable) -> np.ndarray:
     last_end = 0
     for step in range(steps):  # one symbol of every lane per step
         np.right_shift(pos, three, out=idx)
-        np.take(windows, idx, out=win)
+        np.take(windows, at, out=win)
         np.bitwise_and(pos, seven, out=sh)
         np.left_shift(win, sh, out=win)
         row = out[step]
@@ -426,6 +427,13 @@ def decode(stream: EncodedStream, table: HuffmanTable) -> np.ndarray:
         result[flat[keep]] = sym[keep]
     return _checked(result, pos, sync, last_end, nbits)
 
+
+
+def _index_view(idx: np.ndarray) -> np.ndarray:
+    """``idx`` (same memory) as indices ``np.take`` accepts: numpy < 2 refuses to cast
+    uint64 indices to intp, so a uint64 buffer is viewed as int64 (byte offsets are far
+    below 2**63)."""
+    return idx.view(np.int64) if idx.dtype == np.uint64 else idx
 
 
 def decode_stepwise(stream: EncodedStream, table: HuffmanTable) -> np.ndarray:
@@ -457,12 +465,13 @@ def decode_stepwise(stream: EncodedStream, table: HuffmanTable) -> np.ndarray:
     # window (lookup table) or canonical rank (binary search), per step and lane
     out = np.empty((steps, lanes), dtype=np.uint16 if ends is None else np.int64)
     idx, win, sh, ln = (np.empty(lanes, dtype=word) for _ in range(4))
+    at = _index_view(idx)
     three, seven = word(3), word(7)
     drop = word(8 * np.dtype(word).itemsize - top)
     last_end = 0
     for step in range(steps):  # one symbol of every lane per step
         np.right_shift(pos, three, out=idx)
-        np.take(windows, idx, out=win)
+        np.take(windows, at, out=win)
         np.bitwise_and(pos, seven, out=sh)
         np.left_shift(win, sh, out=win)
         row = out[step]
