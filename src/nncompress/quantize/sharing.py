@@ -227,10 +227,12 @@ class SharedWeights(Mapping[str, LayerSharing]):
         shared (nonzero) positions, -1 at zeros. What the ``deep`` codec stores.
 
         Example:
-            >>> cb, idx = shared.layer_codebook("fc1.weight")  # doctest: +SKIP
-            >>> w = torch.where(idx >= 0, cb[idx.clamp(min=0)], 0.0)  # doctest: +SKIP
-            >>> torch.equal(w, model.fc1.weight)  # doctest: +SKIP
-            True
+            >>> model = nn.Sequential(nn.Linear(8, 4))
+            >>> shared = share_weights(model, SharingConfig(bits_fc=2))
+            >>> cb, idx = shared.layer_codebook("0.weight")
+            >>> w = torch.where(idx >= 0, cb[idx.clamp(min=0)], 0.0)
+            >>> torch.equal(w, model[0].weight), cb.numel() <= 4
+            (True, True)
         """
         layer = self._layers[name]
         index = torch.full(layer.mask.shape, -1, dtype=torch.int64, device=layer.labels.device)
@@ -343,9 +345,10 @@ def share_weights(model: nn.Module, cfg: SharingConfig | None = None) -> SharedW
     holds codebooks and labels.
 
     Example:
-        >>> shared = share_weights(model, SharingConfig(bits_conv=8, bits_fc=5))  # doctest: +SKIP
-        >>> len(torch.unique(model.fc1.weight)) <= 2**5 + 1  # + the zeros  # doctest: +SKIP
-        True
+        >>> model = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
+        >>> shared = share_weights(model, SharingConfig(bits_conv=8, bits_fc=3))
+        >>> sorted(shared), len(torch.unique(model[0].weight)) <= 2**3
+        (['0.weight', '2.weight'], True)
     """
     cfg = cfg or SharingConfig()
     layers: dict[str, LayerSharing] = {}
@@ -410,8 +413,15 @@ class CentroidFineTuner(Callback):
     ``shared`` are updated in place, so ``shared.layer_codebook`` is current after ``fit``.
 
     Example:
-        >>> shared = share_weights(model, SharingConfig())  # doctest: +SKIP
-        >>> fit(model, data, cfg, callbacks=[CentroidFineTuner(shared, lr=1e-3)])  # doctest: +SKIP
+        >>> from nncompress.train import TrainConfig, fit
+        >>> g = torch.Generator().manual_seed(0)
+        >>> model = nn.Sequential(nn.Linear(8, 3))
+        >>> data = torch.utils.data.TensorDataset(torch.randn(32, 8, generator=g), torch.randint(0, 3, (32,), generator=g))
+        >>> shared = share_weights(model, SharingConfig(bits_fc=2))
+        >>> before = shared["0.weight"].codebook.clone()
+        >>> _ = fit(model, data, TrainConfig(epochs=1, batch_size=8), callbacks=[CentroidFineTuner(shared, lr=1e-2)])
+        >>> torch.equal(model[0].weight, shared["0.weight"].values().view(3, 8)), torch.equal(before, shared["0.weight"].codebook)
+        (True, False)
     """
 
     def __init__(self, shared: SharedWeights, lr: float, momentum: float = 0.0,
@@ -506,8 +516,8 @@ def recover_sharing(model: nn.Module, bits: int = 8) -> SharedWeights:
     centroids with every weight kept on its codebook. ``bits`` is only recorded.
 
     Example:
-        >>> m = nn.Linear(4, 2); shared = share_weights(m, SharingConfig(bits_fc=1))  # doctest: +SKIP
-        >>> recover_sharing(m)["weight"].codebook.numel() <= 2  # doctest: +SKIP
+        >>> m = nn.Linear(64, 32); shared = share_weights(m, SharingConfig(bits_fc=1))
+        >>> recover_sharing(m)["weight"].codebook.numel() <= 2  # 2,048 weights, 2 values
         True
     """
     from nncompress.format.codecs import codec_hints, normalise_choice
