@@ -107,6 +107,7 @@ class _Encoder(nn.Module):
 
 def _torch_graph(model: nn.Module, inputs: tuple[torch.Tensor, ...]):
     """The dense graph from ``torch.onnx.export`` (eager attention), as an ONNX proto."""
+    import inspect
     import io
 
     import onnx
@@ -121,10 +122,13 @@ def _torch_graph(model: nn.Module, inputs: tuple[torch.Tensor, ...]):
             setter("eager")
         import warnings
 
+        # the TorchScript exporter: torch >= 2.9 defaults to dynamo=True, torch < 2.5 has no
+        # such argument (and only that exporter)
+        legacy = {"dynamo": False} if "dynamo" in inspect.signature(torch.onnx.export).parameters else {}
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")
             torch.onnx.export(wrapper, inputs, buf, input_names=list(INPUT_NAMES), output_names=[OUTPUT_NAME],
-                              opset_version=EXPORT_OPSET, dynamo=False, do_constant_folding=True,
+                              opset_version=EXPORT_OPSET, do_constant_folding=True, **legacy,
                               dynamic_axes={n: dims for n in (*INPUT_NAMES, OUTPUT_NAME)})
     except Exception as exc:  # noqa: BLE001 - the exporter raises many kinds
         raise ExportError(f"torch.onnx.export cannot trace {type(model).__name__}: {exc!r}"[:600]) from None
