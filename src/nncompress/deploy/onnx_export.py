@@ -4,6 +4,7 @@ checked against the PyTorch model in onnxruntime before it is written."""
 from __future__ import annotations
 
 import collections
+import logging
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -12,6 +13,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from nncompress.deploy.calibrate import StaticInt8Config, calibration_arrays
+from nncompress.deploy.int8_check import int8_quality
+from nncompress.deploy.qdq import quantize_graph
 from nncompress.deploy.report import ExportError, ExportReport
 from nncompress.deploy.runtime import checked_bytes, ort_session
 from nncompress.deploy.storage import FORMS
@@ -26,6 +30,10 @@ OPSETS = range(13, 22)
 DEFAULT_TOLERANCE = 1e-4
 """Parity bound: ``max |ort - torch| <= tolerance * max(1, max |torch output|)``."""
 CHECK_THREADS = 1
+RUNTIMES = ("float", "int8")
+"""``float``: weights decoded to float32 at load; ``int8``: integer kernels (dynamic for
+transformers, static with calibration data for other models)."""
+log = logging.getLogger(__name__)
 
 
 def _need(module: str):
@@ -120,7 +128,8 @@ def _diagnose(proto, gm, inputs, value_of_node: dict[str, str], layer_of_value: 
 def export_onnx(model_or_nnc_path: nn.Module | str | os.PathLike, out_path: str | os.PathLike,
                 example_inputs: torch.Tensor | Sequence[torch.Tensor] | None = None, *,
                 opset: int = DEFAULT_OPSET, check: bool = True, forms: Iterable[str] = FORMS,
-                tolerance: float = DEFAULT_TOLERANCE, verify_key=None, runtime: str = "float") -> ExportReport:
+                tolerance: float = DEFAULT_TOLERANCE, verify_key=None, runtime: str = "float",
+                calib: Any = None, int8: StaticInt8Config | None = None, check_data: Any = None) -> ExportReport:
     """Export a (compressed) model to ONNX, keeping each weight in its smallest exact form.
 
     Every parameter is stored in the smallest of ``forms`` that reproduces it (see
@@ -143,8 +152,21 @@ def export_onnx(model_or_nnc_path: nn.Module | str | os.PathLike, out_path: str 
         opset: ONNX opset, 13..21.
         forms: storage forms allowed (``dense`` is always); ``("dense",)`` writes a plain
             float32 model.
-        runtime: ``float`` (weights decoded to float32 at load) or, for transformers
-            models only, ``int8`` (dynamic int8 MatMuls, see ``deploy.transformers_onnx``).
+        runtime: ``float`` (weights decoded to float32 at load) or ``int8``: for
+            transformers models dynamic int8 MatMuls (see ``deploy.transformers_onnx``); for
+            other models static int8 (see :mod:`nncompress.deploy.qdq`): activation scales
+            from ``calib``, per-channel int8 weights computed in the graph from the stored
+            (compressed) weights, run by onnxruntime's integer kernels (QLinearConv, ...).
+        calib: ``runtime="int8"`` (non-transformers): calibration inputs from the user's
+            data: a tensor (N, ...), a Dataset / DataLoader of ``(x, y)`` or a list of
+            batches. Required there, refused elsewhere.
+        int8: the static int8 options (:class:`StaticInt8Config`: range method, the
+            accuracy drop allowed).
+        check_data: ``runtime="int8"``: labelled data (same forms as ``calib``) on which
+            the int8 graph's accuracy must stay within ``int8.max_drop`` points of the torch
+            model's (default: the calibration batches; without labels, the share of
+            predictions that differ from the torch model's is held to the same bound).
+            The measured figures are in ``ExportReport.quality``.
 
     A transformers model (or a ``.nnc`` file holding one) is exported by
     :func:`nncompress.deploy.transformers_onnx.export_transformers_onnx` (inputs
@@ -187,10 +209,22 @@ def export_onnx(model_or_nnc_path: nn.Module | str | os.PathLike, out_path: str 
         src = model_or_nnc_path if source_bytes is not None else None
         return export_transformers_onnx(model, out_path, runtime=runtime, check=check, tolerance=tolerance,
                                         forms=forms, source=src)
-    if runtime != "float":
-        raise ConfigError(f"runtime={runtime!r}: only 'float' is built for non-transformers models "
-                          "(static int8 with calibration data for CNNs is not built yet)")
+    if runtime not in RUNTIMES:
+        raise ConfigError(f"runtime={runtime!r} is not allowed; use one of {', '.join(RUNTIMES)}")
+    if runtime == "float" and (calib is not None or check_data is not None or int8 is not None):
+        raise ConfigError("calib, check_data and int8 apply to runtime='int8' only")
     inputs = _example_inputs(model, example_inputs)
+    calib_batches = check_batches = None
+    if runtime == "int8":
+        int8 = int8 if int8 is not None else StaticInt8Config()
+        if not isinstance(int8, StaticInt8Config):
+            raise ConfigError(f"int8 must be a StaticInt8Config, got {type(int8).__name__}")
+        if len(inputs) != 1:
+            raise ConfigError(f"runtime='int8' supports models with one input; example_inputs has {len(inputs)}")
+        shape = tuple(inputs[0].shape[1:])
+        calib_batches = calibration_arrays(calib, shape, int8.batch_size, "calib")
+        check_batches = (calibration_arrays(check_data, shape, int8.batch_size, "check_data")
+                         if check_data is not None else calib_batches)
     batch = int(inputs[0].shape[0])
     input_names = ["input"] if len(inputs) == 1 else [f"input_{i}" for i in range(len(inputs))]
     was_training = model.training
@@ -234,6 +268,13 @@ def export_onnx(model_or_nnc_path: nn.Module | str | os.PathLike, out_path: str 
                     raise ExportError(f"the ONNX graph differs from the torch model on a batch of "
                                       f"{xs[0].shape[0]}: max |ort - torch| = {d:.3g} > tolerance {tol:.3g}; "
                                       f"{where}")
+        quality: dict[str, Any] = {}
+        if runtime == "int8":
+            summary = quantize_graph(proto, [x for x, _ in calib_batches], input_names, int8)
+            data = checked_bytes(proto)
+            quality = {**int8_quality(model, data, input_names[0], check_batches, int8), **summary.to_dict()}
+            max_diff, tol = quality["max_abs_diff"], None
+            log.info("int8 export: %s", quality)
     finally:
         model.train(was_training)
     from nncompress.train.checkpoint import atomic_write_bytes
@@ -243,4 +284,5 @@ def export_onnx(model_or_nnc_path: nn.Module | str | os.PathLike, out_path: str 
     atomic_write_bytes(out_path, data)
     ops = collections.Counter(n.op_type for n in proto.graph.node)
     return ExportReport(str(out_path), len(data), opset, storage, max_diff, tol, batches, source_bytes,
-                        [list(s) for _, s in ins], [list(s) for _, s in outs], dict(sorted(ops.items())))
+                        [list(s) for _, s in ins], [list(s) for _, s in outs], dict(sorted(ops.items())),
+                        runtime, quality)

@@ -61,6 +61,11 @@ class ExportReport:
     input_shapes: list[list[Any]] = field(default_factory=list)
     output_shapes: list[list[Any]] = field(default_factory=list)
     ops: dict[str, int] = field(default_factory=dict)
+    runtime: str = "float"
+    """``float`` or ``int8`` (integer kernels in onnxruntime)."""
+    quality: dict[str, Any] = field(default_factory=dict)
+    """``runtime="int8"``: the check's figures (``metric`` accuracy / agreement / sqnr,
+    ``torch``, ``onnx``, ``drop_pt``, ``samples``, ``sqnr_db``, ...) and the rewrite's summary."""
 
     @property
     def layers(self) -> dict[str, str]:
@@ -99,7 +104,12 @@ class ExportReport:
             forms[t.form] = forms.get(t.form, 0) + 1
         check = ("not checked" if self.max_abs_diff is None else
                  f"max |ort - torch| = {self.max_abs_diff:.3g} (tolerance {self.tolerance:.3g}, "
-                 f"batches {self.checked_batches})")
+                 f"batches {self.checked_batches})" if self.tolerance is not None else
+                 f"max |ort - torch| = {self.max_abs_diff:.3g}")
+        q = self.quality
+        if self.runtime == "int8" and q.get("drop_pt") is not None:
+            check += (f"; int8 {q['metric']} {q['onnx']:.2f} vs torch {q['torch']:.2f} "
+                      f"(drop {q['drop_pt']:.2f} pt <= {q['max_drop_pt']}) on {q['samples']:,} samples")
         src = f" from {self.source_bytes:,} .nnc bytes" if self.source_bytes else ""
         return (f"{self.path}: {self.onnx_bytes:,} bytes{src}, opset {self.opset}, "
                 f"tensors {forms}, {check}")

@@ -39,3 +39,31 @@ def checked_bytes(proto: Any) -> bytes:
     except onnx.checker.ValidationError as exc:
         raise ExportError(f"the ONNX graph fails onnx.checker: {str(exc)[:400]}") from None
     return proto.SerializeToString()
+
+
+def optimized_ops(path_or_bytes: Any) -> dict[str, int]:
+    """Op counts of the graph onnxruntime actually runs (after its CPU graph optimizations,
+    e.g. the QDQ fusions into ``QLinearConv``), from a session that saves its optimized model.
+
+    Example:
+        >>> optimized_ops("lenet5-int8.onnx")  # doctest: +SKIP
+        {'DequantizeLinear': 1, 'MaxPool': 2, 'QGemm': 2, 'QLinearConv': 2, 'QuantizeLinear': 1, ...}
+    """
+    import collections
+    import os
+    import tempfile
+
+    import onnx
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    opts.log_severity_level = 3
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED  # QDQ fusions, no layout
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "optimized.onnx")
+        opts.optimized_model_filepath = out
+        src = path_or_bytes if isinstance(path_or_bytes, bytes) else str(path_or_bytes)
+        ort.InferenceSession(src, opts, providers=["CPUExecutionProvider"])
+        proto = onnx.load(out)
+    return dict(sorted(collections.Counter(n.op_type for n in proto.graph.node).items()))
