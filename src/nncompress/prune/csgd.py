@@ -155,8 +155,9 @@ def csgd_merge(model: nn.Module, clusters: Mapping[str, torch.Tensor], example_i
     consumers get the sum of the members' input columns. Returns ``model``.
 
     Example:
-        >>> m = csgd_merge(model, {"conv1": torch.tensor([0, 0, 1, 1] * 5)}, torch.randn(1, 1, 28, 28))  # doctest: +SKIP
-        >>> m.conv1.out_channels  # doctest: +SKIP
+        >>> from nncompress.models import build_model
+        >>> m = csgd_merge(build_model("lenet5"), {"conv1": torch.tensor([0, 0, 1, 1] * 5)}, torch.randn(1, 1, 28, 28))
+        >>> m.conv1.out_channels
         2
     """
     from nncompress.prune.structured.groups import find_groups

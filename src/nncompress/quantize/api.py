@@ -42,7 +42,9 @@ def quantizable_layers(
     """Linear / Conv2d layers the config applies to, in registration order.
 
     Example:
-        >>> [l.name for l in quantizable_layers(build_model("lenet5"), make_config("xnor"))]  # doctest: +SKIP
+        >>> from nncompress.models import build_model
+        >>> from nncompress.quantize.methods import make_config
+        >>> [l.name for l in quantizable_layers(build_model("lenet5"), make_config("xnor"))]
         ['conv2', 'fc1']
     """
     all_layers = [(n, m) for n, m in model.named_modules() if type(m) in QUANT_LAYERS]
@@ -66,7 +68,10 @@ def quantize_(
     (in place; returns ``model``). State-dict keys of the weights do not change.
 
     Example:
-        >>> quantize_(model, make_config("twn"))  # doctest: +SKIP
+        >>> from nncompress.models import build_model
+        >>> from nncompress.quantize.methods import make_config
+        >>> type(quantize_(build_model("lenet300"), make_config("twn")).fc1).__name__
+        'QuantLinear'
     """
     layers = quantizable_layers(model, config, filter_fn)
     if not layers:
@@ -135,7 +140,11 @@ def finalize(model: nn.Module) -> nn.Module:
     codec hints for ``nncompress.save`` and attach activation quantizers as hooks.
 
     Example:
-        >>> finalize(quantize_(model, make_config("twn")))  # doctest: +SKIP
+        >>> from nncompress.models import build_model
+        >>> from nncompress.quantize.methods import make_config
+        >>> model = finalize(quantize_(build_model("lenet300"), make_config("twn")))
+        >>> type(model.fc1).__name__, model.fc1.weight[0].unique().numel()  # ternary: -a, 0, +a
+        ('Linear', 3)
     """
     hints: dict[str, Any] = {}
     specs = dict(read_state(model).activations)
@@ -168,7 +177,9 @@ def activation_spec(model: nn.Module) -> dict[str, dict[str, Any]]:
     (layer name -> spec); empty when it has none.
 
     Example:
-        >>> activation_spec(finalize(quantize_(model, make_config("xnor"))))  # doctest: +SKIP
+        >>> from nncompress.models import build_model
+        >>> from nncompress.quantize.methods import make_config
+        >>> activation_spec(finalize(quantize_(build_model("lenet5"), make_config("xnor"))))
         {'conv2': {'kind': 'xnor'}, 'fc1': {'kind': 'xnor'}}
     """
     return dict(read_state(model).activations)
@@ -212,8 +223,10 @@ def quant_summary(model: nn.Module) -> dict[str, dict[str, float | str]]:
     """Per finalized layer: packing format, nominal weight bits, activation bits.
 
     Example:
-        >>> quant_summary(model)["fc1"]  # doctest: +SKIP
-        {'format': 'binary', 'bits': 1.0}
+        >>> from nncompress.models import build_model
+        >>> from nncompress.quantize.methods import make_config
+        >>> quant_summary(finalize(quantize_(build_model("lenet300"), make_config("twn"))))["fc1"]
+        {'format': 'lut', 'bits': 2.0}
     """
     return dict(read_state(model).quant_summary)
 

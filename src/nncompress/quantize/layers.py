@@ -38,7 +38,10 @@ class QuantLinear(_QuantMixin, nn.Linear):
     """``nn.Linear`` with fake-quantized weight / input / gradient.
 
     Example:
-        >>> q = QuantLinear.from_float(nn.Linear(4, 2), SignQuantizer())  # doctest: +SKIP
+        >>> from nncompress.quantize.quantizers import SignQuantizer
+        >>> q = QuantLinear.from_float(nn.Linear(4, 2), SignQuantizer())
+        >>> q.quant_weight().abs().unique().tolist()  # the sign of every weight
+        [1.0]
     """
 
     @classmethod

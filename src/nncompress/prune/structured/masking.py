@@ -29,8 +29,16 @@ def zero_channels(
     """Zero channels ``root_idxs`` of ``group`` in place; return what ``restore`` needs.
 
     Example:
-        >>> saved = zero_channels(model, group, [0, 3])  # doctest: +SKIP
-        >>> restore(saved)  # doctest: +SKIP
+        >>> from nncompress.models import build_model
+        >>> from nncompress.prune.structured.groups import find_groups
+        >>> model = build_model("lenet5")
+        >>> group = {g.name: g for g in find_groups(model, torch.randn(1, 1, 28, 28))}["conv1"]
+        >>> before = model.conv1.weight.clone()
+        >>> saved = zero_channels(model, group, [0, 3])
+        >>> float(model.conv1.weight[[0, 3]].abs().sum())
+        0.0
+        >>> restore(saved); torch.equal(model.conv1.weight, before)
+        True
     """
     saved = []
     if len(root_idxs) == 0:
@@ -63,8 +71,15 @@ def channels_masked(
     """Context in which the channels of ``root_plan`` (group name -> root indices) are zero.
 
     Example:
-        >>> with channels_masked(model, groups, {"conv1": [0]}):  # doctest: +SKIP
-        ...     evaluate(model, data)
+        >>> from nncompress.models import build_model
+        >>> from nncompress.prune.structured.groups import find_groups
+        >>> model = build_model("lenet5")
+        >>> groups = find_groups(model, torch.randn(1, 1, 28, 28))
+        >>> with channels_masked(model, groups, {"conv1": [0]}):
+        ...     print(float(model.conv1.weight[0].detach().abs().sum()))
+        0.0
+        >>> bool(model.conv1.weight[0].abs().sum() > 0)  # restored on exit
+        True
     """
     by_name = {g.name: g for g in groups}
     saved = []
