@@ -83,10 +83,23 @@ def layer_table_rows(table: Mapping[str, Any]) -> list[list[str]]:
     return rows
 
 
+def scope_ids(svg: str, prefix: str) -> str:
+    """Prefix every ``id`` of an SVG and every in-document reference to one, so that
+    several figures inlined in one page cannot resolve each other's clip paths or markers.
+
+    Example:
+        >>> scope_ids('<clipPath id="p1"/><g clip-path="url(#p1)"><use xlink:href="#m2"/></g>', "f")
+        '<clipPath id="f-p1"/><g clip-path="url(#f-p1)"><use xlink:href="#f-m2"/></g>'
+    """
+    svg = re.sub(r'\bid="([^"]+)"', rf'id="{prefix}-\1"', svg)
+    svg = re.sub(r"url\(#([^)]+)\)", rf"url(#{prefix}-\1)", svg)
+    return re.sub(r'href="#([^"]+)"', rf'href="#{prefix}-\1"', svg)
+
+
 def _figure(fid: str, title: str, draw: Callable[[], Any], caption: str) -> str:
     """One titled figure as inline SVG; a figure that cannot be drawn becomes a note."""
     try:
-        svg = plots.figure_svg(draw())
+        svg = scope_ids(plots.figure_svg(draw()), fid)
     except Exception as exc:  # noqa: BLE001 - one broken figure must not lose the page
         log.warning("figure %r not drawn: %s", fid, exc)
         return (f'<section id="{fid}"><h2>{_e(title)}</h2><p class="note">Not drawn: '
