@@ -3,7 +3,8 @@
 Runs ``nncompress run`` (the default recipe, ``deep-compression-lenet300``) in a fresh
 process with the machine's default threads, into a temporary output folder, and records
 the wall time of the whole command, the time per stage, the file's bytes, ratio and the
-accuracy of the loaded file (from the run's report).
+accuracy of the loaded file (from the run's report), and whether ``report.html`` was
+written (its size and inline figures).
 
     python benchmarks/quickstart.py [--recipe deep-compression-lenet300]
 """
@@ -39,17 +40,23 @@ def main(argv: list[str] | None = None) -> int:
         wall = time.perf_counter() - t0
         load_after = os.getloadavg()
         report = json.loads((report_dir / "report.json").read_text())
+        html = report_dir / "report.html"
+        html_bytes = html.stat().st_size if html.is_file() else None
+        html_figures = html.read_text(encoding="utf-8").count("<svg") if html_bytes else 0
     s = report["summary"]
     res = {"recipe": report.get("recipe"), "wall_seconds": wall, "file_bytes": s.get("file_bytes"),
            "ratio": s.get("ratio"), "accuracy": s.get("compressed_accuracy"),
            "stages": [{"stage": r["stage"], "seconds": r["seconds"], "accuracy": r["accuracy"]}
                       for r in report["stages"]],
+           "report_html_bytes": html_bytes, "report_html_figures": html_figures,
            "cpus": os.cpu_count(), "load_average_before": load_before, "load_average_after": load_after}
     md = [f"# Quick start main job ({res['recipe']})", "",
           f"`nncompress run` in a fresh process, default threads, {res['cpus']} CPUs; load average "
           f"before {load_before[0]:.2f}, after {load_after[0]:.2f}.", "",
           f"**{wall / 60:.1f} min** wall for the whole command; {res['file_bytes']:,} bytes, "
           f"**{res['ratio']:.1f}x**, accuracy of the loaded file **{100 * res['accuracy']:.2f}%**.", "",
+          (f"report.html written: {html_bytes:,} bytes, {html_figures} inline figures." if html_bytes
+           else "report.html NOT written."), "",
           "| stage | seconds | accuracy |", "|---|---:|---:|"]
     md += [f"| {r['stage']} | {r['seconds']:.1f} | {100 * r['accuracy']:.2f}% |" for r in res["stages"]]
     write_results("quickstart", res, "\n".join(md) + "\n")
