@@ -101,7 +101,10 @@ def set_codec_hints(model: torch.nn.Module, hints: Mapping[str, CodecChoice]) ->
     merged with earlier hints. ``save`` uses them unless told otherwise.
 
     Example:
-        >>> set_codec_hints(model, {"fc1.weight": ("deep", {"index_bits": 5})})  # doctest: +SKIP
+        >>> model = torch.nn.Sequential(torch.nn.Linear(4, 2))
+        >>> set_codec_hints(model, {"0.weight": ("deep", {"index_bits": 5})})
+        >>> codec_hints(model)
+        {'0.weight': ('deep', {'index_bits': 5})}
     """
     state = model_state(model, create=True)
     state.codec_hints = {**state.codec_hints, **hints}

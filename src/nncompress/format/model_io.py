@@ -137,9 +137,12 @@ def save(model: nn.Module, path: str | Path, *, codecs: Mapping[str, CodecChoice
             architecture's, when the model runs on it.
 
     Example:
-        >>> info = save(model, "lenet.nnc", metadata={"accuracy": 0.98})  # doctest: +SKIP
-        >>> info.file_bytes  # doctest: +SKIP
-        27342
+        >>> import tempfile; from pathlib import Path
+        >>> from nncompress.models import build_model
+        >>> path = Path(tempfile.mkdtemp()) / "lenet.nnc"
+        >>> info = save(build_model("lenet300"), path, metadata={"accuracy": 0.98})
+        >>> info.file_bytes == path.stat().st_size
+        True
     """
     encoded = encode_state(model, plan_codecs(model, codecs), verify)
     tensors, sections = [], {}
@@ -368,7 +371,13 @@ def load(path: str | Path, model: nn.Module | None = None, *, verify_key=None,
             buffers of the model it builds).
 
     Example:
-        >>> model = load("lenet.nnc")  # doctest: +SKIP
+        >>> import tempfile; from pathlib import Path
+        >>> from nncompress.models import build_model
+        >>> path, model = Path(tempfile.mkdtemp()) / "lenet.nnc", build_model("lenet300").eval()
+        >>> _ = save(model, path)
+        >>> x = torch.randn(2, 1, 28, 28)
+        >>> torch.equal(load(path)(x), model(x))
+        True
     """
     source = str(path)
     container, info, budget = _read(path, verify_key, max_params)

@@ -16,9 +16,15 @@ A key is a file of 16 to 4096 bytes, e.g. ``head -c 32 /dev/urandom > nnc.key``;
 secret: whoever holds it can sign.
 
 Example:
-    >>> key = b"k" * 32
-    >>> sign_file("model.nnc", key)  # doctest: +SKIP
-    >>> nncompress.load("model.nnc", verify_key=key)  # doctest: +SKIP
+    >>> import tempfile; from pathlib import Path
+    >>> import nncompress
+    >>> from nncompress.models import build_model
+    >>> path, key = Path(tempfile.mkdtemp()) / "model.nnc", b"k" * 32
+    >>> _ = nncompress.save(build_model("lenet300"), path)
+    >>> sign_file(path, key).name
+    'model.nnc'
+    >>> type(nncompress.load(path, verify_key=key)).__name__
+    'LeNet300100'
 """
 
 from __future__ import annotations
@@ -112,8 +118,17 @@ def sign_file(path: str | Path, key: KeyLike, out: str | Path | None = None) -> 
     The file is fully verified (checksums and header) first.
 
     Example:
-        >>> sign_file("model.nnc", "nnc.key")  # doctest: +SKIP
-        PosixPath('model.nnc')
+        >>> import tempfile; from pathlib import Path
+        >>> import nncompress
+        >>> from nncompress.models import build_model
+        >>> path = Path(tempfile.mkdtemp()) / "model.nnc"
+        >>> _ = nncompress.save(build_model("lenet300"), path)
+        >>> sign_file(path, b"k" * 32) == path
+        True
+        >>> nncompress.load(path, verify_key=b"x" * 32)
+        Traceback (most recent call last):
+        ...
+        nncompress.errors.FormatError: ...the file changed after it was signed, or it was signed with another key
     """
     from nncompress.train.checkpoint import atomic_write_bytes
 

@@ -106,7 +106,14 @@ def iterative_prune(
 
     Example:
         >>> cfg = IterativeConfig(schedule=[0.5, 0.8, 0.9], retrain=TrainConfig(epochs=1))
-        >>> iterative_prune(model, train, cfg)  # doctest: +SKIP
+        >>> import torch
+        >>> from torch.utils.data import TensorDataset
+        >>> from nncompress.models import build_model
+        >>> g = torch.Generator().manual_seed(0)
+        >>> train = TensorDataset(torch.randn(64, 1, 28, 28, generator=g), torch.randint(0, 10, (64,), generator=g))
+        >>> res = iterative_prune(build_model("lenet300"), train, cfg)
+        >>> [r.sparsity["fc1.weight"] for r in res.rounds], round(res.masks.total_sparsity(), 3)
+        ([0.5, 0.8, 0.9], 0.9)
     """
     if isinstance(config, IterativeConfig):
         if retrain is not None or options:

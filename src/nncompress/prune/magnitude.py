@@ -167,8 +167,11 @@ def magnitude_prune(
         apply: zero the pruned weights in place.
 
     Example:
-        >>> masks = magnitude_prune(model, MagnitudeConfig(sparsity=0.9))  # doctest: +SKIP
-        >>> masks = magnitude_prune(model, sparsity=0.9)  # doctest: +SKIP
+        >>> from nncompress.models import build_model
+        >>> masks = magnitude_prune(build_model("lenet300"), MagnitudeConfig(sparsity=0.9))
+        >>> masks = magnitude_prune(build_model("lenet300"), sparsity=0.9)  # the same, by keywords
+        >>> round(masks.total_sparsity(), 3)
+        0.9
     """
     if config is None:
         config = MagnitudeConfig(sparsity=sparsity, quality=quality, scope=scope, include=include,

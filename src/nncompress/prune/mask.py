@@ -83,7 +83,17 @@ class MaskCallback(Callback):
     """Keeps masked weights exactly zero during ``fit``.
 
     Example:
-        >>> fit(model, data, cfg, callbacks=[MaskCallback(masks)])  # doctest: +SKIP
+        >>> from torch.utils.data import TensorDataset
+        >>> from nncompress.models import build_model
+        >>> from nncompress.prune.magnitude import magnitude_prune
+        >>> from nncompress.train import TrainConfig, fit
+        >>> g = torch.Generator().manual_seed(0)
+        >>> data = TensorDataset(torch.randn(64, 1, 28, 28, generator=g), torch.randint(0, 10, (64,), generator=g))
+        >>> model = build_model("lenet300")
+        >>> masks = magnitude_prune(model, sparsity=0.9)
+        >>> _ = fit(model, data, TrainConfig(epochs=1), callbacks=[MaskCallback(masks)])
+        >>> bool((model.fc1.weight[~masks["fc1.weight"]] == 0).all())  # still exactly zero
+        True
     """
 
     def __init__(self, masks: Masks):

@@ -32,7 +32,16 @@ def quantize_lowbit(model: nn.Module, config: QuantConfig, run: QuantizeRun) -> 
     """Wrap, calibrate, train and finalize ``model`` with a low-bit ``config`` (in place).
 
     Example:
-        >>> quantize_model(model, make_config("twn"), QuantizeRun(train_data=train))  # doctest: +SKIP
+        >>> import torch
+        >>> from torch.utils.data import TensorDataset
+        >>> from nncompress.models import build_model
+        >>> from nncompress.quantize.methods import make_config
+        >>> from nncompress.quantize.registry import quantize_model
+        >>> g = torch.Generator().manual_seed(0)
+        >>> train = TensorDataset(torch.randn(64, 1, 28, 28, generator=g), torch.randint(0, 10, (64,), generator=g))
+        >>> res = quantize_model(build_model("lenet300"), make_config("twn"), QuantizeRun(train_data=train))
+        >>> res.model.fc1.weight.unique().numel(), res.summary["params"]["per_channel"]  # -a, 0, +a per layer
+        (3, False)
     """
     quantize_(model, config)
     names = [f"{n}.weight" for n, m in model.named_modules() if is_quant_layer(m) and m.wq is not None]

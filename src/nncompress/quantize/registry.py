@@ -89,8 +89,16 @@ class QuantizeRun:
     milestones; ``seed`` seeds the method's own randomness (k-means, hashing, sampling).
 
     Example:
-        >>> run = QuantizeRun(train_data=train, finetune=TrainConfig(epochs=1))  # doctest: +SKIP
-        >>> quantize_model(model, KMeansConfig(bits_fc=4), run).summary["layers"]  # doctest: +SKIP
+        >>> from torch.utils.data import TensorDataset
+        >>> from nncompress.models import build_model
+        >>> from nncompress.quantize.kmeans_method import KMeansConfig
+        >>> from nncompress.train import TrainConfig
+        >>> g = torch.Generator().manual_seed(0)
+        >>> train = TensorDataset(torch.randn(64, 1, 28, 28, generator=g), torch.randint(0, 10, (64,), generator=g))
+        >>> run = QuantizeRun(train_data=train, finetune=TrainConfig(epochs=1))
+        >>> layers = quantize_model(build_model("lenet300"), KMeansConfig(bits_fc=4), run).summary["layers"]
+        >>> layers["fc1.weight"]["bits"], layers["fc1.weight"]["codebook_size"]
+        (4.0, 16.0)
     """
 
     train_data: Dataset | None = None
@@ -259,8 +267,15 @@ def quantize_model(model, config, run=None, **legacy):
     method name works) builds the config from ``params`` and returns the model.
 
     Example:
-        >>> quantize_model(model, TWNConfig(), QuantizeRun(train_data=train))  # doctest: +SKIP
-        >>> model = quantize_model(model, "twn", train_data=train)  # doctest: +SKIP
+        >>> from torch.utils.data import TensorDataset
+        >>> from nncompress.models import build_model
+        >>> from nncompress.quantize.methods import make_config
+        >>> g = torch.Generator().manual_seed(0)
+        >>> train = TensorDataset(torch.randn(64, 1, 28, 28, generator=g), torch.randint(0, 10, (64,), generator=g))
+        >>> result = quantize_model(build_model("lenet300"), make_config("twn"), QuantizeRun(train_data=train))
+        >>> model = quantize_model(build_model("lenet300"), "twn", train_data=train)  # the keyword form
+        >>> result.model.fc1.weight[0].unique().numel(), model.fc1.weight[0].unique().numel()  # -a, 0, +a
+        (3, 3)
     """
     if isinstance(config, str):
         return _by_name(model, config, legacy.pop("params", run), **legacy).model
