@@ -67,6 +67,12 @@ def describe_stage(name: str, cfg: Any) -> str:
     parts: list[str] = []
     method = getattr(cfg, "method", None)
     if isinstance(method, str):
+        inner = getattr(cfg, "quantizer", cfg)  # the quantize stage: the method's own config
+        bits, include = getattr(inner, "bits", None), getattr(inner, "include", None)
+        if isinstance(bits, int) and not isinstance(bits, bool):
+            method += f" {bits} bits"
+        if isinstance(include, Sequence) and not isinstance(include, str) and include:
+            method += " on " + ", ".join(map(str, include[:2])) + (", ..." if len(include) > 2 else "")
         parts.append(method)
     schedule = getattr(cfg, "schedule", None)
     if isinstance(schedule, Sequence) and not isinstance(schedule, str):
