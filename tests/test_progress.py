@@ -155,3 +155,13 @@ def test_cli_quiet_prints_nothing_and_default_prints_the_story(tmp_path, capsys)
     assert "[1/3] train: 2 epochs" in captured.err and "[2/3] prune: one-shot" in captured.err
     assert captured.err.count(" done in ") == 3
     assert "compressed" in captured.out
+
+
+def test_a_resumed_run_numbers_stages_from_the_recipe():
+    out = io.StringIO()
+    progress = RunProgress(out, stages=["train", "prune", "encode"])
+    progress.stage_begin("encode", None)  # resumed after stage 2
+    assert out.getvalue() == "[3/3] encode\n"
+    assert RunProgress(out).fits("ft").next_label() == "ft"
+    reporter = RunProgress().fits("ft")
+    assert [reporter.next_label() for _ in range(3)] == ["ft", "ft (2)", "ft (3)"]
