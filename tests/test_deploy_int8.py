@@ -161,3 +161,37 @@ def test_qparams_formulas():
     obs = RangeObserver("percentile", 90.0)
     obs.update("a", np.arange(101, dtype=np.float32))
     assert obs.range("a") == pytest.approx((10.0, 90.0))
+
+
+@pytest.mark.slow
+def test_cli_export_and_bench_int8(tmp_path, capsys):
+    """`nncompress export FILE OUT.onnx --runtime int8 --calib N` calibrates on the file's
+    dataset and checks the whole test split; `bench --runtime int8` reports accuracy."""
+    from pathlib import Path
+
+    from nncompress.cli import main
+
+    src = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "deep_compression" / "lenet300-seed0.nnc"
+    try:
+        from nncompress.data import load_dataset
+
+        load_dataset("fashion-mnist", "test")
+    except Exception:  # noqa: BLE001
+        pytest.skip("Fashion-MNIST is not on this machine")
+    out = tmp_path / "m.onnx"
+    assert main(["export", str(src), str(out), "--runtime", "int8", "--calib", "64"]) == 0
+    text = capsys.readouterr().out
+    assert "static int8: minmax ranges from 64 fashion-mnist train samples" in text and "on 10,000 samples" in text
+    assert optimized_ops(out).get("QGemm", 0) == 3
+    assert main(["export", str(src), str(tmp_path / "x.onnx"), "--runtime", "int8", "--calib", "0"]) == 2
+    assert "--calib must be" in capsys.readouterr().err and not (tmp_path / "x.onnx").exists()
+    assert main(["export", str(src), str(tmp_path / "x.onnx"), "--calib", "10"]) == 2
+    assert "apply to --runtime int8" in capsys.readouterr().err
+    assert main(["bench", str(src), "--onnx", str(out), "--runtime", "int8", "--calib", "64", "--rounds", "1",
+                 "--batch", "1", "--json"]) == 0
+    import json
+
+    rep = json.loads(capsys.readouterr().out)
+    assert rep["quality"] == "accuracy"
+    acc = {r["runtime"]: r["quality"] for r in rep["rows"]}
+    assert abs(acc["torch (loaded .nnc)"] - acc["onnxruntime int8 (m.onnx)"]) <= 0.5

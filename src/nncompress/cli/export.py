@@ -15,6 +15,7 @@ from nncompress.cli._common import (
     _add_format_options,
     _add_model_option,
     _bad,
+    _check_data,
     _check_format_options,
     _input_file,
     _output_dir,
@@ -99,6 +100,8 @@ def _export_onnx(args: argparse.Namespace, out: Path) -> int:
 
         from nncompress.deploy.transformers_onnx import export_transformers_onnx
 
+        if args.calib is not None or args.data is not None or args.max_drop is not None:
+            _bad("--calib, --data and --max-drop apply to non-text models (text models: dynamic int8, no calibration)")
         report = export_transformers_onnx(model, out, runtime=args.runtime, source=args.file)
         forms = collections.Counter(t.form for t in report.tensors)
         check = (f"max |diff| vs the .nnc model {report.max_abs_diff:.2e}" if args.runtime == "float"
@@ -108,13 +111,80 @@ def _export_onnx(args: argparse.Namespace, out: Path) -> int:
               f"[batch, sequence]; {check} in onnxruntime)\nweights: "
               + ", ".join(f"{k} {v}" for k, v in sorted(forms.items())))
         return 0
-    if args.runtime != "float":
-        _bad(f"--runtime {args.runtime} is built for transformers models only")
+    if args.runtime == "int8":
+        from nncompress.deploy import StaticInt8Config
+
+        calib, test, name = _int8_data(args, model)
+        config = StaticInt8Config(method=args.calib_method, max_drop=args.max_drop)
+        report = export_onnx(model, out, calib[:4], opset=opset, runtime="int8", calib=calib, check_data=test,
+                             int8=config)
+        q = report.quality
+        forms = ", ".join(f"{k}: {v}" for k, v in report.layers.items())
+        print(f"wrote {args.out} ({report.onnx_bytes:,} bytes, ONNX opset {opset}, static int8: "
+              f"{q['method']} ranges from {q['calibration_samples']:,} {name} train samples; {name} test accuracy "
+              f"{q['onnx']:.2f}% in onnxruntime vs {q['torch']:.2f}% for the .nnc model, drop {q['drop_pt']:.2f} pt "
+              f"<= {q['max_drop_pt']} on {q['samples']:,} samples)\nlayers: {forms}")
+        return 0
+    if args.calib is not None or args.max_drop is not None:
+        _bad("--calib and --max-drop apply to --runtime int8")
     report = export_onnx(model, out, _recorded_example(args), opset=opset)
     forms = ", ".join(f"{k}: {v}" for k, v in report.layers.items())
     print(f"wrote {args.out} ({report.onnx_bytes:,} bytes, ONNX opset {opset}; max |diff| vs the .nnc "
           f"model {report.max_abs_diff:.2e} in onnxruntime)\nlayers: {forms}")
     return 0
+
+
+def _int8_data(args: argparse.Namespace, model: Any) -> tuple[Any, Any, str]:
+    """``--runtime int8`` of an image/vector model: the first ``--calib`` (512) samples of
+    the train split of ``--data`` (default: the dataset the file records, else
+    fashion-mnist) and the whole test split as ``(inputs, labels)``, inputs reshaped to the
+    model's input shape; and the dataset's name."""
+    import torch
+
+    from nncompress.data import load_dataset
+    from nncompress.format import read_info
+    from nncompress.modules import calibration_batches
+
+    n = 512 if args.calib is None else args.calib
+    if isinstance(n, bool) or n < 1:
+        _bad(f"--calib must be a number of samples >= 1, got {n}")
+    if args.max_drop is None:
+        args.max_drop = 0.5
+    if not (0 <= args.max_drop <= 100):
+        _bad(f"--max-drop must be in [0, 100] accuracy points, got {args.max_drop}")
+    meta = _read_nnc(read_info, args).metadata
+    recorded = meta.get("data") if isinstance(meta.get("data"), str) else None
+    name = args.data or recorded or "fashion-mnist"
+    if ":" in name:
+        from nncompress.recipes.build import build_recipe_data
+        from nncompress.recipes.schema import DataSpec
+
+        rec = meta.get("factory") if isinstance(meta.get("factory"), dict) else {}
+        kwargs = rec.get("data_kwargs") if rec.get("data") == name and isinstance(rec.get("data_kwargs"), dict) else {}
+        data = build_recipe_data(DataSpec(factory=name, kwargs=kwargs))
+        train, test = data.train, data.test
+    else:
+        args.data = name
+        _check_data(args)
+        train, test = load_dataset(name, "train", args.root), load_dataset(name, "test", args.root)
+    example = _recorded_example(args)
+    if example is None:
+        from nncompress.models.registry import arch_of, default_input_shape
+
+        shape = default_input_shape(arch_of(model))
+        if shape is None:
+            _bad(f"{args.file}: the model's input shape is unknown (not a built-in architecture, none recorded)")
+    else:
+        shape = tuple(example.shape[1:])
+
+    def fit(x: torch.Tensor) -> torch.Tensor:
+        if x[0].numel() != math.prod(shape):
+            _bad(f"{name} samples of shape {tuple(x.shape[1:])} do not fit the model's input {tuple(shape)}")
+        return x.reshape(len(x), *shape).float()
+
+    calib = torch.cat([fit(x) for x, _ in calibration_batches(train, 256, n)])
+    tests = [(fit(x), y) for x, y in calibration_batches(test, 256, None)]
+    return calib, tests, name
 
 
 def _recorded_example(args: argparse.Namespace) -> Any:
@@ -143,9 +213,24 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         _bad("bench needs the deploy extra: pip install 'nncompress[deploy]' (onnx, onnxruntime)")
     from nncompress.deploy.bench import bench_file
 
+    calib = test = None
+    args.max_params, args.key_bytes = None, None  # bench reads files as bench_file does (no format options)
+    if args.runtime == "int8" or args.data is not None:
+        from nncompress.format import load
+        from nncompress.models.hf_arch import is_transformers_model
+
+        model = _read_nnc(load, args)
+        if not is_transformers_model(model):
+            args.max_drop = None
+            calib, test, _ = _int8_data(args, model)
+            calib = calib if args.runtime == "int8" else None
+        elif args.data is not None:
+            _bad("--data applies to image/vector models; text models take --text")
+    elif args.calib is not None:
+        _bad("--calib applies to --runtime int8")
     report = bench_file(str(source), args.onnx, args.text, threads=args.threads, rounds=args.rounds,
                         batches=tuple(args.batch), seq=args.seq, limit=args.limit, runtime=args.runtime,
-                        device=args.device)
+                        device=args.device, calib=calib, check_data=test)
     if args.json:
         print(json.dumps({"file": report.file, "threads": report.threads, "rounds": report.rounds,
                           "seq": report.seq, "quality": report.quality, "load_average": report.load_average,
@@ -158,7 +243,21 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     print(report.table())
     if report.quality == "cosine":
         print("cosine: mean over the passages of the cosine of mean-pooled embeddings to the loaded model's in torch")
+    if report.quality == "accuracy":
+        print(f"accuracy: % of the {args.data} test split")
     return 0
+
+
+def _add_int8_options(x: argparse.ArgumentParser) -> None:
+    x.add_argument("--calib", type=int, help="--runtime int8 (non-text models): calibration samples from the "
+                                             "train split of --data (default 512)")
+    x.add_argument("--data", help="--runtime int8: fashion-mnist, mnist, digits or a data factory "
+                                  "package.module:function (default: the dataset the file records, else fashion-mnist)")
+    x.add_argument("--root", help="folder with the IDX files")
+    x.add_argument("--calib-method", choices=["minmax", "percentile"], default="minmax",
+                   help="--runtime int8: activation ranges from the calibration batches")
+    x.add_argument("--max-drop", type=float, help="--runtime int8: largest test accuracy drop (points) allowed "
+                                                  "against the .nnc model (default 0.5)")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -171,7 +270,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="output format (default: from OUT's suffix, else safetensors)")
     x.add_argument("--opset", type=int, help="ONNX opset (13..21; default 17)")
     x.add_argument("--runtime", choices=["float", "int8"], default="float",
-                   help="ONNX: int8 = dynamic int8 MatMuls (transformers models)")
+                   help="ONNX: int8 = integer kernels in onnxruntime: dynamic int8 MatMuls (transformers "
+                        "models), static int8 calibrated on --data's train split (other models; checked on "
+                        "its test split)")
+    _add_int8_options(x)
     x.add_argument("--huggingface", action="store_true",
                    help="write OUT as a Hugging Face folder (config, safetensors, tokenizer, pooling)")
     x.add_argument("--dtype", choices=["float32", "float16"], default="float32",
@@ -190,7 +292,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     bn.add_argument("--rounds", type=int, default=11)
     bn.add_argument("--batch", type=int, nargs="+", default=[1, 64])
     bn.add_argument("--seq", type=int, default=128, help="text: tokens per sequence")
-    bn.add_argument("--runtime", choices=["float", "int8"], default="int8",
-                    help="text model: runtime of the ONNX file exported when --onnx is missing")
+    bn.add_argument("--runtime", choices=["float", "int8"], default=None,
+                    help="runtime of the ONNX file exported when --onnx is missing (default: int8 for text "
+                         "models, float for others; int8 calibrates on --data)")
+    bn.add_argument("--data", help="image/vector model: dataset for --runtime int8 calibration and the accuracy "
+                                   "column (fashion-mnist, mnist, digits or package.module:function; default: "
+                                   "the file's)")
+    bn.add_argument("--root", help="folder with the IDX files")
+    bn.add_argument("--calib", type=int, help="--runtime int8: calibration samples from the train split (512)")
     bn.add_argument("--json", action="store_true")
     bn.set_defaults(fn=_cmd_bench)

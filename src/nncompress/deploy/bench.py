@@ -141,7 +141,8 @@ class BenchReport:
     rounds: int
     seq: int | None
     quality: str
-    """What ``BenchRow.quality`` is: ``cosine`` (text), or ``none``."""
+    """What ``BenchRow.quality`` is: ``cosine`` (text), ``accuracy`` (%, image models with
+    ``check_data``), or ``none``."""
     load_average: tuple[float, float] = (0.0, 0.0)
     """1-minute load average before and after the timing."""
 
@@ -150,7 +151,7 @@ class BenchReport:
         head = ["runtime", "bytes"] + [f"ms batch {b}" for b in sizes] + [self.quality]
         lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for r in self.rows:
-            q = "" if r.quality is None else f"{r.quality:.5f}"
+            q = "" if r.quality is None else f"{r.quality:.2f}" if self.quality == "accuracy" else f"{r.quality:.5f}"
             cells = [r.runtime, "" if r.bytes is None else f"{r.bytes:,}"]
             cells += [f"{r.latency_ms[b]:.3f}" if b in r.latency_ms else "" for b in sizes] + [q]
             lines.append("| " + " | ".join(cells) + " |")
@@ -169,13 +170,16 @@ def _image_inputs(model: nn.Module, batch: int) -> np.ndarray:
 
 def bench_file(path: str, onnx_path: str | None = None, text: str | None = None, *, threads: int = 1,
                rounds: int = 11, batches: Sequence[int] = (1, 64), seq: int = 128, limit: int = 256,
-               runtime: str = "int8", workdir: str | None = None, device: str = "cpu") -> BenchReport:
+               runtime: str | None = None, workdir: str | None = None, device: str = "cpu",
+               calib: Any = None, check_data: Any = None) -> BenchReport:
     """Latency (median of interleaved rounds, ``threads`` threads) of a ``.nnc`` model in
     torch (the loaded, decoded model), in onnxruntime as a dense fp32 export, and as the
     compressed ONNX file ``onnx_path`` (exported there, or to ``workdir``, when missing;
-    ``runtime`` ``int8`` or ``float`` for text models); file bytes of each; for text models
-    with ``text`` (one passage a line, first ``limit``), the mean cosine of each runtime's
-    mean-pooled embeddings to the torch model's.
+    ``runtime`` ``int8`` or ``float``, default ``int8`` for text models and ``float`` for
+    others; ``int8`` for a non-text model needs ``calib``, see ``export_onnx``); file bytes
+    of each; for text models with ``text`` (one passage a line, first ``limit``), the mean
+    cosine of each runtime's mean-pooled embeddings to the torch model's; for other models
+    with labelled ``check_data``, each runtime's accuracy (%) on it.
 
     Text models are timed on ``[batch, seq]`` tokens; image models on seeded normal inputs.
     ``device`` (cpu, cuda, cuda:N, mps, auto) is where the torch row runs (synchronised per
@@ -205,7 +209,7 @@ def bench_file(path: str, onnx_path: str | None = None, text: str | None = None,
         raise ConfigError(f"batches={batches!r}: use ints >= 1")
     if not (isinstance(seq, int) and 2 <= seq <= 512):
         raise ConfigError(f"seq={seq!r}: use an int in 2..512")
-    if runtime not in ("float", "int8"):
+    if runtime not in (None, "float", "int8"):
         raise ConfigError(f"runtime={runtime!r}: use 'float' or 'int8'")
     texts = None
     if text is not None:
@@ -224,19 +228,35 @@ def bench_file(path: str, onnx_path: str | None = None, text: str | None = None,
         seq = min(seq, int(getattr(model.config, "max_position_embeddings", seq) or seq))
     if texts is not None and not is_text:
         raise ConfigError("--text applies to transformers (text) models only")
+    runtime = runtime or ("int8" if is_text else "float")
+    if is_text and (calib is not None or check_data is not None):
+        raise ConfigError("calib and check_data apply to image/vector models; text models use text")
+    if not is_text and runtime == "int8" and calib is None:
+        raise ConfigError("runtime='int8' for a non-text model needs calib (calibration inputs from its data)")
+    checks = None
+    if check_data is not None:
+        from nncompress.deploy.calibrate import calibration_arrays
+
+        checks = calibration_arrays(check_data, tuple(_image_inputs(model, 1).shape[1:]), 256, "check_data")
+        if any(y is None for _, y in checks):
+            raise ConfigError("check_data must be labelled: (inputs, labels) batches or a Dataset of (x, y)")
     tmp = tempfile.TemporaryDirectory(dir=workdir)
     try:
         dense = Path(tmp.name) / "dense.onnx"
         export_onnx(model, dense, forms=("dense",))
         if onnx_path is None or not Path(onnx_path).is_file():
             target = Path(onnx_path) if onnx_path is not None else Path(tmp.name) / "compressed.onnx"
-            export_onnx(path, target, runtime=runtime if is_text else "float")
+            if is_text or runtime == "float":
+                export_onnx(path, target, runtime=runtime)
+            else:
+                export_onnx(path, target, runtime="int8", calib=calib, check_data=check_data)
             onnx_path = str(target)
+        label = f"onnxruntime {'int8' if runtime == 'int8' else 'compressed'} ({Path(onnx_path).name})"
         sessions = {"onnxruntime fp32 (dense export)": ort_session(dense, threads),
-                    f"onnxruntime compressed ({Path(onnx_path).name})": ort_session(onnx_path, threads)}
+                    label: ort_session(onnx_path, threads)}
         sizes = {"torch (loaded .nnc)": os.path.getsize(path),
                  "onnxruntime fp32 (dense export)": dense.stat().st_size,
-                 f"onnxruntime compressed ({Path(onnx_path).name})": os.path.getsize(onnx_path)}
+                 label: os.path.getsize(onnx_path)}
         model = model.to(dev)  # the exports above ran on the CPU
         sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
         rows = {k: BenchRow(Path(path).name, k, v) for k, v in sizes.items()}
@@ -248,6 +268,9 @@ def bench_file(path: str, onnx_path: str | None = None, text: str | None = None,
             if tok is None and texts is not None:
                 raise ConfigError(f"{path} stores no tokenizer; --text needs one (save a model loaded "
                                   "with nncompress.models.huggingface.load_pretrained)")
+        if checks is not None:
+            for k, fn in _predictors(model, sessions).items():
+                rows[k].quality = 100.0 * float(np.mean(np.concatenate([fn(x) == y for x, y in checks])))
         if texts is not None:
             tb = text_batches(tok, texts, 32)
             ref = embed_torch(model, tb)
@@ -291,5 +314,22 @@ def bench_file(path: str, onnx_path: str | None = None, text: str | None = None,
         load_after = os.getloadavg()[0]
     finally:
         tmp.cleanup()
-    return BenchReport(path, list(rows.values()), threads, rounds, seq if is_text else None,
-                       "cosine" if texts is not None else "none", (load_before, load_after))
+    quality = "cosine" if texts is not None else "accuracy" if checks is not None else "none"
+    return BenchReport(path, list(rows.values()), threads, rounds, seq if is_text else None, quality,
+                       (load_before, load_after))
+
+
+def _predictors(model: nn.Module, sessions: Mapping[str, Any]) -> dict[str, Callable[[np.ndarray], np.ndarray]]:
+    """Argmax predictors of the torch model and each onnxruntime session (image models)."""
+    p = next(model.parameters(), None)
+    dev = p.device if p is not None else torch.device("cpu")
+
+    def torch_pred(x: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return model(torch.from_numpy(x).to(dev)).argmax(1).cpu().numpy()
+
+    out: dict[str, Callable[[np.ndarray], np.ndarray]] = {"torch (loaded .nnc)": torch_pred}
+    for k, s in sessions.items():
+        name = s.get_inputs()[0].name
+        out[k] = lambda x, s=s, name=name: s.run(None, {name: x})[0].argmax(1)
+    return out
