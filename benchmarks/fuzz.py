@@ -1306,6 +1306,28 @@ _act_mutator("act_extra_param", _act_extra)
 _act_mutator("act_spec_not_dict", _act_not_dict)
 
 
+@mutator("act_ternary_levels", "record_activations")
+def _act_ternary_levels(ctx: Ctx):
+    """A TNN ternary activation's level beyond any calibrated input (2^32), or levels off the
+    two shapes its fit writes (c = 0 with delta <= a; c = a, delta = a/2): all implausible."""
+    acts = ctx.record("activations")
+    layers = [n for n, s in acts.items() if isinstance(s, dict) and s.get("kind") == "ternary"]
+    if not layers:
+        raise NotApplicable("no ternary activation")
+    layer = ctx.rng.choice(layers)
+    spec = acts[layer]
+    if ctx.rng.random() < 0.5:
+        key = ctx.rng.choice(["alpha", "center", "delta"])
+        spec[key] = ctx.rng.choice([2.0**40, 1e20, -(2.0**33), 1.5 * 2.0**32, 2**40])
+        return ctx.pack(), f"activations[{layer!r}] (ternary): {key} = {_short(spec[key])}"
+    a = float(spec.get("alpha", 1.0)) if isinstance(spec.get("alpha"), (int, float)) else 1.0
+    if spec.get("center") == 0:  # centred codes: a threshold above the level, or a centre moved
+        spec.update(ctx.rng.choice([{"delta": 3 * a}, {"center": 0.5 * a}]))
+    else:  # levels {0, a, 2a}: centre or threshold moved off c = a, delta = a/2
+        spec.update(ctx.rng.choice([{"center": 5 * a}, {"delta": 3 * a, "center": 0.0}, {"delta": 0.1 * a}]))
+    return ctx.pack(), f"activations[{layer!r}] (ternary): levels {_short(spec)}"
+
+
 @mutator("act_range_raw_inf", "record_activations")
 def _act_range_raw(ctx: Ctx):
     acts = ctx.record("activations")
@@ -2100,6 +2122,10 @@ def render_markdown(res: dict[str, Any], command: str) -> str:
              f"Python {platform.python_version()} (nncompress imported from `{res.get('nncompress_path', '?')}`); "
              f"{res['n_files']} files, seed {res['seed']}, "
              f"{res['workers']} workers, {res['timeout_s']:.0f} s per file, {res['elapsed_s']:.0f} s in all.", ""]
+    if res.get("load_avg"):
+        lo = res["load_avg"]
+        lines += [f"Load average (1/5/15 min) before {lo['before']}, after {lo['after']} (the wall time depends "
+                  "on it; the outcomes do not, unless files hit the per-file limit).", ""]
     if res.get("signing"):
         lines += [f"Signing: {res['signing']}", ""]
     lines += ["## Outcomes", "", "| category | files | % |", "|---|---:|---:|"]
@@ -2213,8 +2239,11 @@ def main(argv: list[str] | None = None) -> int:
     command = "python " + " ".join(shlex.quote(x) for x in [os.path.relpath(HERE), *(argv or sys.argv[1:])])
     if os.environ.get("PYTHONPATH"):
         command = f"PYTHONPATH={shlex.quote(os.environ['PYTHONPATH'])} {command}"
+    load_before = os.getloadavg()
     res = run_campaign(a.files, a.seed, a.workers, corpus_dir=a.corpus, sign=a.sign, timeout=a.timeout,
                        mutators=mutators, keep_failures=a.keep_failures)
+    res["load_avg"] = {"before": [round(v, 2) for v in load_before],
+                       "after": [round(v, 2) for v in os.getloadavg()]}
     jpath, mpath = write_results(res, a.out, command)
     print(render_markdown(res, command).split("## Per mutator")[0])
     print(f"wrote {jpath} and {mpath}")
