@@ -163,3 +163,16 @@ def test_missing_huggingface_extra_names_it(monkeypatch, tmp_path):
     with pytest.raises(ConfigError, match=r"nncompress\[huggingface\]"):
         load_pretrained(tmp_path)
     assert not is_transformers_model(nn.Linear(2, 2))  # plain models never need the extra
+
+
+def test_transformers_without_pytorch_is_refused_by_name(monkeypatch, tmp_path):
+    """transformers 5 on a torch older than 2.6 imports but disables PyTorch: loading a model
+    then says which versions go together, before transformers fails deep inside."""
+    transformers = pytest.importorskip("transformers")
+    from nncompress.errors import ConfigError
+    from nncompress.models.huggingface import load_pretrained
+
+    (tmp_path / "config.json").write_text('{"model_type": "bert"}', encoding="utf-8")
+    monkeypatch.setattr(transformers, "is_torch_available", lambda: False)
+    with pytest.raises(ConfigError, match=r"transformers<5.*torch < 2\.6"):
+        load_pretrained(tmp_path)

@@ -71,6 +71,27 @@ def _transformers():
         import transformers
     except ImportError:
         raise ConfigError("Hugging Face models need transformers: pip install 'nncompress[huggingface]'") from None
+    return check_transformers_torch(transformers)
+
+
+def check_transformers_torch(transformers: Any) -> Any:
+    """``transformers`` itself, or ``ConfigError`` when it runs without PyTorch because the
+    installed torch is older than it supports (transformers 5 needs torch >= 2.6; the
+    package accepts torch >= 2.3, where transformers 4.x works).
+
+    Example:
+        >>> import types
+        >>> check_transformers_torch(types.SimpleNamespace(is_torch_available=lambda: True)).is_torch_available()
+        True
+    """
+    available = getattr(transformers, "is_torch_available", None)
+    if available is not None and not available():
+        import torch
+
+        raise ConfigError(f"transformers {getattr(transformers, '__version__', '?')} does not work with "
+                          f"torch {torch.__version__} (it disabled PyTorch); install a transformers "
+                          "release that supports this torch (pip install 'transformers<5' for "
+                          "torch < 2.6) or a newer torch")
     return transformers
 
 

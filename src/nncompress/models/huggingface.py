@@ -32,6 +32,7 @@ from nncompress.models.hf_arch import (
     POOLINGS,
     TOKENIZER_BINARY_FILES,
     TOKENIZER_FILES,
+    check_transformers_torch,
     clean_config,
     file_bytes,
 )
@@ -66,7 +67,7 @@ def _transformers():
         import transformers
     except ImportError:
         raise ConfigError(f"Hugging Face models need transformers: {_NEEDS}") from None
-    return transformers
+    return check_transformers_torch(transformers)
 
 
 def _read_json(path: Path, what: str) -> Any:
