@@ -176,3 +176,13 @@ def test_transformers_without_pytorch_is_refused_by_name(monkeypatch, tmp_path):
     monkeypatch.setattr(transformers, "is_torch_available", lambda: False)
     with pytest.raises(ConfigError, match=r"transformers<5.*torch < 2\.6"):
         load_pretrained(tmp_path)
+
+
+def test_csgd_kmeans_without_scikit_learn_says_so(monkeypatch):
+    from nncompress.errors import ConfigError
+    from nncompress.prune.csgd import cluster_filters
+
+    monkeypatch.setitem(sys.modules, "sklearn.cluster", None)
+    with pytest.raises(ConfigError, match=r"scikit-learn.*'even'"):
+        cluster_filters(torch.randn(6, 3), 2, "kmeans")
+    assert cluster_filters(torch.randn(6, 3), 2, "even").tolist() == [0, 0, 0, 1, 1, 1]

@@ -52,7 +52,11 @@ def cluster_filters(weight: torch.Tensor, n_clusters: int, method: str = "kmeans
     if method == "even":
         return torch.arange(o) * n_clusters // o
     if method == "kmeans":
-        from sklearn.cluster import KMeans
+        try:
+            from sklearn.cluster import KMeans
+        except ImportError:
+            raise ConfigError("cluster method 'kmeans' needs scikit-learn: pip install scikit-learn "
+                              "(it comes with nncompress[test] and nncompress[bench]), or use method 'even'") from None
 
         x = weight.detach().reshape(o, -1).double().cpu().numpy()
         labels = KMeans(n_clusters=n_clusters, n_init=3, random_state=seed).fit_predict(x)
