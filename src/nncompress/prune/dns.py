@@ -155,8 +155,18 @@ class DNSCallback(Callback):
     """Dynamic Network Surgery as a training callback (see the module docstring).
 
     Example:
-        >>> dns = DNSCallback(DNSConfig(sparsity={"default": 0.9, "conv1.weight": 0.5}))  # doctest: +SKIP
-        >>> fit(model, data, cfg, callbacks=[dns]); masks = dns.finalize(model)  # doctest: +SKIP
+        >>> import torch
+        >>> from torch.utils.data import TensorDataset
+        >>> from nncompress.models import build_model
+        >>> from nncompress.train import TrainConfig, fit
+        >>> g = torch.Generator().manual_seed(0)
+        >>> data = TensorDataset(torch.randn(64, 1, 28, 28, generator=g), torch.randint(0, 10, (64,), generator=g))
+        >>> model = build_model("lenet5")
+        >>> dns = DNSCallback(DNSConfig(sparsity={"default": 0.9, "conv1.weight": 0.5}))
+        >>> _ = fit(model, data, TrainConfig(epochs=1, batch_size=8), callbacks=[dns])
+        >>> masks = dns.finalize(model)
+        >>> {name: round(float((~m).float().mean()), 2) for name, m in masks.items()}
+        {'conv1.weight': 0.5, 'conv2.weight': 0.9, 'fc1.weight': 0.9, 'fc2.weight': 0.9}
     """
 
     def __init__(self, cfg: DNSConfig):

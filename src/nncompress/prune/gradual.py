@@ -122,9 +122,17 @@ class GradualPruning(Callback):
     current masks; ``events`` the (step, total sparsity) of every pruning event.
 
     Example:
-        >>> cb = GradualPruning(model, GradualConfig(final_sparsity=0.9, n=10, dt=50))  # doctest: +SKIP
-        >>> fit(model, data, cfg, callbacks=[cb]); cb.masks.total_sparsity()  # doctest: +SKIP
-        0.9
+        >>> import torch
+        >>> from torch.utils.data import TensorDataset
+        >>> from nncompress.models import build_model
+        >>> from nncompress.train import TrainConfig, fit
+        >>> g = torch.Generator().manual_seed(0)
+        >>> data = TensorDataset(torch.randn(64, 1, 28, 28, generator=g), torch.randint(0, 10, (64,), generator=g))
+        >>> model = build_model("lenet300")
+        >>> cb = GradualPruning(model, GradualConfig(final_sparsity=0.9, n=4, dt=1))  # 5 events, 1 step apart
+        >>> _ = fit(model, data, TrainConfig(epochs=1, batch_size=8), callbacks=[cb])
+        >>> len(cb.events), round(cb.masks.total_sparsity(), 3)
+        (5, 0.9)
     """
 
     def __init__(self, model: nn.Module, cfg: GradualConfig, include=None, exclude=()):

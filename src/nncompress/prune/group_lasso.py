@@ -83,8 +83,18 @@ class GroupLasso(Callback):
     ``kinds`` is a list (all weighted 1) or a dict kind -> relative weight.
 
     Example:
-        >>> cb = GroupLasso(prunable_weights(model), ["filter", "channel"], strength=1e-4)  # doctest: +SKIP
-        >>> fit(model, data, cfg, callbacks=[cb])  # doctest: +SKIP
+        >>> import torch
+        >>> from torch.utils.data import TensorDataset
+        >>> from nncompress.models import build_model
+        >>> from nncompress.train import TrainConfig, fit
+        >>> g = torch.Generator().manual_seed(0)
+        >>> data = TensorDataset(torch.randn(64, 1, 28, 28, generator=g), torch.randint(0, 10, (64,), generator=g))
+        >>> from nncompress.prune.targets import prunable_weights
+        >>> model = build_model("lenet5")
+        >>> cb = GroupLasso(prunable_weights(model), ["filter", "channel"], strength=1e-4)
+        >>> _ = fit(model, data, TrainConfig(epochs=1), callbacks=[cb])
+        >>> float(cb.penalty()) > 0
+        True
     """
 
     def __init__(self, params: Mapping[str, nn.Parameter], kinds: Sequence[str] | Mapping[str, float] = ("filter",),
@@ -164,7 +174,15 @@ def ssl_remove(model: nn.Module, example_inputs: torch.Tensor, optimizer=None) -
     turns a zero channel into a constant one).
 
     Example:
-        >>> zero_small_groups(model, eps=1e-2); model, plan = ssl_remove(model, torch.randn(1, 1, 28, 28))  # doctest: +SKIP
+        >>> from nncompress.models import build_model
+        >>> model = build_model("lenet5")
+        >>> with torch.no_grad():  # five filters of conv2 driven to zero, as the group lasso does
+        ...     model.conv2.weight[:5] = 0; model.conv2.bias[:5] = 0
+        >>> zero_small_groups(model, eps=1e-2)["conv2.weight"]
+        {'filter': [0, 1, 2, 3, 4], 'channel': []}
+        >>> model, plan = ssl_remove(model, torch.randn(1, 1, 28, 28))
+        >>> plan, model.conv2.out_channels
+        ({'conv2': [0, 1, 2, 3, 4]}, 45)
     """
     from nncompress.prune.structured.removal import remove_channels
 

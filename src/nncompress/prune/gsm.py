@@ -75,9 +75,18 @@ class GSMCallback(Callback):
     Use with ``TrainConfig(optimizer='sgd', momentum=beta > 0, weight_decay=eta > 0)``.
 
     Example:
-        >>> gsm = GSMCallback(model, ratio=60)  # doctest: +SKIP
-        >>> fit(model, data, TrainConfig(momentum=0.98, weight_decay=5e-4), callbacks=[gsm])  # doctest: +SKIP
-        >>> masks = gsm.finalize(model)  # exactly gsm.q nonzero weights  # doctest: +SKIP
+        >>> import torch
+        >>> from torch.utils.data import TensorDataset
+        >>> from nncompress.models import build_model
+        >>> from nncompress.train import TrainConfig, fit
+        >>> g = torch.Generator().manual_seed(0)
+        >>> data = TensorDataset(torch.randn(64, 1, 28, 28, generator=g), torch.randint(0, 10, (64,), generator=g))
+        >>> model = build_model("lenet300")
+        >>> gsm = GSMCallback(model, ratio=60)
+        >>> _ = fit(model, data, TrainConfig(momentum=0.98, weight_decay=5e-4), callbacks=[gsm])
+        >>> masks = gsm.finalize(model)  # exactly gsm.q nonzero weights
+        >>> gsm.q, sum(int(m.sum()) for m in masks.values())
+        (4437, 4437)
     """
 
     def __init__(self, model: nn.Module, *, q: int | None = None, ratio: float | None = None,

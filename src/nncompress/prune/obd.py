@@ -64,7 +64,15 @@ def diag_fisher(
     """Diagonal Fisher ``mean_n (d loss_n / d w)^2`` of the named parameters.
 
     Example:
-        >>> h = diag_fisher(model, train_set, n_samples=1024)  # doctest: +SKIP
+        >>> import torch
+        >>> from torch.utils.data import TensorDataset
+        >>> from nncompress.models import build_model
+        >>> from nncompress.train import TrainConfig, fit
+        >>> g = torch.Generator().manual_seed(0)
+        >>> data = TensorDataset(torch.randn(64, 1, 28, 28, generator=g), torch.randint(0, 10, (64,), generator=g))
+        >>> h = diag_fisher(build_model("lenet300"), data, n_samples=32)
+        >>> sorted(h), bool((h["fc1.weight"] >= 0).all())
+        (['fc1.weight', 'fc2.weight', 'fc3.weight'], True)
     """
     from torch.func import functional_call, grad, vmap
 
@@ -118,7 +126,15 @@ def diag_hessian_hutchinson(
     Each batch's estimate of its own mean-loss Hessian is weighted by the batch size.
 
     Example:
-        >>> h = diag_hessian_hutchinson(model, train_set, n_samples=1024, probes=4)  # doctest: +SKIP
+        >>> import torch
+        >>> from torch.utils.data import TensorDataset
+        >>> from nncompress.models import build_model
+        >>> from nncompress.train import TrainConfig, fit
+        >>> g = torch.Generator().manual_seed(0)
+        >>> data = TensorDataset(torch.randn(64, 1, 28, 28, generator=g), torch.randint(0, 10, (64,), generator=g))
+        >>> h = diag_hessian_hutchinson(build_model("lenet300"), data, n_samples=32, probes=2)
+        >>> h["fc1.weight"].shape
+        torch.Size([300, 784])
     """
     names = list(names) if names is not None else list(prunable_weights(model))
     all_params = dict(model.named_parameters())
@@ -162,7 +178,15 @@ def diag_layerwise(
     by forward pre-hooks and summed over all batches; the result has the weight's shape.
 
     Example:
-        >>> h = diag_layerwise(model, train_set, n_samples=2048)  # doctest: +SKIP
+        >>> import torch
+        >>> from torch.utils.data import TensorDataset
+        >>> from nncompress.models import build_model
+        >>> from nncompress.train import TrainConfig, fit
+        >>> g = torch.Generator().manual_seed(0)
+        >>> data = TensorDataset(torch.randn(64, 1, 28, 28, generator=g), torch.randint(0, 10, (64,), generator=g))
+        >>> h = diag_layerwise(build_model("lenet300"), data, n_samples=32)
+        >>> h["fc1.weight"].shape, bool((h["fc1.weight"] >= 0).all())
+        (torch.Size([300, 784]), True)
     """
 
     names = list(names) if names is not None else list(prunable_weights(model))
@@ -232,7 +256,15 @@ def obd_prune(
     (layers not named and without a default are left dense). Already-pruned weights (``previous``) have saliency 0 and stay pruned.
 
     Example:
-        >>> masks = obd_prune(model, train_set, 0.9, n_samples=2048)  # doctest: +SKIP
+        >>> import torch
+        >>> from torch.utils.data import TensorDataset
+        >>> from nncompress.models import build_model
+        >>> from nncompress.train import TrainConfig, fit
+        >>> g = torch.Generator().manual_seed(0)
+        >>> data = TensorDataset(torch.randn(64, 1, 28, 28, generator=g), torch.randint(0, 10, (64,), generator=g))
+        >>> masks = obd_prune(build_model("lenet300"), data, 0.9, n_samples=32)
+        >>> round(masks.total_sparsity(), 3)
+        0.9
     """
     check_choice(scope, SCOPES, "scope")
     if estimator == "layerwise" and scope == "global":

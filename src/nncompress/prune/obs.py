@@ -249,7 +249,13 @@ def obs_prune(
     errors. ``previous`` masks stay pruned. Weights are updated in place.
 
     Example:
-        >>> masks = obs_prune(model, train_set, 0.9, n_samples=1024)  # doctest: +SKIP
+        >>> from torch.utils.data import TensorDataset
+        >>> g = torch.Generator().manual_seed(0)
+        >>> data = TensorDataset(torch.randn(64, 16, generator=g), torch.randint(0, 4, (64,), generator=g))
+        >>> model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 4))
+        >>> masks = obs_prune(model, data, 0.75, n_samples=64)
+        >>> {name: round(float((~m).float().mean()), 2) for name, m in masks.items()}
+        {'0.weight': 0.75, '2.weight': 0.75}
     """
     weights = prunable_weights(model, include, exclude, types=(nn.Linear, nn.Conv2d))
     targets = {n: (sparsity.get(n, sparsity.get("default")) if isinstance(sparsity, dict) else sparsity)

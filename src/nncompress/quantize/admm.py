@@ -89,8 +89,18 @@ class ADMMCallback(Callback):
     """ADMM training for the named weights (a ``Callback`` for ``fit``).
 
     Example:
-        >>> cb = ADMMCallback(model, ["fc1.weight"], "ternary", rho=0.1)  # doctest: +SKIP
-        >>> fit(model, data, cfg, callbacks=[cb]); cb.project(model)  # doctest: +SKIP
+        >>> import torch
+        >>> from torch.utils.data import TensorDataset
+        >>> from nncompress.models import build_model
+        >>> from nncompress.train import TrainConfig, fit
+        >>> g = torch.Generator().manual_seed(0)
+        >>> data = TensorDataset(torch.randn(64, 1, 28, 28, generator=g), torch.randint(0, 10, (64,), generator=g))
+        >>> model = build_model("lenet300")
+        >>> cb = ADMMCallback(model, ["fc1.weight"], "ternary", rho=0.1)
+        >>> _ = fit(model, data, TrainConfig(epochs=1), callbacks=[cb])
+        >>> w, alpha = admm_project(model.fc1.weight.detach(), cb.levels)  # the final projection
+        >>> w.unique().numel()  # -alpha, 0, +alpha
+        3
     """
 
     def __init__(

@@ -68,8 +68,20 @@ class INQ:
     """Partition state of every INQ layer of a model wrapped by ``quantize_``.
 
     Example:
-        >>> inq = INQ(model); inq.step(0.5)  # doctest: +SKIP
-        >>> fit(model, data, cfg, callbacks=[inq.callback()])  # doctest: +SKIP
+        >>> import torch
+        >>> from torch.utils.data import TensorDataset
+        >>> from nncompress.models import build_model
+        >>> from nncompress.train import TrainConfig, fit
+        >>> g = torch.Generator().manual_seed(0)
+        >>> data = TensorDataset(torch.randn(64, 1, 28, 28, generator=g), torch.randint(0, 10, (64,), generator=g))
+        >>> from nncompress.quantize.api import quantize_
+        >>> from nncompress.quantize.methods import make_config
+        >>> model = quantize_(build_model("lenet300"), make_config("inq"))
+        >>> inq = INQ(model); inq.step(0.5)  # half of each layer's weights quantized and frozen
+        >>> frozen, before = inq.frozen["fc1.weight"], model.fc1.weight.detach().clone()
+        >>> _ = fit(model, data, TrainConfig(epochs=1), callbacks=[inq.callback()])
+        >>> round(float(frozen.float().mean()), 2), torch.equal(model.fc1.weight[frozen], before[frozen])
+        (0.5, True)
     """
 
     def __init__(self, model: nn.Module):
