@@ -60,7 +60,8 @@ def layer_distribution(series: Mapping[str, np.ndarray], bins: int = 80) -> dict
         counts, _ = np.histogram(w, bins=edges)
         item: dict[str, Any] = {"label": label, "nonzero": int(w.size), "total": int(np.asarray(series[label]).size),
                                 "counts": counts.astype(int).tolist()}
-        values, value_counts = np.unique(w, return_counts=True)
+        few = np.unique(w[:: max(1, w.size // 20000)]).size <= MAX_CENTROIDS  # a cheap look first
+        values, value_counts = np.unique(w, return_counts=True) if few else (np.zeros(0), np.zeros(0))
         if 0 < values.size <= MAX_CENTROIDS:
             item["values"] = values.tolist()
             item["value_counts"] = value_counts.astype(int).tolist()

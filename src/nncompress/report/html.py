@@ -30,7 +30,7 @@ table{border-collapse:collapse;font-size:.86em;margin:.4em 0}
 th,td{border-bottom:1px solid #e3e3e3;padding:.28em .6em;text-align:right;white-space:nowrap}
 th{white-space:normal;vertical-align:bottom}
 th{background:#f4f6fa;font-weight:600}td:first-child,th:first-child{text-align:left}
-td.text{text-align:left;white-space:normal}
+td.text{text-align:left;white-space:normal;min-width:18em;font-size:.92em;color:#444}
 table.headline td,table.headline th{font-size:1.05em}
 figure{margin:.6em 0 1.2em}figure svg{display:block;height:auto;max-width:100%}
 figcaption{font-size:.86em;color:#444;margin-top:.3em}
@@ -50,12 +50,16 @@ def _md(text: str) -> str:
     return re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", _e(text))
 
 
-def _table(head: Sequence[str], rows: Sequence[Sequence[str]], cls: str = "", raw: bool = False) -> str:
+def _table(head: Sequence[str], rows: Sequence[Sequence[str]], cls: str = "", raw: bool = False,
+           wrap_last: bool = False) -> str:
     cells = (lambda v: v) if raw else _e
     out = [f'<div class="scroll"><table class="{cls}"><thead><tr>'
            + "".join(f"<th>{_e(h)}</th>" for h in head) + "</tr></thead><tbody>"]
     for r in rows:
-        out.append("<tr>" + "".join(f"<td>{cells(c)}</td>" for c in r) + "</tr>")
+        tds = [f"<td>{cells(c)}</td>" for c in r]
+        if wrap_last and tds:
+            tds[-1] = f'<td class="text">{cells(r[-1])}</td>'
+        out.append("<tr>" + "".join(tds) + "</tr>")
     return "".join(out) + "</tbody></table></div>"
 
 
@@ -127,7 +131,7 @@ def _references_table(summary: Mapping[str, Any], refs: Sequence[Mapping[str, An
         ratio = r.get("ratio") or (dense / b if dense and b else None)
         rows.append([r["label"], "-" if b is None else f"{b:,}", "-" if ratio is None else f"{ratio:.1f}x",
                      _pct(r.get("accuracy")), r.get("source", "")])
-    return _table(["point", "bytes", "ratio", "test accuracy", "source"], rows)
+    return _table(["point", "bytes", "ratio", "test accuracy", "source"], rows, wrap_last=True)
 
 
 def report_html(report: Mapping[str, Any]) -> str:
@@ -203,13 +207,17 @@ def report_html(report: Mapping[str, Any]) -> str:
                            "rebuilt from a file without its report.json)."))
     dists = report.get("distributions") or {}
     if dists:
-        labels = [x["label"] for x in next(iter(dists.values()))["series"]]
+        from nncompress.report.plots import drawn_series
+
+        series = next(iter(dists.values()))["series"]
+        labels = [x["label"].replace("_", " ") for x in drawn_series(series)]
+        kept = [x["label"] for x in series]
         parts.append(_figure(
             "weights", "Weight distributions per stage", lambda: plots.distributions_figure(dists),
-            "Nonzero weights of each layer after each stage (" + _e(", ".join(labels)) + "), count on a log "
-            "axis so the few weights left after pruning show under the dense peak. Grey: the first series; "
-            "lines: later ones; red stems: weights per codebook centroid (count per value, not per bin), "
-            "triangles: the centroids."))
+            "Nonzero weights of each layer (" + _e(", ".join(labels)) + "), count on a log axis so the few "
+            "weights left after pruning show under the dense peak. Grey: the trained weights; lines: after "
+            "pruning; red stems: weights per codebook centroid (count per value, not per bin), triangles: the "
+            "centroids. report.json keeps every snapshot (" + _e(", ".join(kept)) + ")."))
     else:
         parts.append(_note("weights", "Weight distributions per stage", "No weight snapshots in this report."))
     table = report.get("table") or {}

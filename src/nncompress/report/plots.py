@@ -92,7 +92,7 @@ def human_bytes(n: float) -> str:
 
 def accuracy_floor(values: Sequence[float]) -> tuple[float, float]:
     """A y range (in %) for accuracies that is not zoomed onto noise: from 5 points below
-    the lowest value rounded down to a multiple of 5 (at least 0), to 2 points above the
+    the lowest value rounded down to a multiple of 5 (at least 0), to 4 points above the
     highest rounded up to a multiple of 5 (at most 100).
 
     Example:
@@ -102,7 +102,7 @@ def accuracy_floor(values: Sequence[float]) -> tuple[float, float]:
     if not values:
         return 0.0, 100.0
     lo = max(0.0, 5.0 * math.floor((min(values) - 5) / 5))
-    hi = min(100.0, 5.0 * math.ceil((max(values) + 2) / 5))
+    hi = min(100.0, 5.0 * math.ceil((max(values) + 4) / 5))
     return lo, max(hi, lo + 10.0)
 
 
@@ -146,13 +146,30 @@ def distributions_figure(dists: Mapping[str, Mapping[str, Any]]):
     return fig
 
 
+def drawn_series(series: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """The series a panel draws, as the Deep Compression paper does: the first (trained),
+    the last one not on a codebook after it (pruned), and the last (shared, or what the
+    file stores); the report keeps every series.
+
+    Example:
+        >>> s = [{"label": "trained"}, {"label": "after_pruning"}, {"label": "after_sharing", "values": [1.0]},
+        ...      {"label": "after_finetune", "values": [1.1]}]
+        >>> [x["label"] for x in drawn_series(s)]
+        ['trained', 'after_pruning', 'after_finetune']
+    """
+    if len(series) <= 3:
+        return list(series)
+    binned = [s for s in series[1:-1] if "values" not in s]
+    return [series[0], *binned[-1:], series[-1]]
+
+
 def _draw_layer(ax, dist: Mapping[str, Any]) -> None:
     import numpy as np
 
     edges = np.asarray(dist["edges"])
     styles = iter(SERIES_STYLES * 4)
     top = 1.0
-    for i, s in enumerate(dist["series"]):
+    for i, s in enumerate(drawn_series(dist["series"])):
         counts = np.asarray(s["counts"], dtype=float)
         if "values" in s and (i > 0 or len(s["values"]) <= 64):
             values, vc = np.asarray(s["values"]), np.asarray(s["value_counts"], dtype=float)
@@ -271,13 +288,13 @@ def stages_figure(stages: Sequence[Mapping[str, Any]], dense_bytes: int | None =
         if have:
             ax2.bar(x[have], [sizes[i] for i in have], width=0.55, color="#c9d6ea", edgecolor="#4c72b0",
                     label="size (bytes)")
-            for i in have:
-                ax2.text(x[i], sizes[i] * 1.08, human_bytes(sizes[i]), ha="center", va="bottom", fontsize=8,
-                         color="#2a4a7f")
             ax2.set_yscale("log")
             lo = min(sizes[i] for i in have)
             hi = max([sizes[i] for i in have] + [dense_bytes or 0])
-            ax2.set_ylim(lo / 3, hi * 4)
+            ax2.set_ylim(lo / 4, hi * 4)
+            for i in have:  # inside the bar, at its foot: clear of the accuracy line
+                ax2.text(x[i], lo / 4 * 1.25, human_bytes(sizes[i]), ha="center", va="bottom", fontsize=8,
+                         color="#1b3560", fontweight="bold")
             ax2.set_ylabel("size after the stage (bytes, log scale)", color="#2a4a7f")
         else:
             ax2.set_axis_off()
@@ -332,7 +349,8 @@ def curves_figure(curves: Sequence[Mapping[str, Any]]):
             for key, dash in (("train_accuracy", "--"), ("val_accuracy", "-")):
                 vals = [None if e.get(key) is None else 100 * e[key] for e in eps]
                 if any(v is not None for v in vals):
-                    a2.plot(xs, vals, color=colour, linestyle=dash, linewidth=1.3)
+                    a2.plot(xs, vals, color=colour, linestyle=dash, linewidth=1.3,
+                            marker="." if len(xs) < 30 else None)
                     accs += [v for v in vals if v is not None]
             a1.axvline(start + 0.5, color="#cccccc", linewidth=0.6)
             a2.axvline(start + 0.5, color="#cccccc", linewidth=0.6)
@@ -368,57 +386,57 @@ def curves_figure(curves: Sequence[Mapping[str, Any]]):
 
 def tradeoff_figure(summary: Mapping[str, Any], references: Sequence[Mapping[str, Any]] = ()):
     """Accuracy against file size (log) of this run, the dense model and the recipe's
-    reference points; a reference given only as a ratio (a paper's figure on another
-    set-up) is a vertical line at the size that ratio would give this dense model. A top
-    axis shows the compression ratio.
+    reference points, each named in the legend below with its size, ratio and accuracy
+    (labels on the plot would collide: the points sit close together); a reference given
+    only as a ratio (a paper's figure on another set-up) is a vertical line at the size
+    that ratio would give this dense model. A top axis shows the compression ratio.
 
     Example:
         >>> fig = tradeoff_figure({"dense_fp32_bytes": 1000, "dense_accuracy": 0.9, "file_bytes": 20,
         ...                        "compressed_accuracy": 0.89}, [{"label": "paper", "ratio": 40.0}])
     """
+    import numpy as np
+
     plt = _pyplot()
     from matplotlib.ticker import FuncFormatter
 
     dense = float(summary["dense_fp32_bytes"])
+    peers = ["#1f77b4", "#ff7f0e", "#9467bd", "#8c564b", "#17becf", "#bcbd22"]
     with plt.rc_context(STYLE):
-        fig, ax = plt.subplots(figsize=(8.5, 4.2))
+        fig, ax = plt.subplots(figsize=(8.5, 4.0 + 0.2 * (len(references) + 2)))
         accs: list[float] = []
         xs: list[float] = [dense, float(summary["file_bytes"])]
 
-        def point(b, a, text, above=False, **kw):
-            ax.plot([b], [100 * a], linestyle="none", **kw)
-            ax.annotate(text, (b, 100 * a), textcoords="offset points", xytext=(0, 10) if above else (0, -10),
-                        fontsize=8, va="bottom" if above else "top", ha="center")
+        def point(b, a, label, **kw):
+            ax.plot([b], [100 * a], linestyle="none", label=f"{label}: {human_bytes(b)} ({dense / b:.1f}x), "
+                    f"{100 * a:.2f}%", **kw)
+            ax.annotate(f"{100 * a:.2f}%", (b, 100 * a), textcoords="offset points", xytext=(0, 9),
+                        fontsize=8, ha="center", va="bottom")
             accs.append(100 * a)
 
         if summary.get("dense_accuracy") is not None:
-            point(dense, summary["dense_accuracy"], f"dense fp32\n{human_bytes(dense)}, "
-                  f"{100 * summary['dense_accuracy']:.2f}%", marker="s", color="#555555", markersize=8)
+            point(dense, summary["dense_accuracy"], "dense fp32 model", marker="s", color="#555555", markersize=8)
+        colours = iter(peers * 3)
         for r in references:
             b = r.get("bytes") or (dense / r["ratio"] if r.get("ratio") else None)
             if b is None:
                 continue
             xs.append(float(b))
             if r.get("accuracy") is None:
-                ax.axvline(b, color="#2ca02c", linestyle=":", linewidth=1.4)
-                ax.annotate(f" {r['label']}\n ({dense / b:.0f}x of this dense model)", (b, 0.04),
-                            xycoords=("data", "axes fraction"), fontsize=8, ha="left",
-                            va="bottom", color="#1d6b1d")
+                ax.axvline(b, color="#2ca02c", linestyle=":", linewidth=1.6,
+                           label=f"{r['label']} (ratio only: {dense / b:.0f}x of this dense model = {human_bytes(b)})")
             else:
-                point(float(b), r["accuracy"], f"{r['label']}\n{human_bytes(b)} ({dense / b:.1f}x), "
-                      f"{100 * r['accuracy']:.2f}%", marker="o", color="#1f77b4", markersize=7)
-        point(float(summary["file_bytes"]), summary["compressed_accuracy"],
-              f"this run\n{human_bytes(summary['file_bytes'])} ({dense / summary['file_bytes']:.1f}x), "
-              f"{100 * summary['compressed_accuracy']:.2f}%", above=True, marker="*", color="#d62728", markersize=14)
+                point(float(b), r["accuracy"], r["label"], marker="o", color=next(colours), markersize=7)
+        point(float(summary["file_bytes"]), summary["compressed_accuracy"], "this run", marker="*",
+              color="#d62728", markersize=14)
         ax.set_xscale("log")
-        ax.set_xlim(min(xs) / 2.5, max(xs) * 6)
+        ax.set_xlim(min(xs) / 2.5, max(xs) * 4)
         lo, hi = accuracy_floor(accs)
         ax.set_ylim(lo, hi)
         ax.set_xlabel("file size (bytes, log scale)")
         ax.set_ylabel(f"test accuracy (%), axis {lo:.0f}-{hi:.0f}%")
-        def ratio(v):
-            import numpy as np
 
+        def ratio(v):
             with np.errstate(divide="ignore"):
                 return dense / np.maximum(v, 1e-12)
 
@@ -426,5 +444,6 @@ def tradeoff_figure(summary: Mapping[str, Any], references: Sequence[Mapping[str
         top.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}x"))
         top.set_xlabel("compression ratio vs the dense fp32 model")
         ax.grid(alpha=0.25, which="both")
+        ax.legend(loc="upper left", bbox_to_anchor=(0.0, -0.14), frameon=False, ncol=1)
         fig.tight_layout()
     return fig
