@@ -93,7 +93,7 @@ class GroupLasso(Callback):
         >>> model = build_model("lenet5")
         >>> cb = GroupLasso(prunable_weights(model), ["filter", "channel"], strength=1e-4)
         >>> _ = fit(model, data, TrainConfig(epochs=1), callbacks=[cb])
-        >>> float(cb.penalty()) > 0
+        >>> float(cb.penalty().detach()) > 0
         True
     """
 
