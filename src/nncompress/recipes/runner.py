@@ -260,8 +260,8 @@ def stored_bytes(model: torch.nn.Module, codecs: Mapping[str, Any] | None = None
         return None
     try:
         return sum(enc.nbytes for enc in encode_state(model, plan_codecs(model, codecs or None), verify=False).values())
-    except NNCompressError as exc:  # e.g. a codec chosen for a later stage's weights
-        log.info("size after the stage not measured: %s", exc)
+    except Exception as exc:  # noqa: BLE001 - a report figure never stops a run (e.g. a codec for later weights)
+        log.info("size after the stage not measured: %s: %s", type(exc).__name__, exc)
         return None
 
 
@@ -294,7 +294,12 @@ def write_plots(report: dict[str, Any], folder: Path) -> list[str]:
     }
     written = []
     for name, draw in figures.items():
-        if draw is not None:
+        if draw is None:
+            continue
+        try:
             plots.save_png(draw(), folder / name)
-            written.append(name)
+        except Exception as exc:  # noqa: BLE001 - the file is saved; one odd figure must not fail the run
+            log.warning("%s not drawn: %s: %s", name, type(exc).__name__, exc)
+            continue
+        written.append(name)
     return written
