@@ -168,8 +168,8 @@ def activation_qparams(lo: float, hi: float) -> tuple[np.float32, np.uint8]:
         >>> s, z = activation_qparams(0.0, 2.55)
         >>> round(float(s), 6), int(z)
         (0.01, 0)
-        >>> activation_qparams(-1.0, 1.0)[1]
-        np.uint8(128)
+        >>> int(activation_qparams(-1.0, 3.0)[1])  # round(1 / (4 / 255))
+        64
     """
     lo, hi = min(float(lo), 0.0), max(float(hi), 0.0)
     if hi - lo <= 0 or not np.isfinite(hi - lo):
