@@ -94,8 +94,10 @@ def recipe_problems(recipe: Any, model: nn.Module, source: str = "recipe") -> li
     first stage that restructures the model).
 
     Example:
-        >>> recipe_problems(parse_recipe({"stages": [{"prune": {"sparsity": {"fc9": 0.5}}}]}), LeNet300100())  # doctest: +SKIP
-        ['recipe: stages[0].prune.sparsity.fc9: no layer named 'fc9'']
+        >>> from nncompress.models import build_model
+        >>> from nncompress.recipes import parse_recipe
+        >>> recipe_problems(parse_recipe({"stages": [{"prune": {"sparsity": {"fc9": 0.5}}}]}), build_model("lenet300"))
+        ["recipe: stages[0].prune.sparsity.fc9: no layer named 'fc9'"]
     """
     names = _layer_names(model)
     problems: list[str] = []

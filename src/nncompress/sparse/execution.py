@@ -157,10 +157,12 @@ def to_sparse_inference(
         ``example_input``.
 
     Example:
-        >>> model = build_model("lenet300"); magnitude_prune(model, sparsity=0.95)  # doctest: +SKIP
-        >>> fast, report = to_sparse_inference(model, torch.randn(1, 1, 28, 28))  # doctest: +SKIP
-        >>> report.sparse_layers  # doctest: +SKIP
-        ['fc1', 'fc2']
+        >>> from nncompress.models import build_model
+        >>> from nncompress.prune.magnitude import magnitude_prune
+        >>> model = build_model("lenet300"); _ = magnitude_prune(model, sparsity=0.95)
+        >>> fast, report = to_sparse_inference(model, torch.randn(1, 1, 28, 28), mode="sparse", repeats=2)
+        >>> report.sparse_layers, report.max_abs_diff < 1e-4  # mode="auto" keeps only faster layers
+        (['fc1', 'fc2', 'fc3'], True)
     """
     check_choice(mode, MODES, "mode")
     check_float(min_speedup, "min_speedup", 0, lo_open=True)
@@ -230,7 +232,14 @@ def load_sparse(path: str | Path, example_input: Any, model: nn.Module | None = 
     (in place); ``kwargs`` go to ``to_sparse_inference``.
 
     Example:
-        >>> model, report = load_sparse("lenet300.nnc", torch.randn(1, 1, 28, 28))  # doctest: +SKIP
+        >>> import tempfile; from pathlib import Path
+        >>> import nncompress
+        >>> from nncompress.models import build_model
+        >>> path = Path(tempfile.mkdtemp()) / "lenet300.nnc"
+        >>> _ = nncompress.save(build_model("lenet300"), path)
+        >>> model, report = load_sparse(path, torch.randn(1, 1, 28, 28), mode="dense", repeats=2)
+        >>> type(model).__name__, report.sparse_layers
+        ('LeNet300100', [])
     """
     from nncompress.format import load
 

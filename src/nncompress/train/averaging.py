@@ -29,7 +29,14 @@ class WeightAveraging(Callback):
     average when the run ends (``fit`` adds it for ``TrainConfig.average_last``).
 
     Example:
-        >>> fit(model, data, TrainConfig(epochs=20, average_last=5))  # doctest: +SKIP
+        >>> from torch.utils.data import TensorDataset
+        >>> from nncompress.train import TrainConfig, fit
+        >>> g = torch.Generator().manual_seed(0)
+        >>> data = TensorDataset(torch.randn(32, 8, generator=g), torch.randint(0, 2, (32,), generator=g))
+        >>> model = nn.Linear(8, 2)
+        >>> _ = fit(model, data, TrainConfig(epochs=3, average_last=2))  # mean of the last 2 epoch ends
+        >>> bool(torch.isfinite(model.weight).all())
+        True
     """
 
     def __init__(self, first_epoch: int):

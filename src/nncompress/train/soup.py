@@ -84,7 +84,19 @@ def soup_fit(model: nn.Module, train_data: Dataset, cfg: TrainConfig, ingredient
     shows a progress bar per ingredient.
 
     Example:
-        >>> soup_fit(model, train, TrainConfig(epochs=5), 4, callbacks=lambda: [MaskCallback(m)])  # doctest: +SKIP
+        >>> import torch
+        >>> from torch.utils.data import TensorDataset
+        >>> from nncompress.models import build_model
+        >>> from nncompress.train import TrainConfig, fit
+        >>> g = torch.Generator().manual_seed(0)
+        >>> data = TensorDataset(torch.randn(64, 1, 28, 28, generator=g), torch.randint(0, 10, (64,), generator=g))
+        >>> from nncompress.prune.magnitude import magnitude_prune
+        >>> from nncompress.prune.mask import MaskCallback
+        >>> model = build_model("lenet300")
+        >>> m = magnitude_prune(model, sparsity=0.9)
+        >>> _ = soup_fit(model, data, TrainConfig(epochs=1), 2, callbacks=lambda: [MaskCallback(m)])
+        >>> round(float((model.fc1.weight == 0).float().mean()), 2)  # the mean of masked runs keeps the mask
+        0.9
     """
     if isinstance(ingredients, bool) or not isinstance(ingredients, int) or ingredients < 1:
         raise ConfigError(f"soup ingredients={ingredients!r} not allowed; use an integer >= 1 (1 = no soup)")

@@ -69,8 +69,19 @@ class ChannelFade(Callback):
     ``on_fit_begin`` and taken off at ``on_fit_end``; ``multiplier`` is the current factor.
 
     Example:
-        >>> fade = ChannelFade(model, groups, {"conv1": [0, 3]}, fade_steps=500)  # doctest: +SKIP
-        >>> fit(model, train_set, cfg, callbacks=[fade])  # doctest: +SKIP
+        >>> import torch
+        >>> from torch.utils.data import TensorDataset
+        >>> from nncompress.models import build_model
+        >>> from nncompress.train import TrainConfig, fit
+        >>> g = torch.Generator().manual_seed(0)
+        >>> data = TensorDataset(torch.randn(64, 1, 28, 28, generator=g), torch.randint(0, 10, (64,), generator=g))
+        >>> from nncompress.prune.structured.groups import find_groups
+        >>> model = build_model("lenet5")
+        >>> groups = find_groups(model, torch.randn(1, 1, 28, 28))
+        >>> fade = ChannelFade(model, groups, {"conv1": [0, 3]}, fade_steps=4)
+        >>> _ = fit(model, data, TrainConfig(epochs=1, batch_size=8), callbacks=[fade])  # 8 steps
+        >>> fade.multiplier  # faded out: the channels can now be removed without a jump
+        0.0
     """
 
     def __init__(self, model: nn.Module, groups: Sequence[ChannelGroup],

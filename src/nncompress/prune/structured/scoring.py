@@ -350,7 +350,12 @@ def score(model: nn.Module, groups: Sequence[ChannelGroup], criterion: str, data
     """Score every group with ``criterion``; checks one finite score per channel.
 
     Example:
-        >>> s = score(model, find_groups(model, x[:1]), "l1")  # doctest: +SKIP
+        >>> from nncompress.models import build_model
+        >>> from nncompress.prune.structured.groups import find_groups
+        >>> model = build_model("lenet5")
+        >>> s = score(model, find_groups(model, torch.randn(1, 1, 28, 28)), "l1")
+        >>> {name: tuple(v.shape) for name, v in s.items()}  # one score per channel of each group
+        {'fc1': (500,), 'conv2': (50,), 'conv1': (20,)}
     """
     fn = get_criterion(criterion)
     if fn.needs_data:

@@ -246,8 +246,13 @@ def uniform_ratio_for(
     channel counts rounded up to multiples of ``round_to`` as :func:`select_per_layer` does.
 
     Example:
-        >>> uniform_ratio_for(groups, costs, 0.5 * dense_macs)  # doctest: +SKIP
-        0.43
+        >>> from nncompress.models import build_model
+        >>> from nncompress.prune.structured.cost import layer_costs
+        >>> from nncompress.prune.structured.groups import find_groups
+        >>> model, x = build_model("lenet5"), torch.randn(1, 1, 28, 28)
+        >>> costs, groups = layer_costs(model, x), find_groups(model, x)
+        >>> round(uniform_ratio_for(groups, costs, 0.5 * sum(c.macs for c in costs)), 2)
+        0.34
     """
     check_kind(kind)
 
