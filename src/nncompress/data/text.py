@@ -30,7 +30,10 @@ def read_lines(path: str | Path, limit: int | None = None) -> list[str]:
             longer than ``MAX_LINE_CHARS``.
 
     Example:
-        >>> read_lines("eval.txt", limit=2)  # doctest: +SKIP
+        >>> import tempfile; from pathlib import Path
+        >>> path = Path(tempfile.mkdtemp()) / "eval.txt"
+        >>> _ = path.write_text("First passage.\\n\\n  Second passage.\\nThird.\\n", encoding="utf-8")
+        >>> read_lines(path, limit=2)
         ['First passage.', 'Second passage.']
     """
     if limit is not None:

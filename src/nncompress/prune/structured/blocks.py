@@ -186,7 +186,11 @@ def remove_blocks(model: nn.Module, names: Iterable[str], x: torch.Tensor, batch
     Returns ``model``.
 
     Example:
-        >>> remove_blocks(model, ["layers.1"], x_sample, fit="affine")  # doctest: +SKIP
+        >>> from nncompress.models import build_model
+        >>> x_sample = torch.randn(8, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+        >>> model = remove_blocks(build_model("resnet20").eval(), ["layers.1"], x_sample, fit="affine")
+        >>> type(model.layers[1]).__name__, model(x_sample).shape
+        ('ResidualShortcut', torch.Size([8, 10]))
     """
     check_fit(fit)
     names = _check_names(model, names)
