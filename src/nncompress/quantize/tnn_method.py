@@ -279,6 +279,17 @@ def quantize_tnn(model: torch.nn.Module, config: TNNConfig, run: QuantizeRun) ->
     """Wrap, calibrate the ternary activations, train and finalize ``model`` (in place).
 
     Example:
-        >>> quantize_model(model, TNNConfig(), QuantizeRun(train_data=train))  # doctest: +SKIP
+        >>> from torch.utils.data import TensorDataset
+        >>> from nncompress.models import build_model
+        >>> from nncompress.quantize.api import activation_spec
+        >>> from nncompress.quantize.registry import quantize_model
+        >>> g = torch.Generator().manual_seed(0)
+        >>> train = TensorDataset(torch.randn(64, 1, 28, 28, generator=g), torch.randint(0, 10, (64,), generator=g))
+        >>> model = quantize_model(build_model("lenet300"), TNNConfig(), QuantizeRun(train_data=train)).model
+        >>> spec = activation_spec(model)  # fc1's input is the data: not ternary by default
+        >>> sorted(spec), all(s["center"] == s["alpha"] for s in spec.values())  # ReLU inputs: {0, a, 2a}
+        (['fc2', 'fc3'], True)
+        >>> model.fc2.weight[0].unique().numel()  # ternary weights per neuron
+        3
     """
     return quantize_lowbit(model, config, run)
