@@ -59,6 +59,8 @@ class ActQuantizer(nn.Module):
                 f"activation quantizer {self.kind!r} needs calibration data first "
                 "(pass calib_data / run calibrate())"
             )
+        check_act_value(self.kind, "lo", self.lo)
+        check_act_value(self.kind, "hi", self.hi)
 
 
 class SignAct(ActQuantizer):
@@ -182,6 +184,29 @@ ACTIVATIONS: dict[str, type[ActQuantizer]] = {
 }
 
 
+MAX_ACT_VALUE = 2.0**32
+"""Largest magnitude of a calibrated activation parameter (a range end ``lo``/``hi``, a
+ternary level), about 4.3e9. Each is at most the largest input the layer saw in
+calibration, and the inputs of a working float32 network stay many orders below 2^32
+(image bytes < 2^8, raw 16/24-bit audio samples < 2^23, activations of a trained layer
+O(1..1e3)). A larger value in a file is a damaged or hostile file, refused at load; a
+calibration that produced one is refused before training (normalise the inputs)."""
+
+
+def check_act_value(kind: str, key: str, value: float) -> None:
+    """``ConfigError`` naming the value and the bound when ``|value| > MAX_ACT_VALUE``.
+
+    Example:
+        >>> check_act_value("affine", "hi", 2.0**40)
+        Traceback (most recent call last):
+        ...
+        nncompress.errors.ConfigError: activation quantizer 'affine': hi=1099511627776.0 exceeds the bound 4294967296.0 (2^32) of a layer input; a damaged file, or a model fed unnormalised inputs
+    """
+    if abs(value) > MAX_ACT_VALUE:
+        raise ConfigError(f"activation quantizer {kind!r}: {key}={value!r} exceeds the bound {MAX_ACT_VALUE!r} "
+                          "(2^32) of a layer input; a damaged file, or a model fed unnormalised inputs")
+
+
 def make_activation(spec: dict[str, Any]) -> ActQuantizer:
     """Rebuild an activation quantizer from its ``spec()``.
 
@@ -207,8 +232,10 @@ def make_activation(spec: dict[str, Any]) -> ActQuantizer:
     for key in ("lo", "hi"):
         value = spec.get(key)
         if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
-                                  or not math.isfinite(value) or abs(value) > 1e30):
+                                  or not math.isfinite(value)):
             raise ConfigError(f"activation quantizer {kind!r}: {key}={str(value)[:40]} is not a finite number")
+        if value is not None:
+            check_act_value(kind, key, float(value))
     if spec.get("lo") is not None and spec.get("hi") is not None and spec["lo"] > spec["hi"]:
         raise ConfigError(f"activation quantizer {kind!r}: lo={spec['lo']} > hi={spec['hi']}")
     return ACTIVATIONS[kind](**spec)

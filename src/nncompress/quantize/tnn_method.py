@@ -36,20 +36,22 @@ from typing import ClassVar
 import torch
 
 from nncompress.errors import ConfigError
-from nncompress.quantize.activations import ActQuantizer, register_activation
+from nncompress.quantize.activations import (
+    MAX_ACT_VALUE,
+    ActQuantizer,
+    check_act_value,
+    register_activation,
+)
 from nncompress.quantize.bits import check_bits
 from nncompress.quantize.lowbit_method import quantize_lowbit
 from nncompress.quantize.methods import LayerInfo, QuantConfig
 from nncompress.quantize.quantizers import TWNQuantizer
 from nncompress.quantize.registry import QuantizeResult, QuantizeRun, register_quantizer
 
-MAX_LEVEL = 2.0**32
-"""Largest ``|Delta|``, ``a`` or ``|c|`` a ternary activation may hold (about 4.3e9). Each is at
-most the largest input the layer saw in calibration (``a <= max |x|``, ``Delta <= a``, ``c =
-a <= max x / 2``), and the inputs of a working float32 network stay many orders below 2^32
-(image bytes < 2^8, raw 16/24-bit audio samples < 2^23, activations of a trained layer
-O(1..1e3)). A larger value in a file is a damaged or hostile file, refused at load; a
-calibration that would produce one is refused at fit (normalise the inputs)."""
+MAX_LEVEL = MAX_ACT_VALUE
+"""Largest ``|Delta|``, ``a`` or ``|c|`` a ternary activation may hold (2^32, the bound of
+every calibrated activation parameter): each is at most the largest input the layer saw in
+calibration (``a <= max |x|``, ``Delta <= a``, ``c = a <= max x / 2``)."""
 _REL = 1e-6
 """Relative slack of the level relations a file must satisfy (float32 rounding)."""
 
@@ -148,12 +150,10 @@ def check_levels(delta: float, alpha: float, center: float) -> None:
         >>> check_levels(0.5, 2.0**40, 0.0)
         Traceback (most recent call last):
         ...
-        nncompress.errors.ConfigError: ternary activation: alpha=1099511627776.0 exceeds the bound 4294967296.0 (2^32) of a layer input; a damaged file, or a model fed unnormalised inputs
+        nncompress.errors.ConfigError: activation quantizer 'ternary': alpha=1099511627776.0 exceeds the bound 4294967296.0 (2^32) of a layer input; a damaged file, or a model fed unnormalised inputs
     """
     for key, v in (("alpha", alpha), ("center", center), ("delta", delta)):
-        if abs(v) > MAX_LEVEL:
-            raise ConfigError(f"ternary activation: {key}={v!r} exceeds the bound {MAX_LEVEL!r} (2^32) of a layer "
-                              "input; a damaged file, or a model fed unnormalised inputs")
+        check_act_value("ternary", key, v)
     if center == 0.0:
         if not delta <= alpha * (1 + _REL):
             raise ConfigError(f"ternary activation: delta={delta!r} > alpha={alpha!r} with center 0; allowed: "
