@@ -93,3 +93,18 @@ def test_unknown_step_is_refused_by_name():
         KMeansConfig(centroid_step="avg")
     with pytest.raises(ConfigError, match="'avg'"):
         CentroidFineTuner(SharedWeights({}), lr=0.1, step="avg")
+
+
+def test_gptq_kmeans_grid_finetuning_uses_the_mean_step(trained):
+    from nncompress.quantize.gptq_method import GPTQConfig
+
+    model, train, test = trained
+    marks = {}
+    q = copy.deepcopy(model)
+    run = QuantizeRun(train_data=train, finetune=TrainConfig(epochs=2, lr=0.1, batch_size=64),
+                      snapshot=lambda label: marks.setdefault(label, copy.deepcopy(q)))
+    quantize_model(q, GPTQConfig(bits=2, grid="kmeans"), run)
+    assert all(torch.isfinite(p).all() for p in q.parameters())
+    assert evaluate(q, test)["loss"] <= evaluate(marks["after_gptq"], test)["loss"]
+    with pytest.raises(ConfigError, match="centroid_step"):
+        GPTQConfig(centroid_step="avg")

@@ -5,7 +5,7 @@ Calibrates on ``run.calibration_data("gptq")`` (batches of ``batch_size``, a dat
 The file stores uniform grids with the ``gptq`` codec (``quantize.gptq_codec``) and k-means
 grids with ``deep``; both decode to exactly the simulated weights. With the k-means grid
 the method fine-tunes the centroids when the run has ``finetune`` (``CentroidFineTuner``:
-a centroid's gradient is the sum of its members').
+a centroid's gradient is the sum of its members', stepped as ``centroid_step`` says).
 
 This registration lives in ``oneshot`` (not in ``quantize/``) because ``oneshot`` builds on
 ``quantize`` (k-means, ``SharedWeights``); a quantize module importing ``oneshot`` would be
@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from torch import nn
 from torch.utils.data import DataLoader
 
-from nncompress.checks import check_float, check_int
+from nncompress.checks import check_choice, check_float, check_int
 from nncompress.quantize.oneshot.api import OneShotConfig, oneshot_compress
 from nncompress.quantize.registry import (
     QuantizerConfig,
@@ -27,7 +27,7 @@ from nncompress.quantize.registry import (
     QuantizeRun,
     register_quantizer,
 )
-from nncompress.quantize.sharing import CentroidFineTuner
+from nncompress.quantize.sharing import CENTROID_STEPS, CentroidFineTuner
 
 
 @dataclass
@@ -46,12 +46,17 @@ class GPTQConfig(OneShotConfig, QuantizerConfig):
     """Calibration samples per forward pass."""
     centroid_lr: float | None = None
     """k-means grid: learning rate of the centroids during the run's fine-tuning (default: its lr)."""
+    centroid_step: str = "mean"
+    """k-means grid: centroid update of the fine-tuning, ``mean`` (each centroid moves by
+    ``centroid_lr`` times its weights' mean gradient) or ``sum`` (the summed gradient, whose
+    step grows with the cluster); as ``method: kmeans``'s ``centroid_step``."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
         self.batch_size = check_int(self.batch_size, "batch_size", 1)
         if self.centroid_lr is not None:
             self.centroid_lr = check_float(self.centroid_lr, "centroid_lr", 0, None, lo_open=True)
+        check_choice(self.centroid_step, CENTROID_STEPS, "centroid_step")
 
     def training(self) -> str:
         return "optional" if self.grid == "kmeans" and self.bits is not None else "never"
@@ -68,7 +73,7 @@ def quantize_gptq(model: nn.Module, config: GPTQConfig, run: QuantizeRun) -> Qua
     run.mark("after_gptq")
     if run.finetune is not None and result.shared is not None:
         lr = config.centroid_lr if config.centroid_lr is not None else run.finetune.lr
-        run.fit(model, run.finetune, [CentroidFineTuner(result.shared, lr)])
+        run.fit(model, run.finetune, [CentroidFineTuner(result.shared, lr, step=config.centroid_step)])
         result.shared.round_codebooks(model)
     summary = {k: v for k, v in result.summary.items() if k != "config"}
     return QuantizeResult(model, {**summary, "errors": result.errors})
