@@ -173,7 +173,8 @@ def _draw_layer(ax, dist: Mapping[str, Any]) -> None:
         counts = np.asarray(s["counts"], dtype=float)
         if "values" in s and (i > 0 or len(s["values"]) <= 64):
             values, vc = np.asarray(s["values"]), np.asarray(s["value_counts"], dtype=float)
-            ax.vlines(values, 0.8, vc, colors="#d62728", linewidth=1.0, label=_series_label(s) + ", per centroid")
+            ax.vlines(values, 0.8, vc, colors="#d62728", linewidth=0.8, alpha=0.8,
+                      label=_series_label(s) + ", per centroid")
             ax.plot(values, np.full(values.shape, 0.8), linestyle="none", marker="^", markersize=4,
                     color="#d62728", clip_on=False, label=f"{len(values)} codebook centroids")
             top = max(top, float(vc.max()))
@@ -315,6 +316,36 @@ def stages_figure(stages: Sequence[Mapping[str, Any]], dense_bytes: int | None =
     return fig
 
 
+def fit_labels(curves: Sequence[Mapping[str, Any]], min_share: float = 0.04) -> list[tuple[int, str]]:
+    """``(first epoch index, label)`` to print above the curves: one per fit, except that
+    consecutive short fits of one stage (each under ``min_share`` of all epochs: pruning
+    rounds) share one label, ``first ... (n fits)``, so the labels do not pile up.
+
+    Example:
+        >>> c = [{"label": "train", "stage": "train", "epochs": [{}] * 40}] + [
+        ...      {"label": f"round {i}/3", "stage": "prune", "epochs": [{}]} for i in (1, 2, 3)]
+        >>> fit_labels(c)
+        [(0, 'train'), (40, 'round 1/3 ... (3 fits)')]
+    """
+    fits = [(str(c.get("label", "")), str(c.get("stage", "")), len(c.get("epochs") or [])) for c in curves]
+    fits = [f for f in fits if f[2]]
+    total = sum(n for _, _, n in fits)
+    out: list[tuple[int, str]] = []
+    pos, i = 0, 0
+    while i < len(fits):
+        label, stage, n = fits[i]
+        j = i + 1
+        if n < min_share * total:
+            while j < len(fits) and fits[j][1] == stage and fits[j][2] < min_share * total:
+                j += 1
+        group = fits[i:j]
+        text = label if len(group) == 1 else f"{label} ... ({len(group)} fits)"
+        out.append((pos, text))
+        pos += sum(g[2] for g in group)
+        i = j
+    return out
+
+
 def curves_figure(curves: Sequence[Mapping[str, Any]]):
     """Loss (top) and accuracy (bottom) per epoch of every fit the run did, one after the
     other on a shared epoch axis, coloured by recipe stage; training accuracy dashed,
@@ -355,15 +386,9 @@ def curves_figure(curves: Sequence[Mapping[str, Any]]):
             a1.axvline(start + 0.5, color="#cccccc", linewidth=0.6)
             a2.axvline(start + 0.5, color="#cccccc", linewidth=0.6)
             start = xs[-1]
-        n_fits = sum(1 for c in curves if c.get("epochs"))
-        if n_fits <= 14:
-            pos = 0
-            for c in curves:
-                eps = c.get("epochs") or []
-                if eps:
-                    a1.annotate(str(c.get("label", "")), (pos + 1, 1.0), xycoords=("data", "axes fraction"),
-                                rotation=30, fontsize=7, va="bottom", ha="left", color="#555555")
-                    pos += len(eps)
+        for pos, text in fit_labels(curves):
+            a1.annotate(text, (pos + 1, 1.0), xycoords=("data", "axes fraction"), rotation=30, fontsize=7,
+                        va="bottom", ha="left", color="#555555")
         a1.set_ylabel("training loss")
         a1.legend(loc="upper right", frameon=False, title="stage", title_fontsize=8)
         a1.grid(alpha=0.25)
