@@ -109,9 +109,17 @@ class CSGDCallback(Callback):
     """Centripetal SGD on the channel groups rooted at the layers of ``clusters``.
 
     Example:
-        >>> labels = {"conv1": cluster_filters(model.conv1.weight, 10)}  # doctest: +SKIP
-        >>> cb = CSGDCallback(model, labels, torch.randn(1, 1, 28, 28), eps=0.05)  # doctest: +SKIP
-        >>> fit(model, data, cfg, callbacks=[cb]); csgd_merge(model, labels, example)  # doctest: +SKIP
+        >>> from torch.utils.data import TensorDataset
+        >>> from nncompress.models import build_model
+        >>> from nncompress.train import TrainConfig, fit
+        >>> g = torch.Generator().manual_seed(0)
+        >>> data = TensorDataset(torch.randn(64, 1, 28, 28, generator=g), torch.randint(0, 10, (64,), generator=g))
+        >>> model, example = build_model("lenet5"), torch.randn(1, 1, 28, 28)
+        >>> labels = {"conv1": cluster_filters(model.conv1.weight, 10)}
+        >>> cb = CSGDCallback(model, labels, example, eps=0.05)
+        >>> _ = fit(model, data, TrainConfig(epochs=1, batch_size=16), callbacks=[cb])
+        >>> csgd_merge(model, labels, example).conv1.out_channels  # 20 filters merged into 10
+        10
     """
 
     def __init__(self, model: nn.Module, clusters: Mapping[str, torch.Tensor], example_inputs: torch.Tensor,

@@ -127,8 +127,13 @@ def sparse_train(model: nn.Module, config: SparseTrainConfig | str, train_data: 
     Example:
         >>> cfg = SparseTrainConfig("gsm", {"ratio": 60}, TrainConfig(epochs=5, momentum=0.98,
         ...                         weight_decay=5e-4))
-        >>> res = sparse_train(model, cfg, train_set)  # doctest: +SKIP
-        >>> sum(res.masks.kept().values())  # doctest: +SKIP
+        >>> import torch
+        >>> from torch.utils.data import TensorDataset
+        >>> from nncompress.models import build_model
+        >>> g = torch.Generator().manual_seed(0)
+        >>> train_set = TensorDataset(torch.randn(64, 1, 28, 28, generator=g), torch.randint(0, 10, (64,), generator=g))
+        >>> res = sparse_train(build_model("lenet300"), cfg, train_set)
+        >>> sum(res.masks.kept().values())  # 266,200 weights / 60
         4437
     """
     if isinstance(config, SparseTrainConfig):

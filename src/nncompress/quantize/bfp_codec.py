@@ -7,7 +7,13 @@ is stored exactly. Parameters: ``mantissa_bits`` (2..24, default 8) and ``block`
 None for the whole tensor; default 32).
 
 Example:
-    >>> nncompress.save(model, "m.nnc", codecs={"fc1.weight": ("bfp", {"mantissa_bits": 6})})  # doctest: +SKIP
+    >>> import tempfile; from pathlib import Path
+    >>> import nncompress
+    >>> from nncompress.models import build_model
+    >>> path = Path(tempfile.mkdtemp()) / "m.nnc"
+    >>> info = nncompress.save(build_model("lenet300"), path, codecs={"fc1.weight": ("bfp", {"mantissa_bits": 6})})
+    >>> [(t.name, t.codec) for t in info.tensors][:2]
+    [('fc1.weight', 'bfp'), ('fc1.bias', 'raw')]
 """
 
 from __future__ import annotations
