@@ -333,6 +333,9 @@ class RunProgress:
             total, nonzero = weight_counts(model)
             if total:
                 parts.append(f"nonzero weights {nonzero:,}/{total:,} ({_pct(nonzero / total)})")
+        stored = (getattr(record, "extra", None) or {}).get("bytes")
+        if isinstance(stored, int) and stored > 0:
+            parts.append(f"{stored:,} bytes as stored")
         head = f"    {record.stage} done in {_duration(record.seconds)}"
         return head + (": " + ", ".join(parts) if parts else "")
 

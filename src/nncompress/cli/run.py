@@ -62,7 +62,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     print(f"compressed    {score(s['compressed_accuracy'])}  {s['file_bytes']:,} bytes  "
           f"-> {s['ratio']:.1f}x smaller")
     print(f"file          {out}")
-    print(f"report        {report_dir / 'report.md'}")
+    print(f"report        {report_dir / 'report.html'} (and report.md, report.json)")
     return 0
 
 

@@ -171,6 +171,9 @@ def run_recipe(recipe: Recipe, out: str | Path, report_dir: str | Path | None = 
             checkpoints.save(i, ctx, dense_accuracy)
         if stage_hook is not None:
             stage_hook(stage.name, ctx)
+        done = getattr(ctx.extras.get("progress"), "stage_done", None)
+        if done is not None:  # the stage's result line (written once, hook or not)
+            done(ctx)
     ctx.extras.pop("fit_checkpoint", None)
     if not ranks_agree(ctx.model):  # torchrun: every rank must end with rank 0's model
         raise NNCompressError(f"rank {rank}: the processes hold different models after the last stage")
