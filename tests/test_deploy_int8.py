@@ -113,6 +113,14 @@ def test_compressed_storage_is_kept(tmp_path):
     assert {t.name: t.form for t in rep.tensors}["0.weight"] == "shared"
     assert rep.onnx_bytes < 0.25 * dense.onnx_bytes  # 4-bit indices, not 8-bit (nor 32-bit) weights
     assert optimized_ops(tmp_path / "i.onnx").get("QGemm", 0) == 2
+    # uncompressed float weights are stored as their int8 codes (1 byte each), not as floats
+    torch.manual_seed(1)
+    plain = nn.Sequential(nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 10)).eval()
+    rep = export_onnx(plain, tmp_path / "p.onnx", x[:4], runtime="int8", calib=x, int8=LOOSE)
+    int8_inits = [i for i in onnx.load(str(tmp_path / "p.onnx")).graph.initializer
+                  if i.data_type == onnx.TensorProto.INT8 and len(i.dims) == 2]
+    assert sorted(tuple(i.dims) for i in int8_inits) == [(10, 256), (256, 64)]
+    assert rep.onnx_bytes < 0.3 * dense.onnx_bytes
 
 
 def test_too_large_drop_is_refused_and_nothing_written(tmp_path):

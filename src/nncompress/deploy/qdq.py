@@ -11,7 +11,8 @@ The rewrite works on the graph ``export_onnx`` builds (``translate.build_graph``
 * **Weights** stay in their compressed storage: the int8 weight is computed *in the graph*
   from the decoded float weight, ``Cast<int8>(Clip(Round(W' / s), -127, 127))`` with one
   scale per output channel (folded by onnxruntime when the session is created), followed by
-  a per-axis ``DequantizeLinear``. Biases become int32 at scale ``s_x * s_w`` (what the
+  a per-axis ``DequantizeLinear``. A weight stored uncompressed (float32 or float16) is
+  stored as its int8 codes instead, the smaller form. Biases become int32 at scale ``s_x * s_w`` (what the
   integer kernels expect), stored as int32 initializers.
 * **Activations**: each target's input and output (and the output of an ``Add`` of two
   quantized values, the residual adds) get one ``QuantizeLinear`` -> ``DequantizeLinear``
@@ -62,6 +63,9 @@ class _Target:
     """Axis of the weight that indexes output channels."""
     bns: list[Any] = field(default_factory=list)
     out: str = ""
+    dense: bool = False
+    """The weight is stored uncompressed (a float32 or float16 initializer): its int8 codes
+    are stored instead (1 byte each), not computed in the graph."""
 
 
 @dataclass
@@ -129,7 +133,8 @@ def _targets(idx: _Index, graph) -> list[_Target]:
             axis = 0 if _attr(n, "transB", 0) else 1
         else:
             axis = 0 if n.op_type == "Conv" else 1
-        t = _Target(n, ins[0], ins[1], ins[2] if len(ins) > 2 and ins[2] else None, axis, [], n.output[0])
+        t = _Target(n, ins[0], ins[1], ins[2] if len(ins) > 2 and ins[2] else None, axis, [], n.output[0],
+                    _dense_float(idx, ins[1]))
         if n.op_type == "Conv":
             while True:
                 bn = idx.sole(t.out, "BatchNormalization")
@@ -139,6 +144,18 @@ def _targets(idx: _Index, graph) -> list[_Target]:
                 t.out = bn.output[0]
         out.append(t)
     return out
+
+
+def _dense_float(idx: _Index, v: str) -> bool:
+    """``v`` is a float32 initializer, or a ``Cast`` of a float16 one (the ``dense`` and
+    ``fp16`` storage forms, larger than int8 codes)."""
+    from onnx import TensorProto
+
+    if v in idx.inits:
+        return idx.inits[v].data_type == TensorProto.FLOAT
+    p = idx.producer.get(v)
+    return (p is not None and p.op_type == "Cast" and p.input[0] in idx.inits
+            and idx.inits[p.input[0]].data_type == TensorProto.FLOAT16)
 
 
 def _plan(idx: _Index, graph, targets: list[_Target]) -> tuple[dict[str, str], dict[str, str]]:
@@ -355,24 +372,28 @@ def _rewrite_target(t: _Target, consts: dict[str, np.ndarray], x_scale: np.float
         shape[t.axis] = c
         f_arr = fold.reshape(shape)
         w = (w * f_arr).astype(np.float32)
-        w_ref = fresh(f"{t.w}.bnfold")
-        nodes.append(helper.make_node("Mul", [t.w, const(f_arr, f"{t.w}.bnscale")], [w_ref]))
+        if not t.dense:
+            w_ref = fresh(f"{t.w}.bnfold")
+            nodes.append(helper.make_node("Mul", [t.w, const(f_arr, f"{t.w}.bnscale")], [w_ref]))
         b = (((b if b is not None else 0) * fold) + shift).astype(np.float32)
     s_w = weight_scales(w, t.axis)
     shape = [1] * w.ndim
     shape[t.axis] = c
-    ratio, rnd, clp, wq, wdq, s_b = (fresh(f"{t.w}.{k}") for k in ("div", "round", "clip", "int8", "dq", "scale_b"))
-    s_name = const(s_w, f"{t.w}.scale")
-    nodes += [
-        helper.make_node("Reshape", [s_name, const(np.asarray(shape, np.int64), "shape")], [s_b]),
-        helper.make_node("Div", [w_ref, s_b], [ratio]),
-        helper.make_node("Round", [ratio], [rnd]),
-        helper.make_node("Clip", [rnd, const(np.asarray(-127.0, np.float32), "lo"),
-                                  const(np.asarray(127.0, np.float32), "hi")], [clp]),
-        helper.make_node("Cast", [clp], [wq], to=TensorProto.INT8),
-        helper.make_node("DequantizeLinear", [wq, s_name, const(np.zeros(c, np.int8), f"{t.w}.zero")], [wdq],
-                         axis=t.axis),
-    ]
+    s_name, wdq = const(s_w, f"{t.w}.scale"), fresh(f"{t.w}.dq")
+    if t.dense:  # stored uncompressed: the int8 codes are the smallest exact form
+        wq = const(np.clip(np.round(w / s_w.reshape(shape)), -127, 127).astype(np.int8), f"{t.w}.int8")
+    else:  # compressed storage kept: the codes are computed from the decoded weight, folded at load
+        ratio, rnd, clp, wq, s_b = (fresh(f"{t.w}.{k}") for k in ("div", "round", "clip", "int8", "scale_b"))
+        nodes += [
+            helper.make_node("Reshape", [s_name, const(np.asarray(shape, np.int64), "shape")], [s_b]),
+            helper.make_node("Div", [w_ref, s_b], [ratio]),
+            helper.make_node("Round", [ratio], [rnd]),
+            helper.make_node("Clip", [rnd, const(np.asarray(-127.0, np.float32), "lo"),
+                                      const(np.asarray(127.0, np.float32), "hi")], [clp]),
+            helper.make_node("Cast", [clp], [wq], to=TensorProto.INT8),
+        ]
+    nodes.append(helper.make_node("DequantizeLinear", [wq, s_name, const(np.zeros(c, np.int8), f"{t.w}.zero")],
+                                  [wdq], axis=t.axis))
     new = type(n)()
     new.CopyFrom(n)
     del new.input[:]
