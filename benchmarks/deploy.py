@@ -450,7 +450,7 @@ def markdown_int8(rs: list[dict], rounds: int, load: list) -> str:
     out = ["## Static int8 runtime for CNNs (`--runtime int8`) vs onnxruntime's quantize_static", "",
            f"Ours: `export_onnx(path, out, runtime=\"int8\", calib=...)` (graph rewrite and calibration in "
            f"`nncompress.deploy.qdq`/`calibrate`, not onnxruntime's tooling): per-channel int8 weights computed in "
-           f"the graph from the stored compressed weights, uint8 activations, MinMax ranges over the first "
+           f"the graph from the stored compressed weights (stored as int8 codes when the .nnc holds them uncompressed), uint8 activations, MinMax ranges over the first "
            f"{rs[0]['calib_images']} Fashion-MNIST train images, BatchNorm folded, ReLUs absorbed. Peer: "
            "`onnxruntime.quantization.quantize_static` on the dense fp32 `torch.onnx.export` file (QDQ, "
            "per_channel=True, QUInt8 activations, QInt8 weights, MinMax, the same images). Accuracy on the "
