@@ -23,7 +23,6 @@ SKIP: dict[str, str] = {
     # each passed at the time of writing. The lead drops these entries after the merge.
     "nncompress.distill": "owner C (issue 16 MiniLM quality) this session; passed at 06e6521",
     "nncompress.recipes.distill_stage": "owner C (issue 16 MiniLM quality) this session; passed at 06e6521",
-    "nncompress.deploy": "owner E (issue 17 CNN int8 runtime) this session; passed at 06e6521",
 }
 """Module (or package: its submodules too) -> why its doctests are not run here."""
 
