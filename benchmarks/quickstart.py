@@ -6,7 +6,7 @@ the wall time of the whole command, the time per stage, the file's bytes, ratio 
 accuracy of the loaded file (from the run's report), and whether ``report.html`` was
 written (its size and inline figures).
 
-    python benchmarks/quickstart.py [--recipe deep-compression-lenet300]
+    python benchmarks/quickstart.py [--recipe deep-compression-lenet300] [--keep DIR] [--screenshot PNG]
 """
 
 from __future__ import annotations
@@ -27,9 +27,13 @@ from common import write_results  # noqa: E402
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--recipe", default=None, help="recipe name or path (default: the CLI's default)")
+    ap.add_argument("--keep", metavar="DIR", help="write the run into DIR (kept) instead of a temporary folder")
+    ap.add_argument("--screenshot", metavar="PNG", help="with Chromium: a full-page screenshot of report.html")
     args = ap.parse_args(argv)
     exe = Path(sys.executable).with_name("nncompress")
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as scratch:
+        tmp = args.keep or scratch
+        Path(tmp).mkdir(parents=True, exist_ok=True)
         out = Path(tmp) / "model.nnc"
         report_dir = Path(tmp) / "report"
         cmd = [str(exe), "run", *([args.recipe] if args.recipe else []), "--out", str(out),
@@ -43,6 +47,10 @@ def main(argv: list[str] | None = None) -> int:
         html = report_dir / "report.html"
         html_bytes = html.stat().st_size if html.is_file() else None
         html_figures = html.read_text(encoding="utf-8").count("<svg") if html_bytes else 0
+        if args.screenshot and html_bytes:
+            from nncompress.report.browser import screenshot
+
+            screenshot(html, args.screenshot)
     s = report["summary"]
     res = {"recipe": report.get("recipe"), "wall_seconds": wall, "file_bytes": s.get("file_bytes"),
            "ratio": s.get("ratio"), "accuracy": s.get("compressed_accuracy"),
