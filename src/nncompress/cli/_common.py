@@ -195,3 +195,15 @@ def _add_model_option(p: argparse.ArgumentParser) -> None:
                    help="the factory that builds the file's user-defined model (nncompress never imports "
                         "code a file names)")
 
+
+def _factory_data(spec: str, args: argparse.Namespace):
+    """The data of the factory ``spec`` (``--data pkg.mod:fn``; ``.train``, ``.test``), called
+    with the kwargs the file ``args.file`` recorded for that same factory."""
+    from nncompress.format import read_info
+    from nncompress.recipes.build import build_recipe_data
+    from nncompress.recipes.schema import DataSpec
+
+    meta = _read_nnc(read_info, args).metadata
+    rec = meta.get("factory") if isinstance(meta.get("factory"), dict) else {}
+    kwargs = rec.get("data_kwargs") if rec.get("data") == spec and isinstance(rec.get("data_kwargs"), dict) else {}
+    return build_recipe_data(DataSpec(factory=spec, kwargs=kwargs))

@@ -17,6 +17,7 @@ from nncompress.cli._common import (
     _bad,
     _check_data,
     _check_format_options,
+    _factory_data,
     _input_file,
     _output_dir,
     _output_file,
@@ -156,12 +157,7 @@ def _int8_data(args: argparse.Namespace, model: Any) -> tuple[Any, Any, str]:
     recorded = meta.get("data") if isinstance(meta.get("data"), str) else None
     name = args.data or recorded or "fashion-mnist"
     if ":" in name:
-        from nncompress.recipes.build import build_recipe_data
-        from nncompress.recipes.schema import DataSpec
-
-        rec = meta.get("factory") if isinstance(meta.get("factory"), dict) else {}
-        kwargs = rec.get("data_kwargs") if rec.get("data") == name and isinstance(rec.get("data_kwargs"), dict) else {}
-        data = build_recipe_data(DataSpec(factory=name, kwargs=kwargs))
+        data = _factory_data(name, args)
         train, test = data.train, data.test
     else:
         args.data = name

@@ -18,6 +18,7 @@ from nncompress.cli._common import (
     _check_data,
     _check_format_options,
     _check_model_fits,
+    _factory_data,
     _fraction,
     _input_file,
     _output_dir,
@@ -163,7 +164,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         print(f"nncompress: warning: {args.file} was evaluated on {recorded!r} when saved; --data "
               f"{args.data!r} is another dataset", file=sys.stderr)
     if ":" in args.data:
-        test = _factory_test_data(args.data, args)
+        test = _factory_data(args.data, args).test
     else:
         _check_data(args)
         test = load_dataset(args.data, "test", args.root)
@@ -186,19 +187,6 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         print(f"{args.file} on {args.data} test: accuracy {100 * result['accuracy']:.2f}%, "
               f"loss {result['loss']:.4f}")
     return 0
-
-
-def _factory_test_data(spec: str, args: argparse.Namespace):
-    """The test split of the data factory ``spec`` (``--data pkg.mod:fn``), called with the
-    kwargs the file recorded for that same factory."""
-    from nncompress.format import read_info
-    from nncompress.recipes.build import build_recipe_data
-    from nncompress.recipes.schema import DataSpec
-
-    meta = _read_nnc(read_info, args).metadata
-    rec = meta.get("factory") if isinstance(meta.get("factory"), dict) else {}
-    kwargs = rec.get("data_kwargs") if rec.get("data") == spec and isinstance(rec.get("data_kwargs"), dict) else {}
-    return build_recipe_data(DataSpec(factory=spec, kwargs=kwargs)).test
 
 
 def _eval_text(args: argparse.Namespace) -> int:
