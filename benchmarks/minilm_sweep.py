@@ -51,6 +51,11 @@ def pq_emb(sub_dim: int, centroids: int = 256) -> dict:
                          "include": ["embeddings.word_embeddings"]}}
 
 
+def kmeans_emb(bits: int, rows: int = 4096) -> dict:
+    return {"quantize": {"method": "kmeans", "bits_emb": bits, "rows_per_codebook": rows,
+                         "include": ["embeddings.word_embeddings"]}}
+
+
 ATT, FFN = {"include": ["*.attention.*"]}, {"exclude": ["*.attention.*"]}
 VARIANTS: dict[str, dict[str, Any]] = {
     "base": {},
@@ -75,6 +80,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "g5-pq8k128-rel": {"distill": REL, "stages": [gptq(5, 64), pq_emb(8, 128), EMB8]},
     "g5-pq8-rel": {"distill": REL, "stages": [gptq(5, 64), pq_emb(8), EMB8]},
     "g5-pq4-rel": {"distill": REL, "stages": [gptq(5, 64), pq_emb(4), EMB8]},
+    # 8x: the word embeddings (the larger loss) at 4 bits, paid for by 4-bit feed-forward layers
+    "a5f4-e4": {"stages": [gptq(5, 64, **ATT), gptq(4, 64, **FFN), kmeans_emb(4), EMB8]},
 }
 """Edits of the recipe: ``distill`` options over its own, ``corpus`` sizes, ``stages``
 (the stages before ``distill``, replacing the recipe's). ``base``: the recipe as it is."""
