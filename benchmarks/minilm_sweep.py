@@ -82,6 +82,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "g5-pq4-rel": {"distill": REL, "stages": [gptq(5, 64), pq_emb(4), EMB8]},
     # 8x: the word embeddings (the larger loss) at 4 bits, paid for by 4-bit feed-forward layers
     "a5f4-e4": {"stages": [gptq(5, 64, **ATT), gptq(4, 64, **FFN), kmeans_emb(4), EMB8]},
+    "a5f4-e4r512": {"stages": [gptq(5, 64, **ATT), gptq(4, 64, **FFN), kmeans_emb(4, 512), EMB8]},
 }
 """Edits of the recipe: ``distill`` options over its own, ``corpus`` sizes, ``stages``
 (the stages before ``distill``, replacing the recipe's). ``base``: the recipe as it is."""
