@@ -21,8 +21,6 @@ import nncompress
 SKIP: dict[str, str] = {
     # Owned by other engineers this session (their examples may change while they work);
     # each passed at the time of writing. The lead drops these entries after the merge.
-    "nncompress.distill": "owner C (issue 16 MiniLM quality) this session; passed at 06e6521",
-    "nncompress.recipes.distill_stage": "owner C (issue 16 MiniLM quality) this session; passed at 06e6521",
 }
 """Module (or package: its submodules too) -> why its doctests are not run here."""
 
