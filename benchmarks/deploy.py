@@ -69,6 +69,22 @@ BATCHES = (1, 64)
 ORT_THREADS = 1
 
 
+def _open_sessions(files: dict, info: dict, batches, ref, label: str) -> dict:
+    """One onnxruntime session (1 thread) per ONNX file; records its creation time, file bytes
+    and mean cosine of its embeddings to ``ref`` in ``info[name]``."""
+    from nncompress.deploy import bench as B
+
+    sessions = {}
+    for k, f in files.items():
+        t0 = time.perf_counter()
+        sessions[k] = B.ort_session(f, 1)
+        info[k]["session_create_ms"] = 1e3 * (time.perf_counter() - t0)
+        info[k]["bytes"] = f.stat().st_size
+        info[k]["cosine"] = B.mean_cosine(B.embed_ort(sessions[k], batches), ref)
+        print(f"{label} {k}: {info[k]['bytes']:,} B, cosine {info[k]['cosine']:.5f}", flush=True)
+    return sessions
+
+
 def session(data: bytes):
     import onnxruntime as ort
 
@@ -262,14 +278,7 @@ def bench_minilm(rounds: int, quick: bool) -> dict:
                           "check_tolerance": rep.tolerance, "nnc": str(nnc), "nnc_bytes": nnc.stat().st_size,
                           "forms": dict(collections.Counter(t.form for t in rep.tensors)), "ops": rep.ops}
             files[name] = out / f"ours{bits}_{rt}.onnx"
-    sessions = {}
-    for k, f in files.items():
-        t0 = time.perf_counter()
-        sessions[k] = B.ort_session(f, 1)
-        info[k]["session_create_ms"] = 1e3 * (time.perf_counter() - t0)
-        info[k]["bytes"] = f.stat().st_size
-        info[k]["cosine"] = B.mean_cosine(B.embed_ort(sessions[k], batches), ref)
-        print(f"minilm {k}: {info[k]['bytes']:,} B, cosine {info[k]['cosine']:.5f}", flush=True)
+    sessions = _open_sessions(files, info, batches, ref, "minilm")
     latency: dict[str, dict[str, float]] = {k: {} for k in ["torch fp32", *sessions]}
     for batch, r, calls in ((1, rounds, 5), (64, 3 if quick else 5, 1)):
         feed = B.token_batch(tok, texts, batch, 128)
@@ -518,14 +527,7 @@ def bench_minilm_distilled(path: Path, rounds: int, quick: bool) -> dict:
         info[name] = {"export_s": time.perf_counter() - t0, "nnc_bytes": path.stat().st_size,
                       "forms": dict(collections.Counter(t.form for t in rep.tensors)), "check_max_abs_diff": rep.max_abs_diff}
         files[name] = out / f"minilm8x_{rt}.onnx"
-    sessions = {}
-    for k, f in files.items():
-        t0 = time.perf_counter()
-        sessions[k] = B.ort_session(f, 1)
-        info[k]["session_create_ms"] = 1e3 * (time.perf_counter() - t0)
-        info[k]["bytes"] = f.stat().st_size
-        info[k]["cosine"] = B.mean_cosine(B.embed_ort(sessions[k], batches), ref)
-        print(f"minilm-8x part {k}: {info[k]['bytes']:,} B, cosine {info[k]['cosine']:.5f}", flush=True)
+    sessions = _open_sessions(files, info, batches, ref, "minilm-8x part")
     latency: dict[str, dict[str, float]] = {k: {} for k in sessions}
     for batch, r, calls in ((1, rounds, 5), (64, 3 if quick else 5, 1)):
         feed = B.token_batch(tok, texts, batch, 128)
