@@ -286,3 +286,24 @@ def test_lr_schedule_warmup_then_decay():
     assert f[0] < f[1] < f[2] == 1.0 and f[-1] == pytest.approx(1 - 7 / 8)  # 8 decay steps
     cfg = UnlabelledDistillConfig(warmup=0.0, schedule="cosine")
     assert _lr_factor(5, 10, cfg) == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.5)))
+
+
+def test_progress_reporter_gets_every_step_and_epoch_loss():
+    """``progress=RunProgress.fits(label)``: one curve point per epoch whose loss is the mean of
+    that epoch's step losses, and plain lines off a terminal."""
+    import io
+
+    from nncompress.progress import RunProgress
+
+    teacher, student = _teacher_student()
+    out = io.StringIO()
+    run = RunProgress(out, terminal=False)
+    run.stage = "distill"
+    rep = distill_unlabelled(student, teacher, _batches(5, 1), _cfg(epochs=3), progress=run.fits("distillation"))
+    (curve,) = run.curves
+    assert curve["label"] == "distillation" and curve["stage"] == "distill"
+    assert [p["epoch"] for p in curve["epochs"]] == [0, 1, 2]
+    per_epoch = [rep.step_losses[i:i + 5] for i in range(0, 15, 5)]
+    for point, losses in zip(curve["epochs"], per_epoch, strict=True):
+        assert point["train_loss"] == pytest.approx(sum(losses) / 5)
+    assert "    distillation: epoch 3/3  loss" in out.getvalue()

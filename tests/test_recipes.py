@@ -185,6 +185,8 @@ def test_structured_stage_distils_and_fades_before_removal(tmp_path):
     assert stage["mac_reduction"] >= 2.0 and stage["fade_epochs"] == 0.5
     assert stage["distill"]["alpha"] == 0.5
     assert report["summary"]["macs"] == stage["pruned"]["macs"]
+    fine_tunes = [c for c in report["curves"] if c["stage"] == "structured"]  # the fits are reported
+    assert fine_tunes and fine_tunes[0]["label"] == "step 1 fine-tune" and len(fine_tunes[0]["epochs"]) == 1
 
 
 @pytest.mark.parametrize("extra, match", [

@@ -78,6 +78,7 @@ from nncompress.errors import ConfigError
 from nncompress.modules import name_matches
 from nncompress.prune.mask import MaskCallback, Masks
 from nncompress.quantize.sharing import SharedWeights, centroid_gradient
+from nncompress.train.batches import batch_len
 
 log = logging.getLogger(__name__)
 
@@ -446,7 +447,8 @@ class _Run:
 def distill_unlabelled(student: nn.Module, teacher: nn.Module, batches: Iterable[Batch] | Dataset,
                        config: UnlabelledDistillConfig | None = None, *,
                        shared: SharedWeights | None = None, masks: Masks | None = None,
-                       eval_batches: Iterable[Batch] | Dataset | None = None) -> DistillReport:
+                       eval_batches: Iterable[Batch] | Dataset | None = None,
+                       progress: Any = None) -> DistillReport:
     """Fine-tune ``student`` in place to match ``teacher`` on unlabelled ``batches``.
 
     ``batches``: an iterable of batches (Tensor, tuple/list with inputs first, or dict of
@@ -455,7 +457,9 @@ def distill_unlabelled(student: nn.Module, teacher: nn.Module, batches: Iterable
     weights on their codebooks (trained as centroids, updated in place), ``masks`` keeps
     pruned weights exactly 0, ``config.freeze`` keeps matching parameters fixed.
     ``eval_batches`` (held out) give the cosine before/after and drive early stopping.
-    The teacher runs in eval mode under ``no_grad`` and is not modified.
+    The teacher runs in eval mode under ``no_grad`` and is not modified. ``progress``: a
+    reporter with ``fit_begin`` (``RunProgress.fits(label)``), told every step and epoch as
+    ``fit`` tells it (bar or lines, and the epoch losses recorded as a curve).
 
     Example:
         >>> teacher = frozen_teacher(model); shared = share_weights(model, SharingConfig(bits_fc=3))  # doctest: +SKIP
@@ -489,6 +493,10 @@ def distill_unlabelled(student: nn.Module, teacher: nn.Module, batches: Iterable
     for n in run.frozen:
         run.params[n].requires_grad_(False)
     report = DistillReport(teacher_cached=fixed and cfg.cache_teacher)
+    reporter = None
+    if progress is not None:
+        spe = per_epoch if per_epoch is not None else total
+        reporter = progress.fit_begin(total, spe, max(1, math.ceil(total / max(1, spe))))
     try:
         run.shared.apply(student)
         if len(run.masks):
@@ -536,6 +544,8 @@ def distill_unlabelled(student: nn.Module, teacher: nn.Module, batches: Iterable
                 step += 1
                 report.step_losses.append(loss)
                 epoch_sum, epoch_n = epoch_sum + loss, epoch_n + 1
+                if reporter is not None:
+                    reporter.step(loss, batch_len(batch))
                 if held and cfg.eval_every and step % cfg.eval_every == 0 and step < total:
                     stop = evaluate(step)
                     student.train(cfg.dropout)
@@ -545,6 +555,8 @@ def distill_unlabelled(student: nn.Module, teacher: nn.Module, batches: Iterable
                 break
             report.epoch_losses.append(epoch_sum / epoch_n)
             log.info("distill epoch %d: mean loss %.6f over %d steps", epoch, epoch_sum / epoch_n, epoch_n)
+            if reporter is not None:
+                reporter.epoch_end(epoch, {"epoch": float(epoch), "train_loss": epoch_sum / epoch_n})
             epoch += 1
         report.steps, report.stopped_early = step, stop
         if held:
@@ -556,6 +568,8 @@ def distill_unlabelled(student: nn.Module, teacher: nn.Module, batches: Iterable
                          report.best_step, report.best_cosine)
             report.cosine_after = held_out_cosine(student, held_t, held)
     finally:
+        if reporter is not None:
+            reporter.close()
         for n, flag in frozen_flags.items():
             run.params[n].requires_grad_(flag)
         student.train(was_training)

@@ -53,7 +53,7 @@ def run_distill(ctx: RunContext, cfg: UnlabelledDistillConfig) -> dict[str, Any]
         cfg = replace(cfg, freeze=(*cfg.freeze, *frozen))
     log.info("distill: %d shared tensors train their centroids, %d frozen", len(shared), len(frozen))
     report = distill_unlabelled(ctx.model, teacher, ctx.train_data, cfg, shared=shared or None,
-                                masks=ctx.masks)
+                                masks=ctx.masks, progress=ctx.progress.fits("distillation"))
     rounded = _round_half(ctx.model)
     return {"steps": report.steps, "seconds": round(report.seconds, 1),
             "loss_first": report.step_losses[0] if report.step_losses else None,

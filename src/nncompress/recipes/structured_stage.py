@@ -49,7 +49,8 @@ def run_structured(ctx: RunContext, cfg: StructuredStageConfig) -> dict[str, Any
     idx = torch.randperm(len(ctx.train_data), generator=g)[: cfg.samples].tolist()
     xs, ys = zip(*(ctx.train_data[i] for i in idx))
     res = structured_prune(ctx.model, cfg, (torch.stack(xs), torch.tensor(ys)), example_inputs=ctx.example_input,
-                           train_data=ctx.train_data, loss_fn=distill_loss(ctx, cfg.distill, cfg.finetune))
+                           train_data=ctx.train_data, loss_fn=distill_loss(ctx, cfg.distill, cfg.finetune),
+                           progress=ctx.progress.fits(lambda i: f"step {i + 1} fine-tune"))
     ctx.model = res.model
     ctx.masks = None  # shapes changed; later stages start from the smaller dense model
     ctx.snapshot(f"after_structured_{cfg.criterion}")

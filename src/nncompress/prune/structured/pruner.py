@@ -110,6 +110,7 @@ def structured_prune(
     optimizer: torch.optim.Optimizer | None = None,
     loss_fn=None,
     on_removed: Callable[[int, nn.Module], None] | None = None,
+    progress: Any = None,
     **options: Any,
 ) -> StructuredResult:
     """Prune ``model`` in place as ``config`` (a ``StructuredPruneConfig``) says: remove its
@@ -121,7 +122,8 @@ def structured_prune(
     ``train_data``: what ``config.finetune`` trains on (with ``loss_fn(logits, y, x)`` when
     given, e.g. a distillation loss; ``optimizer`` to continue an existing one).
     ``on_removed(step, model)`` is called after each step's removal, before its fine-tuning
-    (with ``fade_epochs``, after it: the fading runs before the removal).
+    (with ``fade_epochs``, after it: the fading runs before the removal). ``progress``: a
+    reporter for the fine-tuning fits (``fit(..., progress=...)``, e.g. ``RunProgress.fits``).
 
     The keyword style ``structured_prune(model, criterion, target, target_kind="macs",
     data=None, **fields)`` builds the config from the arguments.
@@ -199,14 +201,15 @@ def structured_prune(
         hist = None
         if cfg.fade_epochs:  # fine-tune while the selected channels fade out, then remove them
             fade = ChannelFade(model, groups, plan, fade_steps_for(cfg.fade_epochs, cfg.finetune, len(train_data)))
-            hist = fit(model, train_data, cfg.finetune, optimizer=optimizer, loss_fn=loss_fn, callbacks=[fade])
+            hist = fit(model, train_data, cfg.finetune, optimizer=optimizer, loss_fn=loss_fn, callbacks=[fade],
+                       progress=progress)
         remove_channels(model, module_plan, example, optimizer=optimizer)
         if on_removed is not None:
             on_removed(step, model)
         info = {"step": step, **summary(model, example),
                 "removed": {g: len(v) for g, v in plan.items()}}
         if cfg.finetune is not None and not cfg.fade_epochs:
-            hist = fit(model, train_data, cfg.finetune, optimizer=optimizer, loss_fn=loss_fn)
+            hist = fit(model, train_data, cfg.finetune, optimizer=optimizer, loss_fn=loss_fn, progress=progress)
         if hist is not None and hist.epochs:
             info["train_accuracy"] = hist.epochs[-1]["train_accuracy"]
         result.steps.append(info)
