@@ -57,6 +57,7 @@ def kmeans_emb(bits: int, rows: int = 4096) -> dict:
 
 
 ATT, FFN = {"include": ["*.attention.*"]}, {"exclude": ["*.attention.*"]}
+I5 = [f"encoder.layer.{i}.intermediate.dense" for i in (0, 1, 3, 4)]
 VARIANTS: dict[str, dict[str, Any]] = {
     "base": {},
     "rel1": {"distill": REL},
@@ -83,6 +84,12 @@ VARIANTS: dict[str, dict[str, Any]] = {
     # 8x: the word embeddings (the larger loss) at 4 bits, paid for by 4-bit feed-forward layers
     "a5f4-e4": {"stages": [gptq(5, 64, **ATT), gptq(4, 64, **FFN), kmeans_emb(4), EMB8]},
     "a5f4-e4r512": {"stages": [gptq(5, 64, **ATT), gptq(4, 64, **FFN), kmeans_emb(4, 512), EMB8]},
+    # the feed-forward layers are the larger loss of a5f4 (restoring one layer's FFN to fp32 gains
+    # more than any attention or embedding change): codebooks per 16 rows, and the headroom under
+    # 11.36 MB spent on 5-bit intermediate layers where restoring them helped most (0, 1, 3, 4)
+    "a5f4r16-e4r512": {"stages": [gptq(5, 16, **ATT), gptq(4, 16, **FFN), kmeans_emb(4, 512), EMB8]},
+    "a5f4i5-e4r512": {"stages": [gptq(5, 64, **ATT), gptq(5, 64, include=I5),
+                                 gptq(4, 64, exclude=["*.attention.*", *I5]), kmeans_emb(4, 512), EMB8]},
 }
 """Edits of the recipe: ``distill`` options over its own, ``corpus`` sizes, ``stages``
 (the stages before ``distill``, replacing the recipe's). ``base``: the recipe as it is."""

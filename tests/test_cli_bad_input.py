@@ -8,9 +8,8 @@ import pytest
 import yaml
 
 import nncompress
-from nncompress import cli
-from nncompress.cli import run as cli_run
 from nncompress.cli import main
+from nncompress.cli import run as cli_run
 from nncompress.errors import ConfigError
 from nncompress.models import build_model
 from nncompress.recipes import load_recipe, parse_recipe
