@@ -30,11 +30,13 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from minilm import batches, embed_torch, metrics, model_dir, recipe_raw  # noqa: E402
+from minilm import batches, embed_torch, metrics, model_dir, ood_passages, recipe_raw  # noqa: E402
 
 log = logging.getLogger("minilm_sweep")
 RESULTS = Path(__file__).resolve().parent / "results"
 N_EVAL = 500
+CACHE_VERSION = "v2"
+"""v2: the quantize stage calibrates on the recipe's calib split (v1 used its train split)."""
 
 REL = {"weights": {"relational": 1.0}}
 EMB8 = {"quantize": {"method": "kmeans", "bits_emb": 8,
@@ -51,9 +53,9 @@ def pq_emb(sub_dim: int, centroids: int = 256) -> dict:
                          "include": ["embeddings.word_embeddings"]}}
 
 
-def kmeans_emb(bits: int, rows: int = 4096) -> dict:
-    return {"quantize": {"method": "kmeans", "bits_emb": bits, "rows_per_codebook": rows,
-                         "include": ["embeddings.word_embeddings"]}}
+def kmeans_emb(bits: int, rows: int = 4096, rare: int | None = None) -> dict:
+    q = {"method": "kmeans", "bits_emb": bits, "rows_per_codebook": rows, "include": ["embeddings.word_embeddings"]}
+    return {"quantize": {**q, "rare_bits": rare} if rare else q}
 
 
 ATT, FFN = {"include": ["*.attention.*"]}, {"exclude": ["*.attention.*"]}
@@ -88,6 +90,11 @@ VARIANTS: dict[str, dict[str, Any]] = {
     # more than any attention or embedding change): codebooks per 16 rows, and the headroom under
     # 11.36 MB spent on 5-bit intermediate layers where restoring them helped most (0, 1, 3, 4)
     "a5f4r16-e4r512": {"stages": [gptq(5, 16, **ATT), gptq(4, 16, **FFN), kmeans_emb(4, 512), EMB8]},
+    # frequency tiers of the word embeddings (rows the calibration/training text never looks up
+    # at rare_bits): 12x and 8x points
+    "t12-a4f4-e4t1": {"stages": [gptq(4, 16, **ATT), gptq(4, 16, **FFN), kmeans_emb(4, 512, 1), EMB8]},
+    "t12-a4f3-e4t1": {"stages": [gptq(4, 16, **ATT), gptq(3, 16, **FFN), kmeans_emb(4, 512, 1), EMB8]},
+    "t8-a5f5-e5t2": {"stages": [gptq(5, 16, **ATT), gptq(5, 16, **FFN), kmeans_emb(5, 512, 2), EMB8]},
     "a5f4i5-e4r512": {"stages": [gptq(5, 64, **ATT), gptq(5, 64, include=I5),
                                  gptq(4, 64, exclude=["*.attention.*", *I5]), kmeans_emb(4, 512), EMB8]},
 }
@@ -107,7 +114,7 @@ def eval_sets(tok, corpus: dict) -> dict[str, list]:
     c = corpus_sizes(corpus)
     own, _ = debian_splits({k: c[k] for k in ("calib", "train", "test")}, c["seed"])
     used = set(own["calib"]) | set(own["train"])
-    sets = {"bench": bench["eval"], "test": own["test"][:N_EVAL]}
+    sets = {"bench": bench["eval"], "test": own["test"][:N_EVAL], "ood": ood_passages(N_EVAL)}
     for name, s in sets.items():
         clash = used & set(s)
         if clash:
@@ -119,7 +126,7 @@ def prefix_path(raw: dict, stages: list, seed: int, cache: Path) -> Path:
     """Cache file of the model after ``stages`` (a prefix of the recipe's stages)."""
     import hashlib
     digest = hashlib.sha1(json.dumps(stages, sort_keys=True).encode()).hexdigest()[:10]
-    return cache / f"{digest}-seed{seed}-calib{raw['data']['corpus'].get('calib')}.pt"
+    return cache / f"{digest}-seed{seed}-calib{raw['data']['corpus'].get('calib')}-{CACHE_VERSION}.pt"
 
 
 def oneshot_model(raw: dict, seed: int, cache: Path) -> torch.nn.Module:
@@ -198,17 +205,23 @@ def file_bytes(model: torch.nn.Module, name: str) -> int:
         return path.stat().st_size
 
 
+def _ood(after: dict, key: str, digits: int) -> str:
+    return f"{after['ood'][key]:.{digits}f}" if "ood" in after else ""
+
+
 def table(rows: list[dict]) -> str:
     out = ["# MiniLM distillation variants on one one-shot model per seed", "",
            "Each row: the recipe's one-shot stages (cached per recipe seed), then its distill stage with "
            "the given options. Held-out sets, both disjoint from the "
            "calibration and distillation text: *bench* = the 500 evaluation passages of "
-           "`benchmarks/minilm.py`, *test* = the first 500 of the recipe's test split. Figures in memory "
+           "`benchmarks/minilm.py`, *test* = the first 500 of the recipe's test split; *OOD* = 500 prose "
+           "paragraphs of Python's documentation (another domain; rows before it was added leave it empty). "
+           "Figures in memory "
            "(the file round trip is exact, checked by the recipe runner). Machine: 2 cores shared with "
            "other jobs (load average shown); seconds are not comparable across rows.", "",
            "| recipe | variant | seed recipe/distill | edits of the recipe | file bytes | bench cos | bench top-10 | "
-           "test cos | test top-10 | distill s | load |",
-           "|---|---|---:|---|---:|---:|---:|---:|---:|---:|---|"]
+           "test cos | test top-10 | OOD cos | OOD top-10 | distill s | load |",
+           "|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in rows:
         a = r["after"]
         opts = json.dumps(VARIANTS.get(r["variant"], {}))
@@ -216,6 +229,7 @@ def table(rows: list[dict]) -> str:
         out.append(f"| {r['recipe']} | {r['variant']} | {seeds} | `{opts}` | {r.get('file_bytes', 0):,} | "
                    f"{a['bench']['cos_mean']:.4f} | {a['bench']['top10_overlap']:.3f} | "
                    f"{a['test']['cos_mean']:.4f} | {a['test']['top10_overlap']:.3f} | "
+                   f"{_ood(a, 'cos_mean', 4)} | {_ood(a, 'top10_overlap', 3)} | "
                    f"{r['distill_seconds']:.0f} | {r['load_before']}/{r['load_after']} |")
     return "\n".join(out) + "\n"
 

@@ -91,6 +91,7 @@ PLUGIN_MODULES = (
     "nncompress.quantize.codecs",
     "nncompress.quantize.bfp_codec",
     "nncompress.quantize.rowblock_codec",
+    "nncompress.quantize.tier_codec",
     "nncompress.quantize.api",
     "nncompress.quantize.hashed_arch",
     "nncompress.decompose.api",

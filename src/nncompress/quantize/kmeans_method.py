@@ -4,25 +4,31 @@ half-precision codebooks. The ``deep`` codec stores the result (``auto`` picks i
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
 from nncompress.errors import ConfigError
+from nncompress.modules import select_layers
 from nncompress.quantize.registry import (
     QuantizerConfig,
     QuantizeResult,
     QuantizeRun,
     register_quantizer,
 )
+from nncompress.quantize.row_tiers import count_row_usage
 from nncompress.quantize.sharing import (
     CENTROID_STEPS,
     CentroidFineTuner,
     SharingConfig,
     share_weights,
 )
+from nncompress.train.batches import make_loader
 
+COUNT_BATCH = 64
+"""Batch size of the pass that counts table lookups (frequency tiers)."""
 CODEBOOK_DTYPES = {"float32": torch.float32, "float16": torch.float16}
 
 
@@ -61,6 +67,13 @@ class KMeansConfig(QuantizerConfig):
     (default) leaves them alone."""
     rows_per_codebook: int | None = None
     """Rows of an embedding table per codebook (>= 1); None: one codebook per table."""
+    rare_bits: int | None = None
+    """Frequency tiers (``nncompress.quantize.row_tiers``): the rows of each shared table
+    looked up fewer than ``rare_below`` times on the run's calibration and training data get
+    this many index bits (1..7, below ``bits_emb``), the others ``bits_emb``; stored by the
+    ``kmeans_tiers`` codec. None (default): every row at ``bits_emb``."""
+    rare_below: int = 1
+    """Lookups below which a row is rare (>= 1; 1: the rows the data never use)."""
     codebook_dtype: str = "float32"
     """``float16`` rounds the final centroids to half precision, so the file stores each
     codebook in 2 bytes per centroid (the model evaluated is the rounded one)."""
@@ -81,14 +94,17 @@ class KMeansConfig(QuantizerConfig):
         """The ``SharingConfig`` of these options (k-means seeded with ``seed``)."""
         return SharingConfig(bits_conv=self.bits_conv, bits_fc=self.bits_fc, init=self.init, include=self.include,
                              exclude=self.exclude, seed=seed, bits=self.bits, bits_emb=self.bits_emb,
-                             rows_per_codebook=self.rows_per_codebook)
+                             rows_per_codebook=self.rows_per_codebook, rare_bits=self.rare_bits,
+                             rare_below=self.rare_below)
 
 
 @register_quantizer(KMeansConfig, name="kmeans")
 def quantize_kmeans(model: nn.Module, config: KMeansConfig, run: QuantizeRun) -> QuantizeResult:
     """Share the weights, fine-tune the centroids when the run has ``finetune``, round the
     codebooks if asked. Summary: per layer n, bits, codebook size and the paper's ratio."""
-    shared = share_weights(model, config.sharing(run.seed))
+    sharing = config.sharing(run.seed)
+    counts = _row_counts(model, sharing, run) if sharing.rare_bits is not None else None
+    shared = share_weights(model, sharing, row_counts=counts)
     run.mark("after_sharing")
     if run.finetune is not None:
         lr = config.centroid_lr if config.centroid_lr is not None else run.finetune.lr
@@ -97,3 +113,18 @@ def quantize_kmeans(model: nn.Module, config: KMeansConfig, run: QuantizeRun) ->
     if config.codebook_dtype != "float32":
         shared.round_codebooks(model, CODEBOOK_DTYPES[config.codebook_dtype])
     return QuantizeResult(model, {"layers": shared.summary()})
+
+
+def _row_counts(model: nn.Module, sharing: SharingConfig, run: QuantizeRun) -> dict[str, torch.Tensor]:
+    """Lookups per row of each selected embedding table on the run's calibration and
+    training data (``row_tiers.count_row_usage``), by parameter name."""
+    mods = select_layers(model, sharing.include, sharing.exclude, (nn.Embedding,))
+    tables = {f"{n}.weight" if n else "weight": m for n, m in mods.items()}
+    sources = [d for d in (run.calib_data, run.train_data) if d is not None]
+    if not tables:
+        raise ConfigError("rare_bits: no nn.Embedding table selected (include/exclude)")
+    if not sources:
+        raise ConfigError("rare_bits counts how often the data look up each table row; the run has no "
+                          "calibration or training data")
+    batches = itertools.chain.from_iterable(make_loader(d, COUNT_BATCH) for d in sources)
+    return count_row_usage(model, tables, batches)

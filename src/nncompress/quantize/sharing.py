@@ -49,14 +49,18 @@ from nncompress.format.codecs import set_codec_hints
 from nncompress.modules import select_layers
 from nncompress.prune.targets import is_conv, module_of, prunable_weights
 from nncompress.quantize import rowblock_codec as _rowblock_codec  # noqa: F401  (registers kmeans_rows)
+from nncompress.quantize import tier_codec as _tier_codec  # noqa: F401  (registers kmeans_tiers)
 from nncompress.quantize.kmeans1d import INITS, kmeans_1d
+from nncompress.quantize.row_tiers import row_tiers, share_rows_tiered, sharing_of_tiers
 from nncompress.train.callbacks import Callback
 
 log = logging.getLogger(__name__)
 MAX_BITS = 16
 EMB_BITS = (2, 8)
+RARE_BITS = (1, 7)
 """Allowed index bits of embedding tables (``bits_emb``)."""
 EMB_CODEC = "kmeans_rows"
+TIER_CODEC = "kmeans_tiers"
 CENTROID_STEPS = ("sum", "mean")
 """Centroid fine-tuning steps: ``sum``, the paper's ``c -= lr * sum of member gradients``
 (Eq. 3; its size grows with the cluster), or ``mean``, ``c -= lr * mean of member
@@ -79,6 +83,9 @@ class SharingConfig:
     ``max_iter``/``tol``/``seed`` go to ``kmeans_1d``. ``bits_emb`` (2..8; None: embeddings
     left alone) shares every ``nn.Embedding`` selected by ``include``/``exclude``, with one
     codebook per table or per block of ``rows_per_codebook`` rows (>= 1; None: per table).
+    ``rare_bits`` (1..7, below ``bits_emb``; None: one tier) shares the rows of a table
+    looked up fewer than ``rare_below`` times in the run's data at that width instead
+    (frequency tiers, ``nncompress.quantize.row_tiers``; ``share_weights`` needs the counts).
 
     Example:
         >>> SharingConfig(bits_conv=8, bits_fc=5).bits_fc
@@ -96,6 +103,8 @@ class SharingConfig:
     bits: Mapping[str, int] = field(default_factory=dict)
     bits_emb: int | None = None
     rows_per_codebook: int | None = None
+    rare_bits: int | None = None
+    rare_below: int = 1
 
     def __post_init__(self) -> None:
         self.bits_conv = _check_bits(self.bits_conv, "bits_conv")
@@ -107,6 +116,18 @@ class SharingConfig:
             raise ConfigError(f"rows_per_codebook must be an integer >= 1 (or None: one codebook per "
                               f"table), got {rpc!r}")
         self.bits = {str(k): _check_bits(v, f"bits[{k!r}]") for k, v in dict(self.bits).items()}
+        if self.rare_bits is not None:
+            lo, hi = RARE_BITS
+            top = min(hi, (self.bits_emb or EMB_BITS[1]) - 1)
+            if isinstance(self.rare_bits, bool) or not isinstance(self.rare_bits, (int, np.integer)) \
+                    or not lo <= self.rare_bits <= top:
+                raise ConfigError(f"rare_bits={self.rare_bits!r} not allowed; allowed: an integer in {lo}..{top} "
+                                  "(below bits_emb)")
+            if self.bits_emb is None:
+                raise ConfigError("rare_bits needs bits_emb (the bits of the frequent rows of the tables)")
+        if isinstance(self.rare_below, bool) or not isinstance(self.rare_below, (int, np.integer)) \
+                or self.rare_below < 1:
+            raise ConfigError(f"rare_below={self.rare_below!r} not allowed; allowed: an integer >= 1")
         if self.init not in INITS:
             raise ConfigError(f"unknown k-means init {self.init!r}; allowed: {', '.join(INITS)}")
         if self.max_iter < 1:
@@ -334,15 +355,31 @@ def _aliases(model: nn.Module, param: torch.Tensor) -> list[str]:
     return [n for n, t in model.state_dict(keep_vars=True).items() if t is param]
 
 
-def share_weights(model: nn.Module, cfg: SharingConfig | None = None) -> SharedWeights:
+def _tiers_of(name: str, weight: torch.Tensor, row_counts: Mapping[str, torch.Tensor] | None,
+              cfg: SharingConfig) -> torch.Tensor:
+    """The frequency tier of each row of table ``name`` (``row_tiers.row_tiers``)."""
+    counts = (row_counts or {}).get(name)
+    if counts is None:
+        raise ConfigError(f"rare_bits needs the lookups per row of table {name!r} (row_counts; a recipe "
+                          "counts them on its calibration and training data)")
+    if tuple(counts.shape) != (int(weight.shape[0]),):
+        raise ConfigError(f"row_counts[{name!r}] has shape {list(counts.shape)}; the table has "
+                          f"{int(weight.shape[0])} rows")
+    return row_tiers(counts, int(cfg.rare_below))
+
+
+def share_weights(model: nn.Module, cfg: SharingConfig | None = None,
+                  row_counts: Mapping[str, torch.Tensor] | None = None) -> SharedWeights:
     """Q1: replace the nonzero weights of each Linear/Conv layer by their k-means centroid.
 
     Conv layers get ``2^bits_conv`` clusters, the others ``2^bits_fc``. With
     ``cfg.bits_emb`` the ``nn.Embedding`` tables are shared too (``share_rows``: every
     value, per table or per block of ``rows_per_codebook`` rows) and marked for the
     ``kmeans_rows`` codec; a Parameter tied between an Embedding and a Linear head is
-    shared once, as a table. The model is edited in place; the returned ``SharedWeights``
-    holds codebooks and labels.
+    shared once, as a table. With ``cfg.rare_bits`` each table's rows are split into
+    frequency tiers by ``row_counts`` (table parameter name -> lookups per row, e.g.
+    ``row_tiers.count_row_usage``) and stored by the ``kmeans_tiers`` codec. The model is
+    edited in place; the returned ``SharedWeights`` holds codebooks and labels.
 
     Example:
         >>> model = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
@@ -371,10 +408,19 @@ def share_weights(model: nn.Module, cfg: SharingConfig | None = None) -> SharedW
     for name, w in tables.items():
         module = name.rsplit(".", 1)[0]
         bits = cfg.bits.get(module, cfg.bits_emb)
-        layers[name] = share_rows(w, bits, cfg.rows_per_codebook, cfg)
         rpc = cfg.rows_per_codebook or max(int(w.shape[0]), 1)
+        if cfg.rare_bits is not None:
+            tiers = _tiers_of(name, w, row_counts, cfg)
+            layers[name] = share_rows_tiered(w, tiers, [bits, min(cfg.rare_bits, bits - 1)], cfg.rows_per_codebook,
+                                             cfg)
+            hint: tuple[str, dict[str, Any]] = (TIER_CODEC, {"tiers": tiers.tolist(), "rows_per_codebook": int(rpc)})
+            log.info("table %s: %d of %d rows frequent (%d bits), the rest %d bits", name,
+                     int((tiers == 0).sum()), tiers.numel(), bits, min(cfg.rare_bits, bits - 1))
+        else:
+            layers[name] = share_rows(w, bits, cfg.rows_per_codebook, cfg)
+            hint = (EMB_CODEC, {"rows_per_codebook": int(rpc)})
         for alias in _aliases(model, w):
-            hints[alias] = (EMB_CODEC, {"rows_per_codebook": int(rpc)})
+            hints[alias] = hint
         log.info("shared table %s: %d values -> %d centroids (%d bits, %d rows per codebook)",
                  name, w.numel(), layers[name].codebook.numel(), bits, rpc)
     for name, w in weights.items():
@@ -530,9 +576,13 @@ def recover_sharing(model: nn.Module, bits: int = 8) -> SharedWeights:
             hints[name] = ("deep", {})
     layers: dict[str, LayerSharing] = {}
     for name, (codec, opts) in hints.items():
-        if name not in params or codec not in ("deep", EMB_CODEC):
+        if name not in params or codec not in ("deep", EMB_CODEC, TIER_CODEC):
             continue
         w = params[name].detach()
+        if codec == TIER_CODEC:
+            if w.dim() == 2 and opts.get("tiers") is not None:
+                layers[name] = sharing_of_tiers(w, opts["tiers"], opts.get("rows_per_codebook"), bits)
+            continue
         if codec == EMB_CODEC and w.dim() != 2:
             continue
         layer = sharing_of(w, bits, opts.get("rows_per_codebook") if codec == EMB_CODEC else None,

@@ -122,7 +122,7 @@ def run_quantize(ctx: RunContext, cfg: QuantizeStageConfig) -> dict[str, Any]:
     with distill_session(ctx):
         if cfg.distill is not None:
             teacher_of(ctx)  # without a train stage, the model as it is before quantization teaches
-        run = QuantizeRun(train_data=ctx.train_data, finetune=cfg.finetune,
+        run = QuantizeRun(train_data=ctx.train_data, calib_data=ctx.calib_data, finetune=cfg.finetune,
                           distill=(lambda train: distill_loss(ctx, cfg.distill, train)) if cfg.distill is not None else None,
                           masks=ctx.masks, progress=ctx.progress.fits("quantize fine-tune"), seed=ctx.seed,
                           snapshot=ctx.snapshot, loss_fn=ctx.loss_fn if cfg.distill is None else None)
