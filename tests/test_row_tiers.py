@@ -149,3 +149,13 @@ def test_bad_tier_options_are_named(kw, match):
 def test_rare_bits_without_data_is_a_clear_error():
     with pytest.raises(ConfigError, match="no calibration or training data"):
         quantize_model(TinyText(), KMeansConfig(bits_emb=4, rare_bits=1, include=["emb"]), QuantizeRun())
+
+
+def test_rare_bits_refuses_a_table_tied_to_an_output_head():
+    model = TinyText()
+    head = nn.Linear(8, 40, bias=False)
+    head.weight = model.emb.weight
+    model.head = head
+    with pytest.raises(ConfigError, match=r"tied to \['head.weight'\]"):
+        quantize_model(model, KMeansConfig(bits_emb=4, rare_bits=1, include=["emb"]),
+                       QuantizeRun(calib_data=_batches(0)))

@@ -410,6 +410,11 @@ def share_weights(model: nn.Module, cfg: SharingConfig | None = None,
         bits = cfg.bits.get(module, cfg.bits_emb)
         rpc = cfg.rows_per_codebook or max(int(w.shape[0]), 1)
         if cfg.rare_bits is not None:
+            tied = _aliases(model, w)
+            if len(tied) > 1:
+                raise ConfigError(f"rare_bits: table {name!r} is tied to {sorted(set(tied) - {name})} (an output "
+                                  "head scores every row, so rows the inputs never look up still matter); "
+                                  "exclude it or leave rare_bits unset")
             tiers = _tiers_of(name, w, row_counts, cfg)
             layers[name] = share_rows_tiered(w, tiers, [bits, min(cfg.rare_bits, bits - 1)], cfg.rows_per_codebook,
                                              cfg)
