@@ -100,3 +100,34 @@ def test_transformer_recipe_pq_embeddings_relational_distill(tmp_path, tiny_mini
     assert torch.equal(books, books.half().float())  # rounded after training
     loaded = nncompress.load(tmp_path / "m.nnc")
     assert torch.equal(loaded.embeddings.word_embeddings.codebooks, books)
+
+
+def test_transformer_recipe_frequency_tiers_distill_and_file(tmp_path, tiny_minilm):
+    """``rare_bits``: the rows the calib/train passages look up keep 4 bits, the others 1 bit
+    (per block of 4096 rows of a tier), through distillation (centroids trained per tier)
+    and the file (codec kmeans_tiers)."""
+    folder, tiny, tokenizer = tiny_minilm
+    words = "a cat sat on the mat while the dog barked at rain in spring and the sun was warm".split()
+    g = torch.Generator().manual_seed(2)
+    lines = [" ".join(words[i] for i in torch.randint(len(words), (6,), generator=g).tolist()) for _ in range(40)]
+    for k, (a, b) in {"calib": (0, 8), "train": (8, 32), "test": (32, 40)}.items():
+        (tmp_path / f"{k}.txt").write_text("\n".join(lines[a:b]) + "\n")
+    recipe = parse_recipe({
+        "name": "tiny-tiers", "model": {"huggingface": folder},
+        "data": {"text": {k: str(tmp_path / f"{k}.txt") for k in ("calib", "train", "test")}},
+        "stages": [{"quantize": {"method": "kmeans", "bits_emb": 4, "rare_bits": 1, "rows_per_codebook": 4096,
+                                 "include": ["embeddings.word_embeddings"]}},
+                   {"distill": {"epochs": 2, "lr": 1e-3, "batch_size": 8}}]})
+    report = run_recipe(recipe, tmp_path / "m.nnc")
+    distill = next(s for s in report["stages"] if s["stage"] == "distill")
+    assert distill["shared_tensors"] == 1
+    used = {i for ids in tokenizer(lines[:32])["input_ids"] for i in ids}  # the calib + train passages
+    table = nncompress.load(tmp_path / "m.nnc").embeddings.word_embeddings.weight.detach()
+    assert torch.equal(table, tiny.embeddings.word_embeddings.weight.detach())
+    rare = torch.tensor(sorted(set(range(table.shape[0])) - used))
+    frequent = torch.tensor(sorted(used))
+    assert torch.unique(table[frequent]).numel() <= 16
+    blocks = -(-rare.numel() // 4096)
+    assert torch.unique(table[rare]).numel() <= 2 * blocks
+    codecs = {t.name: t.codec for t in nncompress.read_info(tmp_path / "m.nnc").tensors}
+    assert codecs["embeddings.word_embeddings.weight"] == "kmeans_tiers"
