@@ -542,7 +542,8 @@ def markdown_minilm_distilled(r: dict, rounds: int, load: list) -> str:
     info, lat = r["info"], r["latency_ms"]
     out = ["## Distilled minilm-8x (`nncompress run minilm-8x`) in onnxruntime", "",
            f"The recipe's file ({next(v['nnc_bytes'] for v in info.values() if 'nnc_bytes' in v):,} B: Linear "
-           "layers 5-bit k-means per 64 rows, word embeddings 3 bits, distilled) exported with the compression kept. "
+           "layers on 4/5-bit k-means codebooks per 64 rows, word embeddings 4 bits, distilled; the recipe as "
+           "of the run's date) exported with the compression kept. "
            f"Cosine to the fp32 model's embeddings on {r['texts']} Debian evaluation passages; latency 128 tokens, "
            f"1 thread, every row in the same interleaved rounds ({rounds} of 5 calls at batch 1, {r['rounds_batch64']} of 1 "
            "at batch 64). "
