@@ -100,6 +100,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     # to fp32 on 500 calibration passages: cosine gain 0 > 1 > 4 = 5 > 2 = 3)
     "a5f4i5c-e4r512": {"stages": [gptq(5, 64, **ATT), gptq(5, 64, include=I5C),
                                   gptq(4, 64, exclude=["*.attention.*", *I5C]), kmeans_emb(4, 512), EMB8]},
+    "a5f4i5c-r16-e4r512": {"stages": [gptq(5, 16, **ATT), gptq(5, 16, include=I5C),
+                                      gptq(4, 16, exclude=["*.attention.*", *I5C]), kmeans_emb(4, 512), EMB8]},
     "a5f4i5-e4r512": {"stages": [gptq(5, 64, **ATT), gptq(5, 64, include=I5),
                                  gptq(4, 64, exclude=["*.attention.*", *I5]), kmeans_emb(4, 512), EMB8]},
 }
