@@ -14,9 +14,14 @@ from nncompress.errors import ConfigError, FormatError
 from nncompress.format.codecs import EncodedTensor, codec_hints
 from nncompress.quantize.kmeans_method import KMeansConfig
 from nncompress.quantize.registry import QuantizeRun, quantize_model
-from nncompress.quantize.row_tiers import count_row_usage, row_tiers, share_rows_tiered, sharing_of_tiers
+from nncompress.quantize.row_tiers import count_row_usage, row_tiers
 from nncompress.quantize.rowblock_codec import CODEC as ROWS
-from nncompress.quantize.sharing import SharingConfig, recover_sharing
+from nncompress.quantize.sharing import (
+    SharingConfig,
+    recover_sharing,
+    share_rows_tiered,
+    sharing_of_tiers,
+)
 from nncompress.quantize.tier_codec import CODEC
 
 

@@ -7,10 +7,10 @@ package descriptions looks up 5,615 distinct rows, which cover 97% of the tokens
 held-out descriptions), yet uniform sharing spends the same bits on every row. Here the
 rows are counted by hooks on the tables while calibration batches run (``count_row_usage``;
 the forward stops once every counted table has seen the batch), split into tiers by a
-minimum count (``row_tiers``), and each tier is shared by k-means at its own bit width per
-block of ``rows_per_codebook`` of its rows (``share_rows_tiered``). The ``kmeans_tiers``
-codec stores the result; ``sharing_of_tiers`` recovers the sharing from the values (for
-a later distillation that trains the centroids).
+minimum count (``row_tiers``), and each tier is clustered at its own bit width per block of
+``rows_per_codebook`` of its rows (``tiered_codebooks``; ``sharing.share_rows_tiered`` with
+k-means). The ``kmeans_tiers`` codec stores the result; ``tier_codebooks_of`` recovers the
+codebooks from the values (for a later distillation that trains the centroids).
 
 Rows the calibration data never used get the coarse codebook, so text far from the
 calibration domain loses more: calibrate on the text the model will see.
@@ -24,7 +24,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -32,7 +32,6 @@ import torch
 from torch import nn
 
 from nncompress.errors import ConfigError
-from nncompress.quantize.kmeans1d import kmeans_1d
 
 MAX_COUNT_BATCHES = 100_000
 """A bound on the batches counted (an endless iterable stops here)."""
@@ -124,95 +123,69 @@ def row_tiers(counts: torch.Tensor, min_count: int) -> torch.Tensor:
     return (counts < min_count).to(torch.int64)
 
 
-def _block_kmeans(vals: np.ndarray, bits: int, rpc: int, cfg: Any) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """k-means codebook (sorted, compacted) and labels of each block of ``rpc`` rows of ``vals``."""
-    from nncompress.quantize.sharing import _compact
-
-    books, labels = [], []
-    for start in range(0, vals.shape[0], rpc):
-        block = vals[start:start + rpc].reshape(-1)
-        res = kmeans_1d(block, 2**bits, init=cfg.init, max_iter=cfg.max_iter, tol=cfg.tol, seed=cfg.seed)
-        cb, lab = _compact(res.centroids, res.labels)
-        books.append(cb)
-        labels.append(lab)
-    return books, labels
+Cluster = Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]]
+"""``cluster(values, bits) -> (codebook (K,), labels (n,))``: a 1-D clustering onto at most
+``2^bits`` values (``sharing`` passes its seeded k-means)."""
 
 
-def share_rows_tiered(weight: torch.Tensor, tiers: torch.Tensor, bits: Sequence[int],
-                      rows_per_codebook: int | None, cfg: Any):
-    """Share a 2-D table per tier: the rows of tier ``t`` (in row order) are clustered per
-    block of ``rows_per_codebook`` of them (None: the whole tier) onto ``2^bits[t]``
-    centroids. Returns a ``LayerSharing`` whose codebook is every tier's block codebooks,
-    tier after tier; ``cfg`` is a ``SharingConfig`` (k-means init, iterations, seed).
+def _check_tiers(tiers: Any, rows: int, count: int | None = None) -> np.ndarray:
+    arr = np.asarray(tiers.detach().cpu() if isinstance(tiers, torch.Tensor) else tiers, dtype=np.int64)
+    if arr.shape != (rows,):
+        raise ConfigError(f"tiers must give one tier per row ({rows} rows), got shape {list(arr.shape)}")
+    if count is not None and arr.size and (arr.min() < 0 or arr.max() >= count):
+        raise ConfigError(f"tiers must lie in 0..{count - 1} (one bit width per tier), got "
+                          f"{int(arr.min())}..{int(arr.max())}")
+    return arr
+
+
+def tiered_codebooks(weight: torch.Tensor, tiers: Any, bits: Sequence[int], rows_per_codebook: int | None,
+                     cluster: Cluster) -> tuple[np.ndarray, np.ndarray]:
+    """Cluster a 2-D table per tier: the rows of tier ``t`` (in row order) are clustered per
+    block of ``rows_per_codebook`` of them (None: the whole tier) onto ``2^bits[t]`` values.
+    Returns ``(codebook, labels)``: every tier's block codebooks, tier after tier, and the
+    index of each element (row-major) into that concatenation.
 
     Example:
-        >>> from nncompress.quantize.sharing import SharingConfig
-        >>> w = torch.tensor([[0., 1., 1.], [4., 5., 9.], [0., 1., 0.]])
-        >>> s = share_rows_tiered(w, torch.tensor([0, 1, 0]), [2, 1], None, SharingConfig())
-        >>> s.codebook.tolist(), s.values().reshape(3, 3)[1].tolist()  # the rare row: 1 bit
-        ([0.0, 1.0, 4.5, 9.0], [4.5, 4.5, 9.0])
+        >>> def exact(v, bits):  # each distinct value its own centroid
+        ...     cb, lab = np.unique(v, return_inverse=True); return cb, lab
+        >>> w = torch.tensor([[0., 1.], [7., 7.], [1., 0.]])
+        >>> cb, lab = tiered_codebooks(w, [0, 1, 0], [2, 1], None, exact)
+        >>> cb.tolist(), lab.reshape(3, 2).tolist()
+        ([0.0, 1.0, 7.0], [[0, 1], [2, 2], [1, 0]])
     """
-    from nncompress.quantize.sharing import LayerSharing
-
-    w = weight.detach()
-    if w.dim() != 2:
-        raise ConfigError(f"share_rows_tiered needs a 2-D table, got shape {list(w.shape)}")
-    tier = tiers.detach().cpu().long()
-    if tier.shape != (w.shape[0],):
-        raise ConfigError(f"tiers must give one tier per row ({w.shape[0]} rows), got shape {list(tier.shape)}")
-    if tier.numel() and (tier.min() < 0 or tier.max() >= len(bits)):
-        raise ConfigError(f"tiers must lie in 0..{len(bits) - 1} (one bit width per tier), got "
-                          f"{int(tier.min())}..{int(tier.max())}")
-    vals = w.cpu().numpy()
+    vals = weight.detach().cpu().numpy()
+    if vals.ndim != 2:
+        raise ConfigError(f"tiered_codebooks needs a 2-D table, got shape {list(vals.shape)}")
+    tier = _check_tiers(tiers, vals.shape[0], len(bits))
     labels = np.empty(vals.shape, dtype=np.int64)
     books: list[np.ndarray] = []
     offset = 0
     for t, b in enumerate(bits):
-        rows = np.flatnonzero(tier.numpy() == t)
-        if rows.size == 0:
-            continue
-        rpc = rows_per_codebook or rows.size
-        cbs, labs = _block_kmeans(vals[rows], int(b), rpc, cfg)
-        sub = np.empty((rows.size, vals.shape[1]), dtype=np.int64)
-        for i, (cb, lab) in enumerate(zip(cbs, labs, strict=True)):
-            sub[i * rpc:(i + 1) * rpc] = (lab + offset).reshape(-1, vals.shape[1])
-            books.append(cb)
-            offset += cb.size
-        labels[rows] = sub
-    codebook = np.concatenate(books).astype(np.float32) if books else np.zeros(0, dtype=np.float32)
-    return LayerSharing(torch.from_numpy(codebook).to(w.device), torch.from_numpy(labels.reshape(-1)).to(w.device),
-                        torch.ones(w.shape, dtype=torch.bool, device=w.device), int(max(bits)))
+        rows = np.flatnonzero(tier == t)
+        rpc = int(rows_per_codebook or max(rows.size, 1))
+        for start in range(0, rows.size, rpc):
+            block = rows[start:start + rpc]
+            cb, lab = cluster(vals[block].reshape(-1), int(b))
+            labels[block] = (np.asarray(lab, dtype=np.int64) + offset).reshape(block.size, -1)
+            books.append(np.asarray(cb, dtype=np.float32))
+            offset += len(cb)
+    codebook = np.concatenate(books) if books else np.zeros(0, dtype=np.float32)
+    return codebook, labels.reshape(-1)
 
 
-def sharing_of_tiers(weight: torch.Tensor, tiers: Any, rows_per_codebook: int | None, bits: int = 8):
-    """The ``LayerSharing`` of a table whose values already lie on per-tier block codebooks
-    (what ``share_rows_tiered`` made and distillation keeps): the distinct values of each
-    block of ``rows_per_codebook`` rows of each tier become its codebook.
+def tier_codebooks_of(weight: torch.Tensor, tiers: Any, rows_per_codebook: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """``(codebook, labels)`` of a table whose values already lie on per-tier block codebooks
+    (what ``tiered_codebooks`` made and distillation keeps): the distinct values of each
+    block of ``rows_per_codebook`` rows of each tier.
 
     Example:
-        >>> w = torch.tensor([[1., 2.], [7., 7.], [2., 1.]])
-        >>> sharing_of_tiers(w, [0, 1, 0], None).codebook.tolist()
+        >>> cb, _ = tier_codebooks_of(torch.tensor([[1., 2.], [7., 7.], [2., 1.]]), [0, 1, 0], None)
+        >>> cb.tolist()
         [1.0, 2.0, 7.0]
     """
-    from nncompress.quantize.sharing import LayerSharing
+    tier = _check_tiers(tiers, int(weight.shape[0]))
+    count = int(tier.max()) + 1 if tier.size else 0
 
-    w = weight.detach()
-    tier = torch.as_tensor(np.asarray(tiers), dtype=torch.int64).cpu()
-    if tier.shape != (w.shape[0],):
-        raise ConfigError(f"tiers must give one tier per row ({w.shape[0]} rows), got shape {list(tier.shape)}")
-    labels = torch.empty(w.shape, dtype=torch.int64)
-    books, offset = [], 0
-    for t in range(int(tier.max()) + 1 if tier.numel() else 0):
-        rows = torch.nonzero(tier == t).flatten()
-        if rows.numel() == 0:
-            continue
-        rpc = int(rows_per_codebook or rows.numel())
-        for start in range(0, rows.numel(), rpc):
-            block = rows[start:start + rpc]
-            cb, lab = torch.unique(w[block].float().cpu().reshape(-1), return_inverse=True)
-            labels[block] = (lab + offset).reshape(block.numel(), -1)
-            books.append(cb)
-            offset += cb.numel()
-    codebook = torch.cat(books) if books else torch.zeros(0)
-    return LayerSharing(codebook.to(w.device), labels.reshape(-1).to(w.device),
-                        torch.ones(w.shape, dtype=torch.bool, device=w.device), bits)
+    def distinct(v: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray]:
+        return np.unique(v, return_inverse=True)
+    return tiered_codebooks(weight.float(), tier, [0] * count, rows_per_codebook, distinct)

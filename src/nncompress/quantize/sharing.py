@@ -51,7 +51,7 @@ from nncompress.prune.targets import is_conv, module_of, prunable_weights
 from nncompress.quantize import rowblock_codec as _rowblock_codec  # noqa: F401  (registers kmeans_rows)
 from nncompress.quantize import tier_codec as _tier_codec  # noqa: F401  (registers kmeans_tiers)
 from nncompress.quantize.kmeans1d import INITS, kmeans_1d
-from nncompress.quantize.row_tiers import row_tiers, share_rows_tiered, sharing_of_tiers
+from nncompress.quantize.row_tiers import row_tiers, tier_codebooks_of, tiered_codebooks
 from nncompress.train.callbacks import Callback
 
 log = logging.getLogger(__name__)
@@ -302,6 +302,41 @@ def share_layer(weight: torch.Tensor, bits: int, cfg: SharingConfig) -> LayerSha
         log.warning("weight sharing: a centroid is exactly 0; its weights become zeros")
     return LayerSharing(torch.from_numpy(codebook).to(w.device),
                         torch.from_numpy(labels).to(w.device), mask, bits)
+
+
+def share_rows_tiered(weight: torch.Tensor, tiers: torch.Tensor, bits: Sequence[int],
+                      rows_per_codebook: int | None, cfg: SharingConfig) -> LayerSharing:
+    """Share a 2-D table per frequency tier (``row_tiers.tiered_codebooks`` with this
+    config's seeded k-means): tier ``t``'s rows per block of ``rows_per_codebook`` of them
+    onto ``2^bits[t]`` centroids; the mask is all True.
+
+    Example:
+        >>> w = torch.tensor([[0., 1., 1.], [4., 5., 9.], [0., 1., 0.]])
+        >>> s = share_rows_tiered(w, torch.tensor([0, 1, 0]), [2, 1], None, SharingConfig())
+        >>> s.codebook.tolist(), s.values().reshape(3, 3)[1].tolist()  # the rare row: 1 bit
+        ([0.0, 1.0, 4.5, 9.0], [4.5, 4.5, 9.0])
+    """
+    def cluster(values: np.ndarray, b: int) -> tuple[np.ndarray, np.ndarray]:
+        res = kmeans_1d(values, 2**b, init=cfg.init, max_iter=cfg.max_iter, tol=cfg.tol, seed=cfg.seed)
+        return _compact(res.centroids, res.labels)
+    codebook, labels = tiered_codebooks(weight, tiers, bits, rows_per_codebook, cluster)
+    w = weight.detach()
+    return LayerSharing(torch.from_numpy(codebook).to(w.device), torch.from_numpy(labels).to(w.device),
+                        torch.ones(w.shape, dtype=torch.bool, device=w.device), int(max(bits)))
+
+
+def sharing_of_tiers(weight: torch.Tensor, tiers: Any, rows_per_codebook: int | None, bits: int = 8) -> LayerSharing:
+    """The ``LayerSharing`` of a table already on per-tier block codebooks
+    (``row_tiers.tier_codebooks_of``).
+
+    Example:
+        >>> sharing_of_tiers(torch.tensor([[1., 2.], [7., 7.], [2., 1.]]), [0, 1, 0], None).codebook.tolist()
+        [1.0, 2.0, 7.0]
+    """
+    codebook, labels = tier_codebooks_of(weight, tiers, rows_per_codebook)
+    w = weight.detach()
+    return LayerSharing(torch.from_numpy(codebook.astype(np.float32)).to(w.device), torch.from_numpy(labels).to(w.device),
+                        torch.ones(w.shape, dtype=torch.bool, device=w.device), bits)
 
 
 def share_rows(weight: torch.Tensor, bits: int, rows_per_codebook: int | None,
